@@ -1,0 +1,91 @@
+//! Validated, typed VM specifications: the output of config validation and
+//! the only input the builder accepts. Nothing here touches KVM.
+
+use std::path::PathBuf;
+
+/// Everything one `hearth` process runs: its VMs and (later) host-wide policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorSpec {
+    pub vms: Vec<VmSpec>,
+}
+
+/// One validated VM definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSpec {
+    /// Unique within the monitor: `[A-Za-z0-9_-]{1,32}`.
+    pub name: String,
+    /// Number of vCPUs, 1..=MAX_VCPUS.
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    pub kernel: KernelSpec,
+    pub serial: SerialSpec,
+}
+
+/// How to load and enter the kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelSpec {
+    /// Absolute path, checked readable and of a known format at validation.
+    pub path: PathBuf,
+    /// Format found when validating (re-checked when loading).
+    pub format: KernelFormat,
+    pub initrd: Option<PathBuf>,
+    /// The command line as given (or the default), without Hearth's additions.
+    pub cmdline: String,
+    pub protocol: BootProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// ELF vmlinux; `pvh_entry` is set when it carries a PVH (XEN_ELFNOTE_PHYS32_ENTRY) note.
+    Elf { pvh_entry: Option<u32> },
+    /// bzImage with the Linux x86 boot protocol header.
+    BzImage,
+}
+
+/// Which entry point to use for an ELF kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootProtocol {
+    /// PVH when the ELF has the note, else the 64-bit Linux boot protocol.
+    Auto,
+    /// 64-bit Linux boot protocol: long mode at the ELF entry, rsi = boot_params.
+    Linux,
+    /// PVH: 32-bit protected mode at the note's entry, ebx = hvm_start_info.
+    Pvh,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialSpec {
+    pub output: SerialOutput,
+    /// Whether the monitor's stdin is fed to this VM's serial port.
+    pub stdin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SerialOutput {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+/// Largest vCPU count: APIC IDs are 8-bit in the MP table and one ID goes to the IOAPIC.
+pub const MAX_VCPUS: u8 = 254;
+/// Smallest guest RAM accepted.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// Default command line when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// Longest command line accepted (the Linux x86 boot protocol's default COMMAND_LINE_SIZE).
+pub const MAX_CMDLINE_LEN: usize = 2048;
+/// vCPU count when none is given.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Guest RAM in MiB when none is given.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+/// Guest RAM is mapped from 0 up to this many MiB (3 GiB); any more starts at
+/// 4 GiB, above the 32-bit MMIO hole. Kernel and initrd must load below it.
+pub const LOW_RAM_LIMIT_MIB: u64 = 3072;
+/// Name of a single-VM file's VM when none is given; in a monitor file the
+/// default is `vm<index>`.
+pub const DEFAULT_VM_NAME: &str = "vm0";
+/// An initrd must end below this many MiB (the Linux boot protocol's default
+/// `initrd_addr_max`, 0x37ffffff); it is placed at the top of the RAM below it.
+pub const INITRD_LIMIT_MIB: u64 = 896;

@@ -1,0 +1,531 @@
+//! Step two of three: semantic checks of one parsed VM, producing a [`VmSpec`].
+//!
+//! Every section that parsed is checked and every problem is reported; a spec
+//! is returned only when the VM has no problem at all. Checks read the kernel
+//! and initrd files (see [`kernel_probe`]) but never touch KVM.
+
+use std::path::{Path, PathBuf};
+
+use super::error::Errors;
+use super::kernel_probe::{self, KernelImage};
+use super::raw::{
+    join, Parsed, ParsedVm, RawCpu, RawKernel, RawMemory, RawProtocol, RawSerial, RawSerialOutput,
+};
+use super::spec::*;
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+/// Facts about the host that validation depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HostInfo {
+    /// `MemTotal` from `/proc/meminfo`, rounded down to MiB; `None` if unknown,
+    /// in which case memory is not checked against it.
+    pub mem_total_mib: Option<u64>,
+}
+
+impl HostInfo {
+    pub(crate) fn probe() -> Self {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        Self {
+            mem_total_mib: parse_meminfo_total_mib(&meminfo),
+        }
+    }
+}
+
+fn parse_meminfo_total_mib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let kib: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(kib / 1024)
+}
+
+/// What validation needs besides the VM itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    /// Absolute directory that relative paths are resolved against.
+    pub base_dir: &'a Path,
+    pub host: &'a HostInfo,
+}
+
+/// How errors name a field: by JSON path under a prefix, or by CLI flag.
+#[derive(Debug, Clone)]
+pub(crate) enum Naming {
+    Json(String),
+    Flags,
+}
+
+impl Naming {
+    /// The name of `field` (a JSON path within a VM, e.g. `cpu.vcpus`).
+    pub(crate) fn at(&self, field: &str) -> String {
+        match self {
+            Naming::Json(prefix) => join(prefix, field),
+            Naming::Flags => match field {
+                "name" => "--name",
+                "kernel" | "kernel.path" => "--kernel",
+                "kernel.initrd" => "--initrd",
+                "kernel.cmdline" => "--cmdline",
+                "cpu.vcpus" => "--vcpus",
+                "memory.size_mib" => "--memory",
+                other => other,
+            }
+            .to_string(),
+        }
+    }
+}
+
+/// Checks `name` (or supplies `default`); `None` if it was reported invalid.
+pub(crate) fn resolve_name(
+    name: &Parsed<String>,
+    default: String,
+    naming: &Naming,
+    errors: &mut Errors,
+) -> Option<String> {
+    match name {
+        Parsed::Absent => Some(default),
+        Parsed::Failed => None,
+        Parsed::Ok(name) if is_valid_name(name) => Some(name.clone()),
+        Parsed::Ok(name) => {
+            errors.push(
+                naming.at("name"),
+                format!("{name:?} must match [A-Za-z0-9_-]{{1,32}}"),
+            );
+            None
+        }
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Validates one VM. `name` is `None` when it was already reported invalid;
+/// `stdin` is the VM's resolved `serial.stdin`.
+pub(crate) fn validate_vm(
+    vm: ParsedVm,
+    name: Option<String>,
+    stdin: bool,
+    naming: &Naming,
+    ctx: Ctx<'_>,
+    errors: &mut Errors,
+) -> Option<VmSpec> {
+    let kernel = validate_kernel(vm.kernel, naming, ctx, errors);
+    let vcpus = validate_cpu(vm.cpu, naming, errors);
+    let memory = validate_memory(vm.memory, naming, ctx.host, errors);
+    let serial = validate_serial(vm.serial, stdin, naming, ctx.base_dir, errors);
+    if let (Some(kernel), Some(memory)) = (&kernel, &memory) {
+        check_fits(kernel, memory, naming, errors);
+    }
+    Some(VmSpec {
+        name: name?,
+        vcpus: vcpus?,
+        memory_mib: memory?.mib,
+        kernel: kernel?.spec,
+        serial: serial?,
+    })
+}
+
+/// A validated kernel section plus what is needed to check it fits in memory.
+struct CheckedKernel {
+    spec: KernelSpec,
+    image: KernelImage,
+    initrd_len: u64,
+}
+
+/// How a path appears in messages: as given, plus where it resolved to if relative.
+fn show(given: &Path, resolved: &Path) -> String {
+    if given.is_absolute() {
+        format!("{given:?}")
+    } else {
+        format!("{given:?} (resolved to {resolved:?})")
+    }
+}
+
+/// `given` made absolute against `base_dir`; `None` (reported) if empty.
+fn resolve_path(
+    given: &Path,
+    base_dir: &Path,
+    field: String,
+    errors: &mut Errors,
+) -> Option<PathBuf> {
+    if given.as_os_str().is_empty() {
+        errors.push(field, "must not be empty");
+        return None;
+    }
+    Some(base_dir.join(given))
+}
+
+fn validate_kernel(
+    kernel: Parsed<RawKernel>,
+    naming: &Naming,
+    ctx: Ctx<'_>,
+    errors: &mut Errors,
+) -> Option<CheckedKernel> {
+    let raw = match kernel {
+        Parsed::Ok(raw) => raw,
+        Parsed::Failed => return None,
+        Parsed::Absent => {
+            errors.push(
+                naming.at("kernel"),
+                "required: an object with at least \"path\", the kernel image to boot",
+            );
+            return None;
+        }
+    };
+    let mut ok = true;
+
+    let mut probed = None;
+    match &raw.path {
+        None => {
+            errors.push(naming.at("kernel.path"), "required");
+            ok = false;
+        }
+        Some(given) => match resolve_path(given, ctx.base_dir, naming.at("kernel.path"), errors) {
+            None => ok = false,
+            Some(path) => match kernel_probe::probe_kernel(&path) {
+                Ok(image) => probed = Some((path, image)),
+                Err(e) => {
+                    errors.push(
+                        naming.at("kernel.path"),
+                        format!("{} {e}", show(given, &path)),
+                    );
+                    ok = false;
+                }
+            },
+        },
+    }
+
+    let mut initrd = None;
+    let mut initrd_len = 0;
+    if let Some(given) = &raw.initrd {
+        match resolve_path(given, ctx.base_dir, naming.at("kernel.initrd"), errors) {
+            None => ok = false,
+            Some(path) => match kernel_probe::probe_initrd(&path) {
+                Ok(len) => {
+                    initrd_len = len;
+                    initrd = Some(path);
+                }
+                Err(e) => {
+                    errors.push(
+                        naming.at("kernel.initrd"),
+                        format!("{} {e}", show(given, &path)),
+                    );
+                    ok = false;
+                }
+            },
+        }
+    }
+
+    let cmdline = raw.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+    if let Err(message) = check_cmdline(&cmdline) {
+        errors.push(naming.at("kernel.cmdline"), message);
+        ok = false;
+    }
+
+    let protocol = match raw.protocol {
+        None | Some(RawProtocol::Auto) => BootProtocol::Auto,
+        Some(RawProtocol::Linux) => BootProtocol::Linux,
+        Some(RawProtocol::Pvh) => BootProtocol::Pvh,
+    };
+    if let (BootProtocol::Pvh, Some((path, image))) = (protocol, &probed) {
+        let problem = match image.format {
+            KernelFormat::Elf { pvh_entry: Some(_) } => None,
+            KernelFormat::Elf { pvh_entry: None } => Some("has no PVH entry note"),
+            KernelFormat::BzImage => {
+                Some("is a bzImage, which has no PVH entry; use \"auto\" or \"linux\"")
+            }
+        };
+        if let Some(problem) = problem {
+            errors.push(
+                naming.at("kernel.protocol"),
+                format!("\"pvh\" but {path:?} {problem}"),
+            );
+            ok = false;
+        }
+    }
+
+    let (path, image) = probed?;
+    ok.then_some(CheckedKernel {
+        spec: KernelSpec {
+            path,
+            format: image.format,
+            initrd,
+            cmdline,
+            protocol,
+        },
+        image,
+        initrd_len,
+    })
+}
+
+/// Checks that `cmdline` is printable ASCII and not too long.
+fn check_cmdline(cmdline: &str) -> Result<(), String> {
+    if cmdline.len() > MAX_CMDLINE_LEN {
+        return Err(format!(
+            "{} bytes is longer than the maximum of {MAX_CMDLINE_LEN}",
+            cmdline.len()
+        ));
+    }
+    if let Some((at, byte)) = cmdline
+        .bytes()
+        .enumerate()
+        .find(|(_, b)| !(b' '..=b'~').contains(b))
+    {
+        let kind = if byte.is_ascii() {
+            "non-printable character"
+        } else {
+            "non-ASCII byte"
+        };
+        return Err(format!("contains a {kind} ({byte:#04x}) at byte {at}"));
+    }
+    Ok(())
+}
+
+fn validate_cpu(cpu: Parsed<RawCpu>, naming: &Naming, errors: &mut Errors) -> Option<u8> {
+    let raw = match cpu {
+        Parsed::Ok(raw) => raw,
+        Parsed::Absent => RawCpu::default(),
+        Parsed::Failed => return None,
+    };
+    let Some(vcpus) = raw.vcpus else {
+        return Some(DEFAULT_VCPUS);
+    };
+    match u8::try_from(vcpus) {
+        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Some(n),
+        _ => {
+            errors.push(
+                naming.at("cpu.vcpus"),
+                format!("{vcpus} is out of range (1..={MAX_VCPUS})"),
+            );
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CheckedMemory {
+    mib: u64,
+    defaulted: bool,
+}
+
+fn validate_memory(
+    memory: Parsed<RawMemory>,
+    naming: &Naming,
+    host: &HostInfo,
+    errors: &mut Errors,
+) -> Option<CheckedMemory> {
+    let raw = match memory {
+        Parsed::Ok(raw) => raw,
+        Parsed::Absent => RawMemory::default(),
+        Parsed::Failed => return None,
+    };
+    let mib = raw.size_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+    let field = naming.at("memory.size_mib");
+    if mib < MIN_MEMORY_MIB {
+        errors.push(
+            field,
+            format!("{mib} is below the minimum of {MIN_MEMORY_MIB} MiB"),
+        );
+        return None;
+    }
+    if let Some(total) = host.mem_total_mib {
+        if mib > total {
+            errors.push(
+                field,
+                format!("{mib} MiB is more than the host's {total} MiB of RAM"),
+            );
+            return None;
+        }
+    }
+    if mib.checked_mul(MIB).is_none() {
+        errors.push(field, format!("{mib} MiB is too large"));
+        return None;
+    }
+    Some(CheckedMemory {
+        mib,
+        defaulted: raw.size_mib.is_none(),
+    })
+}
+
+/// Checks that the kernel fits in the low RAM of a VM this size, and the
+/// initrd above it and below [`INITRD_LIMIT_MIB`].
+fn check_fits(
+    kernel: &CheckedKernel,
+    memory: &CheckedMemory,
+    naming: &Naming,
+    errors: &mut Errors,
+) {
+    let low_limit = LOW_RAM_LIMIT_MIB * MIB;
+    let load_end = kernel.image.load_end;
+    if load_end > low_limit {
+        errors.push(
+            naming.at("kernel.path"),
+            format!(
+                "{:?} loads up to {load_end:#x}, above the {LOW_RAM_LIMIT_MIB} MiB of low guest RAM a kernel must load into",
+                kernel.spec.path
+            ),
+        );
+        return;
+    }
+    let initrd_pages = kernel.initrd_len.div_ceil(PAGE).saturating_mul(PAGE);
+    let needed = load_end.saturating_add(initrd_pages);
+    let needed_mib = needed.div_ceil(MIB);
+    let what = if kernel.spec.initrd.is_some() {
+        "the kernel and initrd need"
+    } else {
+        "the kernel needs"
+    };
+    if kernel.spec.initrd.is_some() && needed > INITRD_LIMIT_MIB * MIB {
+        errors.push(
+            naming.at("kernel.initrd"),
+            format!(
+                "{what} {needed_mib} MiB of guest memory to load, but an initrd must end below {INITRD_LIMIT_MIB} MiB"
+            ),
+        );
+    } else if needed > memory.mib.saturating_mul(MIB).min(low_limit) {
+        let field = naming.at("memory.size_mib");
+        let default = if memory.defaulted {
+            " (the default)"
+        } else {
+            ""
+        };
+        errors.push(
+            field.clone(),
+            format!(
+                "{what} {needed_mib} MiB of guest memory to load but {field} is {}{default}",
+                memory.mib
+            ),
+        );
+    }
+}
+
+fn validate_serial(
+    serial: Parsed<RawSerial>,
+    stdin: bool,
+    naming: &Naming,
+    base_dir: &Path,
+    errors: &mut Errors,
+) -> Option<SerialSpec> {
+    let raw = match serial {
+        Parsed::Ok(raw) => raw,
+        Parsed::Absent => RawSerial::default(),
+        Parsed::Failed => return None,
+    };
+    let output_field = naming.at("serial.output");
+    let path_field = naming.at("serial.path");
+    let output = match (raw.output.unwrap_or(RawSerialOutput::Stdout), &raw.path) {
+        (RawSerialOutput::File, None) => {
+            errors.push(
+                path_field,
+                format!("required when {output_field} is \"file\""),
+            );
+            return None;
+        }
+        (RawSerialOutput::File, Some(given)) => {
+            let path = resolve_path(given, base_dir, path_field.clone(), errors)?;
+            if let Err(message) = check_output_path(given, &path) {
+                errors.push(path_field, message);
+                return None;
+            }
+            SerialOutput::File(path)
+        }
+        (other, Some(given)) => {
+            let output = if other == RawSerialOutput::Off {
+                "off"
+            } else {
+                "stdout"
+            };
+            errors.push(
+                path_field,
+                format!(
+                    "{given:?} is only used when {output_field} is \"file\" (it is \"{output}\")"
+                ),
+            );
+            return None;
+        }
+        (RawSerialOutput::Stdout, None) => SerialOutput::Stdout,
+        (RawSerialOutput::Off, None) => SerialOutput::Off,
+    };
+    Some(SerialSpec { output, stdin })
+}
+
+/// Checks that a serial output file can be created: its directory exists and
+/// the path is not itself a directory.
+fn check_output_path(given: &Path, path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!("{} is a directory", show(given, path)));
+    }
+    let Some(dir) = path.parent() else {
+        return Err(format!("{} has no parent directory", show(given, path)));
+    };
+    if !dir.exists() {
+        return Err(format!(
+            "directory {dir:?} does not exist (needed for {})",
+            show(given, path)
+        ));
+    }
+    if !dir.is_dir() {
+        return Err(format!(
+            "{dir:?} is not a directory (needed for {})",
+            show(given, path)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_total_is_read_in_mib() {
+        let text = "MemTotal:       24683656 kB\nMemFree:        1000 kB\n";
+        assert_eq!(parse_meminfo_total_mib(text), Some(24683656 / 1024));
+        assert_eq!(parse_meminfo_total_mib("MemFree: 1 kB"), None);
+        assert_eq!(parse_meminfo_total_mib("MemTotal: lots"), None);
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("web-1_a"));
+        assert!(is_valid_name(&"a".repeat(32)));
+        assert!(!is_valid_name(&"a".repeat(33)));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("bad name!"));
+        assert!(!is_valid_name("é"));
+    }
+
+    #[test]
+    fn cmdline_checks() {
+        assert!(check_cmdline(DEFAULT_CMDLINE).is_ok());
+        assert_eq!(
+            check_cmdline("console=ttyS0\u{7}").expect_err("must fail"),
+            "contains a non-printable character (0x07) at byte 13"
+        );
+        assert_eq!(
+            check_cmdline("a=é").expect_err("must fail"),
+            "contains a non-ASCII byte (0xc3) at byte 2"
+        );
+        assert!(check_cmdline(&"x".repeat(MAX_CMDLINE_LEN)).is_ok());
+        assert_eq!(
+            check_cmdline(&"x".repeat(3000)).expect_err("must fail"),
+            "3000 bytes is longer than the maximum of 2048"
+        );
+    }
+
+    #[test]
+    fn flag_naming() {
+        let flags = Naming::Flags;
+        assert_eq!(flags.at("cpu.vcpus"), "--vcpus");
+        assert_eq!(flags.at("memory.size_mib"), "--memory");
+        assert_eq!(flags.at("kernel.path"), "--kernel");
+        assert_eq!(
+            Naming::Json("vms[2]".into()).at("cpu.vcpus"),
+            "vms[2].cpu.vcpus"
+        );
+        assert_eq!(Naming::Json(String::new()).at("cpu.vcpus"), "cpu.vcpus");
+    }
+}

@@ -1,0 +1,130 @@
+//! The `hearth` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use log::LevelFilter;
+
+use hearth::config::{self, MonitorSpec, VmFlags};
+use hearth::monitor;
+
+/// Exit status when every VM reset or powered off (or the user quit).
+const EXIT_OK: u8 = 0;
+/// Exit status for a bad configuration or a monitor that could not start.
+const EXIT_CONFIG: u8 = 1;
+/// Exit status when a guest failed (emulation failure, triple fault, KVM error).
+const EXIT_GUEST_FAILED: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "A KVM microVM monitor that hosts many VMs and shares the host fairly between them")]
+struct Cli {
+    /// Log level: error, warn, info, debug or trace (also HEARTH_LOG).
+    #[arg(long, global = true, env = "HEARTH_LOG", default_value = "info")]
+    log_level: LevelFilter,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot VMs from a config file, or one VM from flags.
+    Run(RunArgs),
+    /// Check a config file without touching KVM.
+    Validate {
+        /// The JSON config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// JSON config file (one VM, or a monitor file with several).
+    #[arg(long, short, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory", "name"])]
+    config: Option<PathBuf>,
+    /// Kernel image: ELF vmlinux (PVH or 64-bit Linux entry) or bzImage.
+    #[arg(long, required_unless_present = "config")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    vcpus: Option<u64>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory: Option<u64>,
+    /// VM name.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+fn report_config_errors(errors: &config::ConfigErrors) {
+    for line in errors.to_string().lines() {
+        eprintln!("hearth: error: {line}");
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let spec: MonitorSpec = match &args.config {
+        Some(file) => config::load_file(file),
+        None => config::from_flags(&VmFlags {
+            kernel: args.kernel,
+            initrd: args.initrd,
+            cmdline: args.cmdline,
+            vcpus: args.vcpus,
+            memory_mib: args.memory,
+            name: args.name,
+        }),
+    }
+    .map_err(|e| report_config_errors(&e))
+    .ok()
+    .map_or_else(|| MonitorSpec { vms: vec![] }, |s| s);
+    if spec.vms.is_empty() {
+        return ExitCode::from(EXIT_CONFIG);
+    }
+
+    match monitor::run(&spec) {
+        Ok(report) => {
+            if let Some(kib) = report.peak_rss_kib {
+                log::debug!("peak RSS {:.1} MiB", kib as f64 / 1024.0);
+            }
+            if let Some(sig) = report.signal {
+                return ExitCode::from(128u8.saturating_add(sig as u8));
+            }
+            if report.vms.iter().any(|r| r.outcome.is_guest_failure()) {
+                ExitCode::from(EXIT_GUEST_FAILED)
+            } else {
+                ExitCode::from(EXIT_OK)
+            }
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    hearth::mark_start();
+    let cli = Cli::parse();
+    hearth::logger::init(cli.log_level);
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Validate { file } => match config::load_file(&file) {
+            Ok(spec) => {
+                let names: Vec<&str> = spec.vms.iter().map(|v| v.name.as_str()).collect();
+                println!("{}: valid ({} VM: {})", file.display(), names.len(), names.join(", "));
+                ExitCode::from(EXIT_OK)
+            }
+            Err(errors) => {
+                report_config_errors(&errors);
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+    }
+}

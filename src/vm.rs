@@ -1,0 +1,286 @@
+//! Building one VM from its validated spec: KVM VM, guest memory, boot
+//! state, devices on their buses and configured vCPUs. Only this module
+//! creates KVM objects; a failure part-way drops everything made so far.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, cpu, BootPath, EntryPoint};
+use crate::bus::{AddressSpace, Bus, BusError};
+use crate::config::VmSpec;
+use crate::devices::cmos::{CMOS_BASE, CMOS_LEN};
+use crate::devices::i8042::{I8042_BASE, I8042_LEN};
+use crate::devices::serial::{SerialOut, COM1_BASE, COM1_IRQ, COM1_LEN};
+use crate::devices::{Cmos, IrqLine, SerialDevice, I8042};
+use crate::layout::{ram_ranges, KVM_TSS_ADDR, MIB};
+use crate::lifecycle::{VmOutcome, VmShared};
+use crate::vcpu::{Vcpu, VcpuCommand, VcpuHandle, VcpuStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("KVM: {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
+    Memory {
+        mib: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("cannot map guest memory: {0}")]
+    HostAddress(vm_memory::GuestMemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error("vCPU {id}: {source}")]
+    Cpu { id: u8, source: cpu::CpuError },
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// The serial port type used in VMs.
+pub type Serial = SerialDevice<IrqLine>;
+
+/// A built VM: its vCPUs exist but do not run until [`Vm::start`].
+pub struct Vm {
+    pub name: String,
+    pub shared: Arc<VmShared>,
+    pub serial: Arc<Mutex<Serial>>,
+    pub boot_path: BootPath,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    vcpus: Vec<Vcpu>,
+    handles: Vec<VcpuHandle>,
+    started: Option<Instant>,
+    // Kept last so it is dropped after the vCPUs.
+    _fd: VmFd,
+    _mem: GuestMemoryMmap,
+}
+
+/// What a VM did, once it has stopped.
+#[derive(Debug, Clone)]
+pub struct VmReport {
+    pub name: String,
+    pub outcome: VmOutcome,
+    pub seconds: f64,
+    pub exits: VcpuStats,
+    pub unclaimed_pio: u64,
+    pub unclaimed_mmio: u64,
+}
+
+impl Vm {
+    /// Creates the VM. `cmdline` is the full command line the guest gets.
+    pub fn build(kvm: &Kvm, spec: &VmSpec, serial_out: SerialOut) -> Result<Vm, VmError> {
+        let fd = kvm.create_vm().map_err(kvm_err("create VM"))?;
+        fd.set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("set TSS address"))?;
+        fd.create_irq_chip().map_err(kvm_err("create IRQ chip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+
+        let mem_bytes = spec.memory_mib * MIB;
+        let mem = create_memory(&fd, mem_bytes)?;
+        let setup = boot::load(&mem, mem_bytes, spec.vcpus, &spec.kernel, &spec.kernel.cmdline)?;
+        cpu::setup_page_tables(&mem).map_err(|source| VmError::Cpu { id: 0, source })?;
+
+        let shared = Arc::new(VmShared::new(&spec.name).map_err(|source| VmError::Io {
+            what: "create exit eventfd",
+            source,
+        })?);
+
+        // Devices.
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmError::Io {
+            what: "create serial interrupt eventfd",
+            source,
+        })?;
+        fd.register_irqfd(&irq, COM1_IRQ)
+            .map_err(kvm_err("register serial irqfd"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(IrqLine(irq), serial_out)));
+        let reset_vm = shared.clone();
+        let i8042 = I8042::new(move || {
+            reset_vm.request_stop(VmOutcome::Reset);
+        });
+        let mut pio = Bus::new(AddressSpace::Pio);
+        pio.insert("serial0", COM1_BASE, COM1_LEN, serial.clone())?;
+        pio.insert("i8042", I8042_BASE, I8042_LEN, Arc::new(Mutex::new(i8042)))?;
+        pio.insert("cmos", CMOS_BASE, CMOS_LEN, Arc::new(Mutex::new(Cmos::with_host_clock())))?;
+        let pio = Arc::new(pio);
+        let mmio = Arc::new(Bus::new(AddressSpace::Mmio));
+
+        // vCPUs.
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("get supported CPUID"))?;
+        let mut vcpus = Vec::with_capacity(usize::from(spec.vcpus));
+        for id in 0..spec.vcpus {
+            let vfd = fd.create_vcpu(u64::from(id)).map_err(kvm_err("create vCPU"))?;
+            let cpu_err = |source| VmError::Cpu { id, source };
+            let cpuid = cpu::vcpu_cpuid(&supported, id, spec.vcpus).map_err(cpu_err)?;
+            vfd.set_cpuid2(&cpuid).map_err(|source| VmError::Kvm {
+                    what: "set CPUID",
+                    source,
+                })?;
+            cpu::setup_msrs(&vfd).map_err(cpu_err)?;
+            cpu::setup_fpu(&vfd).map_err(cpu_err)?;
+            cpu::setup_lapic(&vfd).map_err(cpu_err)?;
+            if id == 0 {
+                cpu::setup_sregs(&mem, &vfd, setup.entry).map_err(cpu_err)?;
+                cpu::setup_regs(&vfd, setup.entry).map_err(cpu_err)?;
+            }
+            vcpus.push(Vcpu {
+                id,
+                fd: vfd,
+                vm: shared.clone(),
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                mem: mem.clone(),
+            });
+        }
+        log::debug!(
+            "{}: built: {} vCPU(s), {} MiB, {} entry at {:#x}",
+            spec.name,
+            spec.vcpus,
+            spec.memory_mib,
+            setup.path.name(),
+            match setup.entry {
+                EntryPoint::Linux64 { rip, .. } | EntryPoint::Pvh { rip, .. } => rip,
+            }
+        );
+
+        Ok(Vm {
+            name: spec.name.clone(),
+            shared,
+            serial,
+            boot_path: setup.path,
+            pio,
+            mmio,
+            vcpus,
+            handles: Vec::new(),
+            started: None,
+            _fd: fd,
+            _mem: mem,
+        })
+    }
+
+    /// Starts every vCPU thread. If one cannot start, the VM is stopped.
+    pub fn start(&mut self) -> Result<(), VmError> {
+        self.started = Some(Instant::now());
+        let vcpus: Vec<Vcpu> = self.vcpus.drain(..).collect();
+        for vcpu in vcpus {
+            let name = format!("{}-v{}", self.name, vcpu.id);
+            // Linux limits thread names to 15 bytes.
+            let name: String = name.chars().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            match vcpu.spawn(name) {
+                Ok(h) => self.handles.push(h),
+                Err(source) => {
+                    self.shared
+                        .request_stop(VmOutcome::Error(format!("cannot start a vCPU thread: {source}")));
+                    self.stop();
+                    return Err(VmError::Io {
+                        what: "spawn vCPU thread",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks every vCPU to stop (they finish their current exit first).
+    pub fn stop(&self) {
+        for h in &self.handles {
+            h.command(VcpuCommand::Stop);
+        }
+    }
+
+    /// Sends `cmd` to every vCPU.
+    pub fn command(&self, cmd: VcpuCommand) {
+        for h in &self.handles {
+            h.command(cmd);
+        }
+    }
+
+    /// Stops the VM if needed, waits for its vCPU threads and reports.
+    pub fn finish(&mut self, default: VmOutcome) -> VmReport {
+        self.shared.request_stop(default);
+        self.stop();
+        let mut exits = VcpuStats::default();
+        for mut h in self.handles.drain(..) {
+            exits.add(&h.join());
+        }
+        VmReport {
+            name: self.name.clone(),
+            outcome: self
+                .shared
+                .outcome()
+                .unwrap_or_else(|| VmOutcome::Error("no outcome recorded".into())),
+            seconds: self.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0),
+            exits,
+            unclaimed_pio: self.pio.unclaimed(),
+            unclaimed_mmio: self.mmio.unclaimed(),
+        }
+    }
+}
+
+/// Allocates guest RAM (anonymous, lazily backed) and registers it with KVM.
+fn create_memory(fd: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap, VmError> {
+    let mem_err = |source| VmError::Memory {
+        mib: mem_bytes / MIB,
+        source,
+    };
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mem_bytes)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(mem_err)?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(VmError::HostAddress)?;
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned
+        // by `mem`, which the VM struct keeps alive (and drops after the
+        // vCPUs) for as long as KVM may access it.
+        unsafe { fd.set_user_memory_region(region_desc) }
+            .map_err(kvm_err("set user memory region"))?;
+    }
+    Ok(mem)
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // A VM dropped without `finish` (an error elsewhere) must not leave
+        // its vCPU threads running.
+        if !self.handles.is_empty() {
+            self.shared
+                .request_stop(VmOutcome::Stopped("monitor shutting down".into()));
+            self.stop();
+            for h in &mut self.handles {
+                h.join();
+            }
+        }
+    }
+}
