@@ -127,10 +127,10 @@ impl Monitor {
         };
         log::log!(
             level,
-            "{}: {} after {:.3} s (exits: {} pio-in, {} pio-out, {} mmio-read, {} mmio-write, {} interrupted; unclaimed: {} pio, {} mmio)",
+            "{}: ran {:.3} s, ended: {} (exits: {} pio-in, {} pio-out, {} mmio-read, {} mmio-write, {} interrupted; unclaimed: {} pio, {} mmio)",
             report.name,
-            report.outcome,
             report.seconds,
+            report.outcome,
             e.pio_reads,
             e.pio_writes,
             e.mmio_reads,

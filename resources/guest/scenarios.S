@@ -15,6 +15,9 @@ scenario_table:
 	SCENARIO hello, scenario_hello
 	SCENARIO smp, scenario_smp
 	SCENARIO exit, scenario_exit
+	SCENARIO idle, scenario_idle
+	SCENARIO triple-fault, scenario_triple_fault
+	SCENARIO wild-jump, scenario_wild_jump
 	.quad	0, 0				/* end of the table */
 
 scenario_key:
@@ -126,3 +129,45 @@ scenario_exit:
 	call	line_begin
 	PUTS	"EXIT"
 	jmp	line_end
+
+/*
+ * idle: hearth-guest: IDLE, then halt with interrupts off, forever: only
+ * the monitor can end this VM (a signal, the console's quit key).
+ */
+scenario_idle:
+	call	line_begin
+	PUTS	"IDLE"
+	call	line_end
+1:	cli
+	hlt
+	jmp	1b
+
+/*
+ * triple-fault: hearth-guest: TRIPLE FAULT, then an exception with an
+ * empty IDT: #UD cannot be delivered, nor the #DF that follows, so the CPU
+ * shuts down (KVM_EXIT_SHUTDOWN).
+ */
+scenario_triple_fault:
+	call	line_begin
+	PUTS	"TRIPLE FAULT"
+	call	line_end
+	lidt	empty_idt_desc(%rip)
+	ud2
+
+/*
+ * wild-jump: hearth-guest: WILD JUMP, then execute from the MMIO gap where
+ * no memory is: KVM cannot fetch the instruction (KVM_EXIT_INTERNAL_ERROR).
+ */
+#define WILD_JUMP_TARGET	0xd0000000
+scenario_wild_jump:
+	call	line_begin
+	PUTS	"WILD JUMP"
+	call	line_end
+	movl	$WILD_JUMP_TARGET, %eax
+	jmp	*%rax
+
+	.section .rodata
+	.balign	8
+empty_idt_desc:
+	.word	0
+	.quad	0

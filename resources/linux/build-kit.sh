@@ -144,7 +144,11 @@ make_initramfs() {
             echo "slink /$applet /bin/busybox 0777 0 0"
         done
     } > "$list"
-    "$gen" -t 0 "$list" | gzip -9 -n > "$KIT_DIR/initramfs.cpio.gz.tmp"
+    # Both forms: the gzip one is the canonical artefact; the plain one boots
+    # ~14 s faster under kvm_pvm, where inflating in guest ring 0 is slow.
+    "$gen" -t 0 "$list" > "$KIT_DIR/initramfs.cpio.tmp"
+    gzip -9 -n -c "$KIT_DIR/initramfs.cpio.tmp" > "$KIT_DIR/initramfs.cpio.gz.tmp"
+    mv -f "$KIT_DIR/initramfs.cpio.tmp" "$KIT_DIR/initramfs.cpio"
     mv -f "$KIT_DIR/initramfs.cpio.gz.tmp" "$KIT_DIR/initramfs.cpio.gz"
 }
 
@@ -169,9 +173,10 @@ print_outputs() {
     echo "vmlinux:    $KIT_DIR/vmlinux"
     echo "bzImage:    $KIT_DIR/bzImage"
     echo "initramfs:  $KIT_DIR/initramfs.cpio.gz"
+    echo "initramfs (uncompressed): $KIT_DIR/initramfs.cpio"
     echo "config:     $KIT_DIR/config"
     echo "stamp:      $KIT_DIR/stamp"
-    echo "cmdline:    $(cat "$HERE/cmdline.txt")"
+    printf 'cmdline:    %s\n' "$(cat "$HERE/cmdline.txt")"
 }
 
 stamp_field() { sed -n "s/^$1=//p" "$KIT_DIR/stamp" 2>/dev/null || true; }
@@ -189,7 +194,7 @@ KKEY="$(kernel_key)"
 IKEY="$(initramfs_key)"
 
 if [ "$(stamp_field kernel)" = "$KKEY" ] && [ "$(stamp_field initramfs)" = "$IKEY" ] &&
-   [ -s "$KIT_DIR/vmlinux" ] && [ -s "$KIT_DIR/bzImage" ] && [ -s "$KIT_DIR/initramfs.cpio.gz" ]; then
+   [ -s "$KIT_DIR/vmlinux" ] && [ -s "$KIT_DIR/bzImage" ] && [ -s "$KIT_DIR/initramfs.cpio.gz" ] && [ -s "$KIT_DIR/initramfs.cpio" ]; then
     log "up to date (kernel ${KKEY:0:12}, initramfs ${IKEY:0:12})"
     print_outputs
     exit 0

@@ -90,8 +90,8 @@ pub struct BootSetup {
     pub path: BootPath,
 }
 
-/// Longest command line the guest gets, including Hearth's additions.
-pub const CMDLINE_CAPACITY: usize = 2048;
+/// Room for the command line, its terminating NUL included.
+pub const CMDLINE_CAPACITY: usize = crate::config::MAX_CMDLINE_LEN + 1;
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"

@@ -70,10 +70,7 @@ const ET_EXEC: u16 = 2;
 const EM_X86_64: u16 = 62;
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
-/// Lowest address a kernel may load or start at: below 1 MiB live the boot
-/// structures (zero page, command line, MP table); the kernel loader rejects
-/// an ELF entry or a bzImage `code32_start` below it.
-pub const HIMEM_START: u64 = 0x10_0000;
+use crate::layout::HIMEM_START;
 /// `loadflags` bit: the protected-mode code is loaded at 1 MiB.
 const LOADED_HIGH: u8 = 1;
 /// Boot protocol 2.12: the first with `xloadflags` and a 64-bit entry.

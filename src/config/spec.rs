@@ -74,18 +74,18 @@ pub const MAX_VCPUS: u8 = 254;
 pub const MIN_MEMORY_MIB: u64 = 16;
 /// Default command line when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
-/// Longest command line accepted (the Linux x86 boot protocol's default COMMAND_LINE_SIZE).
-pub const MAX_CMDLINE_LEN: usize = 2048;
+/// Longest command line accepted: the Linux x86 boot protocol's default COMMAND_LINE_SIZE (2048) less the terminating NUL.
+pub const MAX_CMDLINE_LEN: usize = 2047;
 /// vCPU count when none is given.
 pub const DEFAULT_VCPUS: u8 = 1;
 /// Guest RAM in MiB when none is given.
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
 /// Guest RAM is mapped from 0 up to this many MiB (3 GiB); any more starts at
 /// 4 GiB, above the 32-bit MMIO hole. Kernel and initrd must load below it.
-pub const LOW_RAM_LIMIT_MIB: u64 = 3072;
+pub const LOW_RAM_LIMIT_MIB: u64 = crate::layout::MMIO_GAP_START / crate::layout::MIB;
 /// Name of a single-VM file's VM when none is given; in a monitor file the
 /// default is `vm<index>`.
 pub const DEFAULT_VM_NAME: &str = "vm0";
 /// An initrd must end below this many MiB (the Linux boot protocol's default
 /// `initrd_addr_max`, 0x37ffffff); it is placed at the top of the RAM below it.
-pub const INITRD_LIMIT_MIB: u64 = 896;
+pub const INITRD_LIMIT_MIB: u64 = (crate::layout::INITRD_ADDR_MAX + 1) / crate::layout::MIB;

@@ -512,7 +512,7 @@ mod tests {
         assert!(check_cmdline(&"x".repeat(MAX_CMDLINE_LEN)).is_ok());
         assert_eq!(
             check_cmdline(&"x".repeat(3000)).expect_err("must fail"),
-            "3000 bytes is longer than the maximum of 2048"
+            "3000 bytes is longer than the maximum of 2047"
         );
     }
 

@@ -120,7 +120,7 @@ fn bad_cmdline() {
     let msg = one_error(fx.parse(&cfg("console=ttS\u{7}0")), "kernel.cmdline", &[]);
     assert_eq!(msg, "contains a non-printable character (0x07) at byte 11");
     let msg = one_error(fx.parse(&cfg(&"a".repeat(3000))), "kernel.cmdline", &[]);
-    assert_eq!(msg, "3000 bytes is longer than the maximum of 2048");
+    assert_eq!(msg, "3000 bytes is longer than the maximum of 2047");
 }
 
 #[test]
