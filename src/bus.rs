@@ -23,7 +23,9 @@ pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 pub enum BusError {
     #[error("range {base:#x}+{len:#x} is empty or wraps around")]
     BadRange { base: u64, len: u64 },
-    #[error("range {base:#x}+{len:#x} for {name} overlaps {other} at {other_base:#x}+{other_len:#x}")]
+    #[error(
+        "range {base:#x}+{len:#x} for {name} overlaps {other} at {other_base:#x}+{other_len:#x}"
+    )]
     Overlap {
         base: u64,
         len: u64,
@@ -232,13 +234,19 @@ mod tests {
         bus.insert("a", 0x10, 0x10, probe()).unwrap();
         for (base, len) in [(0x8, 0x9), (0x1f, 1), (0x0, 0x100), (0x12, 2)] {
             let err = bus.insert("b", base, len, probe()).unwrap_err();
-            assert!(matches!(err, BusError::Overlap { .. }), "{base:#x}+{len:#x}");
+            assert!(
+                matches!(err, BusError::Overlap { .. }),
+                "{base:#x}+{len:#x}"
+            );
         }
         bus.insert("c", 0x20, 1, probe()).unwrap();
         bus.insert("d", 0x0, 0x10, probe()).unwrap();
         assert_eq!(
             bus.insert("e", u64::MAX, 2, probe()),
-            Err(BusError::BadRange { base: u64::MAX, len: 2 })
+            Err(BusError::BadRange {
+                base: u64::MAX,
+                len: 2
+            })
         );
         let names: Vec<_> = bus.ranges().map(|r| r.0).collect();
         assert_eq!(names, ["d", "a", "c"]);

@@ -183,6 +183,9 @@ mod tests {
     #[test]
     fn ctrl_a_twice_sends_one_and_other_keys_are_kept() {
         let mut f = EscapeFilter::default();
-        assert_eq!(f.feed(b"\x01\x01q\x01c"), ConsoleInput::Guest(b"\x01q\x01c".to_vec()));
+        assert_eq!(
+            f.feed(b"\x01\x01q\x01c"),
+            ConsoleInput::Guest(b"\x01q\x01c".to_vec())
+        );
     }
 }

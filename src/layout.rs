@@ -110,11 +110,17 @@ mod tests {
     #[test]
     fn large_guest_skips_the_mmio_gap() {
         let ranges = ram_ranges(4096 * MIB);
-        assert_eq!(ranges, vec![(0, MMIO_GAP_START), (MMIO_GAP_END, 1024 * MIB)]);
+        assert_eq!(
+            ranges,
+            vec![(0, MMIO_GAP_START), (MMIO_GAP_END, 1024 * MIB)]
+        );
         let map = e820_map(4096 * MIB);
         for (start, len, _) in &map {
             let end = start + len;
-            assert!(end <= MMIO_GAP_START || *start >= MMIO_GAP_END, "{start:#x}+{len:#x}");
+            assert!(
+                end <= MMIO_GAP_START || *start >= MMIO_GAP_END,
+                "{start:#x}+{len:#x}"
+            );
         }
         assert_eq!(map.last(), Some(&(MMIO_GAP_END, 1024 * MIB, E820_RAM)));
     }
@@ -136,8 +142,13 @@ mod tests {
         ];
         areas.sort();
         for pair in areas.windows(2) {
-            assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{:x?} overlaps {:x?}", pair[0], pair[1]);
+            assert!(
+                pair[0].0 + pair[0].1 <= pair[1].0,
+                "{:x?} overlaps {:x?}",
+                pair[0],
+                pair[1]
+            );
         }
-        assert!(BOOT_STACK_POINTER < PML4_ADDR && BOOT_STACK_POINTER > ZERO_PAGE_ADDR + 0x1000);
+        const { assert!(BOOT_STACK_POINTER < PML4_ADDR && BOOT_STACK_POINTER > ZERO_PAGE_ADDR + 0x1000) };
     }
 }

@@ -78,7 +78,10 @@ impl fmt::Display for VmOutcome {
                 } else {
                     format!("suberror {suberror}")
                 };
-                write!(f, "KVM internal error ({what}) on vCPU {vcpu} at RIP {rip:#x}")?;
+                write!(
+                    f,
+                    "KVM internal error ({what}) on vCPU {vcpu} at RIP {rip:#x}"
+                )?;
                 if code.is_empty() {
                     write!(f, ", instruction bytes unreadable")
                 } else {
@@ -87,7 +90,10 @@ impl fmt::Display for VmOutcome {
                 }
             }
             VmOutcome::FailEntry { vcpu, reason } => {
-                write!(f, "KVM failed to enter vCPU {vcpu} (hardware reason {reason:#x})")
+                write!(
+                    f,
+                    "KVM failed to enter vCPU {vcpu} (hardware reason {reason:#x})"
+                )
             }
             VmOutcome::Crash { vcpu } => write!(f, "guest reported a crash on vCPU {vcpu}"),
             VmOutcome::Error(msg) => write!(f, "error: {msg}"),

@@ -17,7 +17,11 @@ const EXIT_CONFIG: u8 = 1;
 const EXIT_GUEST_FAILED: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "hearth", version, about = "A KVM microVM monitor that hosts many VMs and shares the host fairly between them")]
+#[command(
+    name = "hearth",
+    version,
+    about = "A KVM microVM monitor that hosts many VMs and shares the host fairly between them"
+)]
 struct Cli {
     /// Log level: error, warn, info, debug or trace (also HEARTH_LOG).
     #[arg(long, global = true, env = "HEARTH_LOG", default_value = "info")]
@@ -70,7 +74,7 @@ fn report_config_errors(errors: &config::ConfigErrors) {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let spec: MonitorSpec = match &args.config {
+    let parsed = match &args.config {
         Some(file) => config::load_file(file),
         None => config::from_flags(&VmFlags {
             kernel: args.kernel,
@@ -80,13 +84,14 @@ fn run(args: RunArgs) -> ExitCode {
             memory_mib: args.memory,
             name: args.name,
         }),
-    }
-    .map_err(|e| report_config_errors(&e))
-    .ok()
-    .map_or_else(|| MonitorSpec { vms: vec![] }, |s| s);
-    if spec.vms.is_empty() {
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    };
+    let spec: MonitorSpec = match parsed {
+        Ok(spec) => spec,
+        Err(errors) => {
+            report_config_errors(&errors);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
 
     match monitor::run(&spec) {
         Ok(report) => {
@@ -118,7 +123,12 @@ fn main() -> ExitCode {
         Command::Validate { file } => match config::load_file(&file) {
             Ok(spec) => {
                 let names: Vec<&str> = spec.vms.iter().map(|v| v.name.as_str()).collect();
-                println!("{}: valid ({} VM: {})", file.display(), names.len(), names.join(", "));
+                println!(
+                    "{}: valid ({} VM: {})",
+                    file.display(),
+                    names.len(),
+                    names.join(", ")
+                );
                 ExitCode::from(EXIT_OK)
             }
             Err(errors) => {

@@ -72,11 +72,13 @@ fn serial_out(spec: &VmSpec) -> Result<SerialOut, MonitorError> {
         SerialOutput::Stdout => Box::new(Stdout),
         SerialOutput::Off => Box::new(io::sink()),
         SerialOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| MonitorError::SerialFile {
-                name: spec.name.clone(),
-                path: path.display().to_string(),
-                source,
-            })?)
+            Box::new(
+                File::create(path).map_err(|source| MonitorError::SerialFile {
+                    name: spec.name.clone(),
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            )
         }
     })
 }
@@ -185,11 +187,10 @@ impl MutEventSubscriber for Monitor {
 pub fn run(spec: &MonitorSpec) -> Result<MonitorReport, MonitorError> {
     // Before any thread exists, so every thread inherits the blocked mask.
     let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
-    crate::vcpu::install_kick_handler()
-        .map_err(|e| MonitorError::Setup {
-            what: "install the vCPU kick handler",
-            source: io::Error::from_raw_os_error(e.errno()),
-        })?;
+    crate::vcpu::install_kick_handler().map_err(|e| MonitorError::Setup {
+        what: "install the vCPU kick handler",
+        source: io::Error::from_raw_os_error(e.errno()),
+    })?;
     let kvm = Kvm::new().map_err(MonitorError::Kvm)?;
 
     let mut vms = Vec::with_capacity(spec.vms.len());
@@ -207,7 +208,9 @@ pub fn run(spec: &MonitorSpec) -> Result<MonitorReport, MonitorError> {
         EventManager::new().map_err(MonitorError::EventLoop)?;
     let console_vm = spec.vms.iter().position(|v| v.serial.stdin);
     let _raw_terminal = match console_vm {
-        Some(_) => RawTerminal::enter(libc::STDIN_FILENO).map_err(setup_err("terminal raw mode"))?,
+        Some(_) => {
+            RawTerminal::enter(libc::STDIN_FILENO).map_err(setup_err("terminal raw mode"))?
+        }
         None => None,
     };
     if let Some(idx) = console_vm {

@@ -8,7 +8,9 @@ use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kvm_bindings::{kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -111,7 +113,12 @@ impl VcpuStats {
     }
 
     pub fn total(&self) -> u64 {
-        self.pio_reads + self.pio_writes + self.mmio_reads + self.mmio_writes + self.interrupted + self.other
+        self.pio_reads
+            + self.pio_writes
+            + self.mmio_reads
+            + self.mmio_writes
+            + self.interrupted
+            + self.other
     }
 }
 

@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -97,7 +99,13 @@ impl Vm {
 
         let mem_bytes = spec.memory_mib * MIB;
         let mem = create_memory(&fd, mem_bytes)?;
-        let setup = boot::load(&mem, mem_bytes, spec.vcpus, &spec.kernel, &spec.kernel.cmdline)?;
+        let setup = boot::load(
+            &mem,
+            mem_bytes,
+            spec.vcpus,
+            &spec.kernel,
+            &spec.kernel.cmdline,
+        )?;
         cpu::setup_page_tables(&mem).map_err(|source| VmError::Cpu { id: 0, source })?;
 
         let shared = Arc::new(VmShared::new(&spec.name).map_err(|source| VmError::Io {
@@ -120,7 +128,12 @@ impl Vm {
         let mut pio = Bus::new(AddressSpace::Pio);
         pio.insert("serial0", COM1_BASE, COM1_LEN, serial.clone())?;
         pio.insert("i8042", I8042_BASE, I8042_LEN, Arc::new(Mutex::new(i8042)))?;
-        pio.insert("cmos", CMOS_BASE, CMOS_LEN, Arc::new(Mutex::new(Cmos::with_host_clock())))?;
+        pio.insert(
+            "cmos",
+            CMOS_BASE,
+            CMOS_LEN,
+            Arc::new(Mutex::new(Cmos::with_host_clock())),
+        )?;
         let pio = Arc::new(pio);
         let mmio = Arc::new(Bus::new(AddressSpace::Mmio));
 
@@ -130,13 +143,15 @@ impl Vm {
             .map_err(kvm_err("get supported CPUID"))?;
         let mut vcpus = Vec::with_capacity(usize::from(spec.vcpus));
         for id in 0..spec.vcpus {
-            let vfd = fd.create_vcpu(u64::from(id)).map_err(kvm_err("create vCPU"))?;
+            let vfd = fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("create vCPU"))?;
             let cpu_err = |source| VmError::Cpu { id, source };
             let cpuid = cpu::vcpu_cpuid(&supported, id, spec.vcpus).map_err(cpu_err)?;
             vfd.set_cpuid2(&cpuid).map_err(|source| VmError::Kvm {
-                    what: "set CPUID",
-                    source,
-                })?;
+                what: "set CPUID",
+                source,
+            })?;
             cpu::setup_msrs(&vfd).map_err(cpu_err)?;
             cpu::setup_fpu(&vfd).map_err(cpu_err)?;
             cpu::setup_lapic(&vfd).map_err(cpu_err)?;
@@ -186,12 +201,20 @@ impl Vm {
         for vcpu in vcpus {
             let name = format!("{}-v{}", self.name, vcpu.id);
             // Linux limits thread names to 15 bytes.
-            let name: String = name.chars().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            let name: String = name
+                .chars()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             match vcpu.spawn(name) {
                 Ok(h) => self.handles.push(h),
                 Err(source) => {
-                    self.shared
-                        .request_stop(VmOutcome::Error(format!("cannot start a vCPU thread: {source}")));
+                    self.shared.request_stop(VmOutcome::Error(format!(
+                        "cannot start a vCPU thread: {source}"
+                    )));
                     self.stop();
                     return Err(VmError::Io {
                         what: "spawn vCPU thread",
@@ -231,7 +254,10 @@ impl Vm {
                 .shared
                 .outcome()
                 .unwrap_or_else(|| VmOutcome::Error("no outcome recorded".into())),
-            seconds: self.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0),
+            seconds: self
+                .started
+                .map(|s| s.elapsed().as_secs_f64())
+                .unwrap_or(0.0),
             exits,
             unclaimed_pio: self.pio.unclaimed(),
             unclaimed_mmio: self.mmio.unclaimed(),

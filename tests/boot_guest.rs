@@ -38,11 +38,28 @@ fn hello_from_flags_reports_memory_and_one_cpu() {
         DEADLINE,
     );
     assert_clean_reset(&run);
-    assert_eq!(run.field(GUEST, "entry").as_deref(), Some("pvh"), "ELF with a PVH note boots through PVH by default");
-    assert_eq!(run.field("hearth-guest: memory", "ram_kib"), Some(expected_ram_kib(256).to_string()));
-    assert_eq!(run.field("hearth-guest: memory", "top_mib").as_deref(), Some("256"));
-    assert_eq!(run.field("hearth-guest: cpus", "mptable").as_deref(), Some("1"));
-    assert!(run.stdout.contains("hearth-guest: HELLO OK"), "{}", run.stdout);
+    assert_eq!(
+        run.field(GUEST, "entry").as_deref(),
+        Some("pvh"),
+        "ELF with a PVH note boots through PVH by default"
+    );
+    assert_eq!(
+        run.field("hearth-guest: memory", "ram_kib"),
+        Some(expected_ram_kib(256).to_string())
+    );
+    assert_eq!(
+        run.field("hearth-guest: memory", "top_mib").as_deref(),
+        Some("256")
+    );
+    assert_eq!(
+        run.field("hearth-guest: cpus", "mptable").as_deref(),
+        Some("1")
+    );
+    assert!(
+        run.stdout.contains("hearth-guest: HELLO OK"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -64,23 +81,59 @@ fn hello_from_config_with_two_vcpus_through_the_linux_64bit_entry() {
     let run = run_hearth(&["run", "--config", &config], DEADLINE);
     assert_clean_reset(&run);
     assert_eq!(run.field(GUEST, "entry").as_deref(), Some("linux64"));
-    assert_eq!(run.field(GUEST, "cmdline").as_deref(), Some("hearth.scenario=hello"));
-    assert_eq!(run.field("hearth-guest: memory", "ram_kib"), Some(expected_ram_kib(128).to_string()));
-    assert_eq!(run.field("hearth-guest: cpus", "mptable").as_deref(), Some("2"));
-    assert!(run.stderr.contains("hello: ran "), "VM name in the summary: {}", run.stderr);
+    assert_eq!(
+        run.field(GUEST, "cmdline").as_deref(),
+        Some("hearth.scenario=hello")
+    );
+    assert_eq!(
+        run.field("hearth-guest: memory", "ram_kib"),
+        Some(expected_ram_kib(128).to_string())
+    );
+    assert_eq!(
+        run.field("hearth-guest: cpus", "mptable").as_deref(),
+        Some("2")
+    );
+    assert!(
+        run.stderr.contains("hello: ran "),
+        "VM name in the summary: {}",
+        run.stderr
+    );
 }
 
 #[test]
 fn smp_from_flags_brings_up_both_vcpus() {
     let run = run_hearth(
-        &["run", "--kernel", guest_elf(), "--cmdline", "hearth.scenario=smp", "--vcpus", "2"],
+        &[
+            "run",
+            "--kernel",
+            guest_elf(),
+            "--cmdline",
+            "hearth.scenario=smp",
+            "--vcpus",
+            "2",
+        ],
         DEADLINE,
     );
     assert_clean_reset(&run);
-    assert_eq!(run.lines_with("hearth-guest: cpu up").count(), 1, "{}", run.stdout);
-    assert_eq!(run.field("hearth-guest: smp", "cpus_up").as_deref(), Some("2"));
-    assert_eq!(run.field("hearth-guest: smp", "expected").as_deref(), Some("2"));
-    assert!(run.stdout.contains("hearth-guest: SMP OK"), "{}", run.stdout);
+    assert_eq!(
+        run.lines_with("hearth-guest: cpu up").count(),
+        1,
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        run.field("hearth-guest: smp", "cpus_up").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        run.field("hearth-guest: smp", "expected").as_deref(),
+        Some("2")
+    );
+    assert!(
+        run.stdout.contains("hearth-guest: SMP OK"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -102,7 +155,10 @@ fn smp_from_config_with_four_vcpus_each_with_its_own_apic_id() {
         .collect();
     apics.sort();
     assert_eq!(apics, ["1", "2", "3"], "{}", run.stdout);
-    assert_eq!(run.field("hearth-guest: smp", "cpus_up").as_deref(), Some("4"));
+    assert_eq!(
+        run.field("hearth-guest: smp", "cpus_up").as_deref(),
+        Some("4")
+    );
     assert!(run.stdout.contains("hearth-guest: SMP OK"));
 }
 
@@ -122,25 +178,54 @@ fn bzimage_boots_through_its_64bit_entry() {
     );
     assert_clean_reset(&run);
     assert_eq!(run.field(GUEST, "entry").as_deref(), Some("bzimage"));
-    assert_eq!(run.field("hearth-guest: cpus", "mptable").as_deref(), Some("2"));
+    assert_eq!(
+        run.field("hearth-guest: cpus", "mptable").as_deref(),
+        Some("2")
+    );
 }
 
 #[test]
 fn memory_above_the_mmio_gap_is_in_the_e820_map() {
     // 4 GiB of RAM: 3 GiB below the 32-bit MMIO gap, 1 GiB above 4 GiB.
     let run = run_hearth(
-        &["run", "--kernel", guest_elf(), "--cmdline", "hearth.scenario=hello", "--memory", "4096"],
+        &[
+            "run",
+            "--kernel",
+            guest_elf(),
+            "--cmdline",
+            "hearth.scenario=hello",
+            "--memory",
+            "4096",
+        ],
         DEADLINE,
     );
     assert_clean_reset(&run);
-    assert_eq!(run.field("hearth-guest: memory", "ram_kib"), Some(expected_ram_kib(4096).to_string()));
-    assert_eq!(run.field("hearth-guest: memory", "regions").as_deref(), Some("3"));
-    assert_eq!(run.field("hearth-guest: memory", "top_mib").as_deref(), Some("5120"));
+    assert_eq!(
+        run.field("hearth-guest: memory", "ram_kib"),
+        Some(expected_ram_kib(4096).to_string())
+    );
+    assert_eq!(
+        run.field("hearth-guest: memory", "regions").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        run.field("hearth-guest: memory", "top_mib").as_deref(),
+        Some("5120")
+    );
 }
 
 #[test]
 fn exit_scenario_resets_and_hearth_exits_zero() {
-    let run = run_hearth(&["run", "--kernel", guest_elf(), "--cmdline", "hearth.scenario=exit"], DEADLINE);
+    let run = run_hearth(
+        &[
+            "run",
+            "--kernel",
+            guest_elf(),
+            "--cmdline",
+            "hearth.scenario=exit",
+        ],
+        DEADLINE,
+    );
     assert_clean_reset(&run);
     assert!(run.stdout.contains("hearth-guest: EXIT"));
 }
@@ -152,7 +237,15 @@ fn sigterm_stops_a_running_guest_in_order() {
     use std::sync::mpsc;
 
     let mut child = Command::new(hearth())
-        .args(["run", "--kernel", guest_elf(), "--cmdline", "hearth.scenario=idle", "--vcpus", "2"])
+        .args([
+            "run",
+            "--kernel",
+            guest_elf(),
+            "--cmdline",
+            "hearth.scenario=idle",
+            "--vcpus",
+            "2",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -197,33 +290,55 @@ fn sigterm_stops_a_running_guest_in_order() {
         .expect("read stderr");
     assert_eq!(status.code(), Some(128 + 15), "{stderr}");
     assert!(stderr.contains("received SIGTERM"), "{stderr}");
-    assert!(stderr.contains("stopped: monitor received SIGTERM"), "{stderr}");
+    assert!(
+        stderr.contains("stopped: monitor received SIGTERM"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn a_triple_fault_stops_the_vm_with_a_clear_error() {
     let run = run_hearth(
-        &["run", "--kernel", guest_elf(), "--cmdline", "hearth.scenario=triple-fault"],
+        &[
+            "run",
+            "--kernel",
+            guest_elf(),
+            "--cmdline",
+            "hearth.scenario=triple-fault",
+        ],
         DEADLINE,
     );
     run.assert_no_panic();
     assert!(run.stdout.contains("hearth-guest: TRIPLE FAULT"));
     assert_eq!(run.code(), Some(3), "{}", run.stderr);
-    assert!(run.stderr.contains("triple fault on vCPU 0 at RIP 0x"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("triple fault on vCPU 0 at RIP 0x"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn executing_from_the_mmio_gap_is_an_emulation_failure_with_rip() {
     let run = run_hearth(
-        &["run", "--kernel", guest_elf(), "--cmdline", "hearth.scenario=wild-jump", "--vcpus", "2"],
+        &[
+            "run",
+            "--kernel",
+            guest_elf(),
+            "--cmdline",
+            "hearth.scenario=wild-jump",
+            "--vcpus",
+            "2",
+        ],
         DEADLINE,
     );
     run.assert_no_panic();
     assert!(run.stdout.contains("hearth-guest: WILD JUMP"));
     assert_eq!(run.code(), Some(3), "{}", run.stderr);
     assert!(
-        run.stderr.contains("KVM internal error (emulation failure) on vCPU 0 at RIP 0xd0000000"),
+        run.stderr
+            .contains("KVM internal error (emulation failure) on vCPU 0 at RIP 0xd0000000"),
         "{}",
         run.stderr
     );

@@ -35,7 +35,10 @@ fn validate_accepts_a_good_config_and_names_its_vms() {
     let config = write_file(
         &dir,
         "vm.json",
-        &format!(r#"{{"name": "web", "kernel": {{"path": "{}"}}, "cpu": {{"vcpus": 2}}}}"#, guest()),
+        &format!(
+            r#"{{"name": "web", "kernel": {{"path": "{}"}}, "cpu": {{"vcpus": 2}}}}"#,
+            guest()
+        ),
     );
     let run = run_hearth(&["validate", &config], DEADLINE);
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
@@ -104,7 +107,11 @@ fn memory_too_large_for_the_host() {
 
 #[test]
 fn missing_kernel_path() {
-    assert_invalid("no-kernel", r#"{"kernel": {"cmdline": "x"}}"#, &["kernel.path"]);
+    assert_invalid(
+        "no-kernel",
+        r#"{"kernel": {"cmdline": "x"}}"#,
+        &["kernel.path"],
+    );
 }
 
 #[test]
@@ -157,7 +164,11 @@ fn command_line_too_long() {
 
 #[test]
 fn json_syntax_error_gives_line_and_column() {
-    assert_invalid("syntax", "{\n  \"kernel\": {\"path\": \"x\",}\n}", &["line 2, column"]);
+    assert_invalid(
+        "syntax",
+        "{\n  \"kernel\": {\"path\": \"x\",}\n}",
+        &["line 2, column"],
+    );
 }
 
 #[test]
@@ -212,17 +223,28 @@ fn run_with_a_bad_config_builds_nothing() {
     let run = run_hearth(&["run", "--config", &config], DEADLINE);
     run.assert_no_panic();
     assert_eq!(run.code(), Some(1), "{}", run.stderr);
-    assert!(run.stderr.contains("cpu.vcpus: 0 is out of range"), "{}", run.stderr);
-    assert!(!serial_log.exists(), "nothing may be created before validation passes");
+    assert!(
+        run.stderr.contains("cpu.vcpus: 0 is out of range"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !serial_log.exists(),
+        "nothing may be created before validation passes"
+    );
 }
 
 #[test]
 fn run_with_a_missing_kernel_flag_value() {
-    let run = run_hearth(&["run", "--kernel", "/nonexistent/vmlinux", "--vcpus", "2"], DEADLINE);
+    let run = run_hearth(
+        &["run", "--kernel", "/nonexistent/vmlinux", "--vcpus", "2"],
+        DEADLINE,
+    );
     run.assert_no_panic();
     assert_eq!(run.code(), Some(1));
     assert!(
-        run.stderr.contains(r#"--kernel: "/nonexistent/vmlinux" does not exist"#),
+        run.stderr
+            .contains(r#"--kernel: "/nonexistent/vmlinux" does not exist"#),
         "{}",
         run.stderr
     );

@@ -8,9 +8,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{
-    BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PD_ADDR, PDPT_ADDR, PML4_ADDR,
-};
+use crate::layout::{BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
@@ -95,7 +93,11 @@ pub fn setup_page_tables(mem: &GuestMemoryMmap) -> Result<(), CpuError> {
 }
 
 /// Sets segment and control registers for `entry`, writing the GDT it uses.
-pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: EntryPoint) -> Result<(), CpuError> {
+pub fn setup_sregs(
+    mem: &GuestMemoryMmap,
+    vcpu: &VcpuFd,
+    entry: EntryPoint,
+) -> Result<(), CpuError> {
     // Null, code, data, TSS. The code segment is 64-bit for the Linux
     // protocol and 32-bit for PVH.
     let code = match entry {
@@ -304,7 +306,10 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_flat_segments() {
         let code64 = segment(gdt_entry(0xa09b, 0, 0xfffff), 1);
-        assert_eq!((code64.l, code64.db, code64.g, code64.present), (1, 0, 1, 1));
+        assert_eq!(
+            (code64.l, code64.db, code64.g, code64.present),
+            (1, 0, 1, 1)
+        );
         assert_eq!((code64.selector, code64.type_, code64.s), (8, 0xb, 1));
         assert_eq!(code64.limit, 0xffff_ffff);
         let code32 = segment(gdt_entry(0xc09b, 0, 0xfffff), 1);

@@ -209,7 +209,10 @@ fn load_initrd(
 
 fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
     if cmdline.len() >= CMDLINE_CAPACITY {
-        return Err(BootError::CmdlineTooLong(cmdline.len(), CMDLINE_CAPACITY - 1));
+        return Err(BootError::CmdlineTooLong(
+            cmdline.len(),
+            CMDLINE_CAPACITY - 1,
+        ));
     }
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
@@ -281,8 +284,8 @@ fn write_pvh_start_info(
         ..Default::default()
     };
     if let Some((paddr, size)) = initrd {
-        let modlist = PVH_MEMMAP_ADDR
-            + (map.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
+        let modlist =
+            PVH_MEMMAP_ADDR + (map.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
         let module = hvm_modlist_entry {
             paddr,
             size,

@@ -143,7 +143,11 @@ mod tests {
         assert_eq!(read_reg(&mut cmos, REG_CENTURY), 0x20);
         assert_eq!(read_reg(&mut cmos, REG_WEEKDAY), 0x04);
         assert_eq!(read_reg(&mut cmos, REG_D), REG_D_VALUE);
-        assert_eq!(read_reg(&mut cmos, REG_A) & 0x80, 0, "no update in progress");
+        assert_eq!(
+            read_reg(&mut cmos, REG_A) & 0x80,
+            0,
+            "no update in progress"
+        );
     }
 
     #[test]

@@ -31,7 +31,12 @@ impl Run {
         let pat = format!("{key}=");
         let start = line.find(&pat)? + pat.len();
         let rest = &line[start..];
-        Some(rest.split_whitespace().next()?.trim_matches('"').to_string())
+        Some(
+            rest.split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_string(),
+        )
     }
 
     pub fn assert_no_panic(&self) {
