@@ -22,7 +22,7 @@ fn kit() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/hearth/kit"));
     assert!(
-        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio.gz").is_file(),
+        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio").is_file(),
         "the Linux guest kit is missing in {}: run resources/linux/build-kit.sh",
         dir.display()
     );
@@ -50,7 +50,7 @@ fn linux_boots_to_init_with_two_cpus_and_exits_zero_on_reset() {
     let token = format!("hearth.test_token={}", std::process::id());
     let cmdline = format!("{} {token}", base_cmdline());
     let vmlinux = kit.join("vmlinux");
-    let initrd = kit.join("initramfs.cpio.gz");
+    let initrd = kit.join("initramfs.cpio");
     let run = run_hearth(
         &[
             "run",
