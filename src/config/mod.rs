@@ -112,7 +112,10 @@ pub fn from_flags(flags: &VmFlags) -> Result<MonitorSpec, ConfigErrors> {
     let naming = Naming::Flags;
     let name = resolve_name(&vm.name, DEFAULT_VM_NAME.to_string(), &naming, &mut errors);
     let spec = validate_vm(vm, name, true, &naming, ctx, &mut errors);
-    errors.finish(spec.map(|vm| MonitorSpec { vms: vec![vm] }))
+    errors.finish(spec.map(|vm| MonitorSpec {
+        vms: vec![vm],
+        host: HostSpec::default(),
+    }))
 }
 
 fn absolute(path: &Path, what: &str) -> Result<PathBuf, ConfigErrors> {
@@ -182,7 +185,10 @@ fn parse_with(text: &str, base_dir: &Path, host: &HostInfo) -> Result<MonitorSpe
         Ok(Form::SingleVm) => single_vm(map, ctx, &mut errors),
         Ok(Form::Monitor) => monitor(map, ctx, &mut errors),
     };
-    errors.finish(vms.map(|vms| MonitorSpec { vms }))
+    errors.finish(vms.map(|vms| MonitorSpec {
+        vms,
+        host: HostSpec::default(),
+    }))
 }
 
 fn syntax_error(e: serde_json::Error) -> ConfigErrors {

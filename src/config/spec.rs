@@ -7,7 +7,55 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq)]
 pub struct MonitorSpec {
     pub vms: Vec<VmSpec>,
+    pub host: HostSpec,
 }
+
+/// Host-wide policy (`host` in a monitor file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSpec {
+    /// `host.cpu.cpus`: the host CPUs every vCPU thread may run on (their
+    /// affinity); `None` leaves them free to run anywhere.
+    pub cpus: Option<Vec<usize>>,
+    /// `host.cpu.tick_ms`: how often the CPU scheduler looks at usage.
+    pub sched_tick_ms: u32,
+}
+
+impl Default for HostSpec {
+    fn default() -> Self {
+        HostSpec {
+            cpus: None,
+            sched_tick_ms: DEFAULT_SCHED_TICK_MS,
+        }
+    }
+}
+
+/// A VM's CPU policy (`cpu` section, beside `cpu.vcpus`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuSpec {
+    /// `cpu.weight`: relative share of CPU time under contention, 1..=10000.
+    pub weight: u32,
+    /// `cpu.max`: a cap, in physical CPUs (0.5 = half of one CPU), whatever
+    /// the contention; `None` = no cap. Greater than 0, at most `vcpus`.
+    pub max: Option<f64>,
+}
+
+impl Default for CpuSpec {
+    fn default() -> Self {
+        CpuSpec {
+            weight: DEFAULT_CPU_WEIGHT,
+            max: None,
+        }
+    }
+}
+
+/// Default and range of `cpu.weight` (as cgroup v2's cpu.weight).
+pub const DEFAULT_CPU_WEIGHT: u32 = 100;
+pub const MIN_CPU_WEIGHT: u32 = 1;
+pub const MAX_CPU_WEIGHT: u32 = 10_000;
+/// Default and range of `host.cpu.tick_ms`.
+pub const DEFAULT_SCHED_TICK_MS: u32 = 10;
+pub const MIN_SCHED_TICK_MS: u32 = 1;
+pub const MAX_SCHED_TICK_MS: u32 = 1000;
 
 /// One validated VM definition.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +68,7 @@ pub struct VmSpec {
     pub memory_mib: u64,
     pub kernel: KernelSpec,
     pub serial: SerialSpec,
+    pub cpu: CpuSpec,
 }
 
 /// How to load and enter the kernel.

@@ -125,6 +125,7 @@ pub(crate) fn validate_vm(
         memory_mib: memory?.mib,
         kernel: kernel?.spec,
         serial: serial?,
+        cpu: CpuSpec::default(),
     })
 }
 

@@ -110,7 +110,9 @@ fn valid_single_vm() {
                     output: SerialOutput::Stdout,
                     stdin: true,
                 },
-            }]
+                cpu: CpuSpec::default(),
+            }],
+            host: HostSpec::default(),
         }
     );
 }
