@@ -54,6 +54,16 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
+/// A device a caller adds to a VM beside the standard ones (benchmarks and
+/// tests use this to put an instrumented device on the bus).
+pub struct ExtraDevice {
+    pub space: AddressSpace,
+    pub name: String,
+    pub base: u64,
+    pub len: u64,
+    pub device: crate::bus::SharedDevice,
+}
+
 /// The serial port type used in VMs.
 pub type Serial = SerialDevice<IrqLine>;
 
@@ -85,8 +95,18 @@ pub struct VmReport {
 }
 
 impl Vm {
-    /// Creates the VM. `cmdline` is the full command line the guest gets.
+    /// Creates the VM with the standard devices.
     pub fn build(kvm: &Kvm, spec: &VmSpec, serial_out: SerialOut) -> Result<Vm, VmError> {
+        Vm::build_with(kvm, spec, serial_out, Vec::new())
+    }
+
+    /// Creates the VM with the standard devices and `extra` ones.
+    pub fn build_with(
+        kvm: &Kvm,
+        spec: &VmSpec,
+        serial_out: SerialOut,
+        extra: Vec<ExtraDevice>,
+    ) -> Result<Vm, VmError> {
         let fd = kvm.create_vm().map_err(kvm_err("create VM"))?;
         fd.set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(kvm_err("set TSS address"))?;
@@ -134,8 +154,16 @@ impl Vm {
             CMOS_LEN,
             Arc::new(Mutex::new(Cmos::with_host_clock())),
         )?;
+        let mut mmio = Bus::new(AddressSpace::Mmio);
+        for d in extra {
+            let bus = match d.space {
+                AddressSpace::Pio => &mut pio,
+                AddressSpace::Mmio => &mut mmio,
+            };
+            bus.insert(&d.name, d.base, d.len, d.device)?;
+        }
         let pio = Arc::new(pio);
-        let mmio = Arc::new(Bus::new(AddressSpace::Mmio));
+        let mmio = Arc::new(mmio);
 
         // vCPUs.
         let supported = kvm
