@@ -145,6 +145,7 @@ pub(crate) fn humanize_serde(message: &str) -> String {
         ("expected u64", "expected a non-negative integer"),
         ("expected u32", "expected a non-negative integer"),
         ("expected u8", "expected a non-negative integer"),
+        ("expected f64", "expected a number"),
         ("expected a sequence", "expected an array"),
         ("expected path string", "expected a string (a file path)"),
         ("invalid type: map", "invalid type: object"),

@@ -11,6 +11,7 @@
 //! All problems are reported at once as [`ConfigErrors`], each naming its JSON
 //! path (or CLI flag) and the bad value. Nothing here touches KVM.
 
+mod cpu;
 mod error;
 pub mod kernel_probe;
 mod raw;
@@ -97,7 +98,10 @@ pub fn from_flags(flags: &VmFlags) -> Result<MonitorSpec, ConfigErrors> {
             cmdline: flags.cmdline.clone(),
             protocol: None,
         }),
-        cpu: Parsed::Ok(raw::RawCpu { vcpus: flags.vcpus }),
+        cpu: Parsed::Ok(raw::RawCpu {
+            vcpus: flags.vcpus,
+            ..Default::default()
+        }),
         memory: Parsed::Ok(raw::RawMemory {
             size_mib: flags.memory_mib,
         }),
@@ -180,15 +184,12 @@ fn parse_with(text: &str, base_dir: &Path, host: &HostInfo) -> Result<MonitorSpe
         )));
     };
     let ctx = Ctx { base_dir, host };
-    let vms = match detect_form(&map) {
+    let spec = match detect_form(&map) {
         Err(e) => return Err(ConfigErrors::one(e)),
         Ok(Form::SingleVm) => single_vm(map, ctx, &mut errors),
         Ok(Form::Monitor) => monitor(map, ctx, &mut errors),
     };
-    errors.finish(vms.map(|vms| MonitorSpec {
-        vms,
-        host: HostSpec::default(),
-    }))
+    errors.finish(spec)
 }
 
 fn syntax_error(e: serde_json::Error) -> ConfigErrors {
@@ -202,20 +203,37 @@ fn syntax_error(e: serde_json::Error) -> ConfigErrors {
     ))
 }
 
-fn single_vm(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Option<Vec<VmSpec>> {
+fn single_vm(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Option<MonitorSpec> {
     let vm = ParsedVm::parse(Value::Object(map), "", errors)?;
     let naming = Naming::Json(String::new());
     let stdin = vm.explicit_stdin().unwrap_or(true);
     let name = resolve_name(&vm.name, DEFAULT_VM_NAME.to_string(), &naming, errors);
-    validate_vm(vm, name, stdin, &naming, ctx, errors).map(|vm| vec![vm])
+    validate_vm(vm, name, stdin, &naming, ctx, errors).map(|vm| MonitorSpec {
+        vms: vec![vm],
+        host: HostSpec::default(),
+    })
 }
 
-fn monitor(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Option<Vec<VmSpec>> {
+fn monitor(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Option<MonitorSpec> {
     let had_vms = map.contains_key("vms");
     let raw: RawMonitor = parse_container(Value::Object(map), "", errors)?;
-    // Host-wide policy: nothing to check yet beyond its keys.
-    let _host: Parsed<RawHost> = parse_optional(raw.host, "host", errors);
-    let values = match raw.vms {
+    let host: Parsed<RawHost> = parse_optional(raw.host, "host", errors);
+    let host = cpu::validate_host(host, ctx.host, errors);
+    let vms = monitor_vms(raw.vms, had_vms, ctx, errors);
+    Some(MonitorSpec {
+        vms: vms?,
+        host: host?,
+    })
+}
+
+/// The VMs of a monitor file: structure, cross-VM rules, then each VM.
+fn monitor_vms(
+    vms: Option<Vec<Value>>,
+    had_vms: bool,
+    ctx: Ctx<'_>,
+    errors: &mut Errors,
+) -> Option<Vec<VmSpec>> {
+    let values = match vms {
         Some(values) if !values.is_empty() => values,
         Some(_) => {
             errors.push("vms", "must list at least one VM (it is empty)");

@@ -27,10 +27,22 @@ pub(crate) struct RawMonitor {
     pub vms: Option<Vec<Value>>,
 }
 
-/// `host`: host-wide policy. Empty for now; later issues add `cpu`, `memory`...
-#[derive(Debug, Deserialize)]
+/// `host`: host-wide policy, one section per resource. `memory` (the
+/// host-wide memory budget) is added here beside `cpu` as another `Value`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawHost {}
+pub(crate) struct RawHost {
+    pub cpu: Option<Value>,
+}
+
+/// `host.cpu`: which host CPUs the vCPU threads may use, and the scheduler tick.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHostCpu {
+    /// Wider than `usize` needs, so that a huge number is "not online", not a type error.
+    pub cpus: Option<Vec<u64>>,
+    pub tick_ms: Option<u64>,
+}
 
 /// One VM definition: the top level of a single-VM file or an entry of `vms`.
 #[derive(Debug, Deserialize)]
@@ -68,6 +80,10 @@ pub(crate) enum RawProtocol {
 pub(crate) struct RawCpu {
     /// Wider than the spec's `u8` so that 300 is "out of range", not a type error.
     pub vcpus: Option<u64>,
+    /// Wider than the spec's `u32` for the same reason.
+    pub weight: Option<u64>,
+    /// In physical CPUs; an integer is accepted too.
+    pub max: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -439,8 +455,11 @@ mod tests {
     #[test]
     fn struct_fields_reads_serde_field_lists() {
         assert_eq!(struct_fields::<RawVm>(), Some(VM_KEYS));
-        assert_eq!(struct_fields::<RawCpu>(), Some(&["vcpus"][..]));
-        assert_eq!(struct_fields::<RawHost>(), Some(&[][..]));
+        assert_eq!(
+            struct_fields::<RawCpu>(),
+            Some(&["vcpus", "weight", "max"][..])
+        );
+        assert_eq!(struct_fields::<RawHost>(), Some(&["cpu"][..]));
         assert_eq!(struct_fields::<RawMonitor>(), Some(&["host", "vms"][..]));
         assert_eq!(struct_fields::<String>(), None);
     }

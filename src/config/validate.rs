@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::error::Errors;
 use super::kernel_probe::{self, KernelImage};
 use super::raw::{
-    join, Parsed, ParsedVm, RawCpu, RawKernel, RawMemory, RawProtocol, RawSerial, RawSerialOutput,
+    join, Parsed, ParsedVm, RawKernel, RawMemory, RawProtocol, RawSerial, RawSerialOutput,
 };
 use super::spec::*;
 
@@ -22,6 +22,9 @@ pub(crate) struct HostInfo {
     /// `MemTotal` from `/proc/meminfo`, rounded down to MiB; `None` if unknown,
     /// in which case memory is not checked against it.
     pub mem_total_mib: Option<u64>,
+    /// Online host CPUs; `None` if unknown, in which case `host.cpu.cpus`
+    /// is not checked against it.
+    pub online_cpus: Option<usize>,
 }
 
 impl HostInfo {
@@ -29,6 +32,7 @@ impl HostInfo {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         Self {
             mem_total_mib: parse_meminfo_total_mib(&meminfo),
+            online_cpus: super::cpu::online_cpus(),
         }
     }
 }
@@ -113,7 +117,7 @@ pub(crate) fn validate_vm(
     errors: &mut Errors,
 ) -> Option<VmSpec> {
     let kernel = validate_kernel(vm.kernel, naming, ctx, errors);
-    let vcpus = validate_cpu(vm.cpu, naming, errors);
+    let cpu = super::cpu::validate_cpu(vm.cpu, naming, errors);
     let memory = validate_memory(vm.memory, naming, ctx.host, errors);
     let serial = validate_serial(vm.serial, stdin, naming, ctx.base_dir, errors);
     if let (Some(kernel), Some(memory)) = (&kernel, &memory) {
@@ -121,11 +125,11 @@ pub(crate) fn validate_vm(
     }
     Some(VmSpec {
         name: name?,
-        vcpus: vcpus?,
         memory_mib: memory?.mib,
         kernel: kernel?.spec,
         serial: serial?,
-        cpu: CpuSpec::default(),
+        vcpus: cpu.as_ref()?.vcpus,
+        cpu: cpu?.policy,
     })
 }
 
@@ -283,27 +287,6 @@ fn check_cmdline(cmdline: &str) -> Result<(), String> {
         return Err(format!("contains a {kind} ({byte:#04x}) at byte {at}"));
     }
     Ok(())
-}
-
-fn validate_cpu(cpu: Parsed<RawCpu>, naming: &Naming, errors: &mut Errors) -> Option<u8> {
-    let raw = match cpu {
-        Parsed::Ok(raw) => raw,
-        Parsed::Absent => RawCpu::default(),
-        Parsed::Failed => return None,
-    };
-    let Some(vcpus) = raw.vcpus else {
-        return Some(DEFAULT_VCPUS);
-    };
-    match u8::try_from(vcpus) {
-        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Some(n),
-        _ => {
-            errors.push(
-                naming.at("cpu.vcpus"),
-                format!("{vcpus} is out of range (1..={MAX_VCPUS})"),
-            );
-            None
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -11,9 +11,11 @@ use super::*;
 
 mod values;
 
-/// A host with 4 GiB of RAM, so "too large" does not depend on the machine.
+/// A host with 4 GiB of RAM and 2 CPUs, so "too large" and "not online"
+/// do not depend on the machine.
 pub(super) const HOST: HostInfo = HostInfo {
     mem_total_mib: Some(4096),
+    online_cpus: Some(2),
 };
 
 /// A temp dir holding the kernels and files the configs refer to.
@@ -221,12 +223,12 @@ fn unknown_nested_field() {
     );
     assert_eq!(
         msg,
-        "unknown field \"vcpu\" (expected one of: vcpus); did you mean \"vcpus\"?"
+        "unknown field \"vcpu\" (expected one of: vcpus, weight, max); did you mean \"vcpus\"?"
     );
     one_error(
-        fx.parse(&json!({"host": {"cpu": {}}, "vms": [{"kernel": {"path": "vmlinux"}}]})),
+        fx.parse(&json!({"host": {"cpus": {}}, "vms": [{"kernel": {"path": "vmlinux"}}]})),
         "host",
-        &["unknown field \"cpu\" (no fields are accepted here yet)"],
+        &["unknown field \"cpus\" (expected one of: cpu); did you mean \"cpu\"?"],
     );
 }
 
@@ -334,7 +336,7 @@ fn many_errors_are_reported_at_once() {
         .expect_err("invalid");
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let expected = [
-        "host: unknown field \"budget\" (no fields are accepted here yet)",
+        "host: unknown field \"budget\" (expected one of: cpu)",
         "vms[1]: unknown field \"extra\" (expected one of: name, kernel, cpu, memory, serial)",
         "vms[1].kernel: unknown field \"protocl\" (expected one of: path, initrd, cmdline, protocol); did you mean \"protocol\"?",
         "vms[1].cpu.vcpus: invalid type: string \"two\", expected a non-negative integer",

@@ -366,3 +366,67 @@ fn examples_in_the_repo_parse() {
         }
     }
 }
+
+#[test]
+fn cpu_policy_in_files() {
+    let fx = Fixture::new("cpu_policy");
+    let k = json!({"path": "vmlinux"});
+    let spec = fx
+        .parse(&json!({
+            "host": {"cpu": {"cpus": [1], "tick_ms": 5}},
+            "vms": [
+                {"kernel": k, "cpu": {"vcpus": 2, "weight": 300, "max": 1}},
+                {"kernel": k, "cpu": {"max": 0.25}}
+            ]
+        }))
+        .expect("valid");
+    assert_eq!(
+        spec.host,
+        HostSpec {
+            cpus: Some(vec![1]),
+            sched_tick_ms: 5
+        }
+    );
+    assert_eq!(
+        spec.vms[0].cpu,
+        CpuSpec {
+            weight: 300,
+            max: Some(1.0)
+        }
+    );
+    assert_eq!(
+        spec.vms[1].cpu,
+        CpuSpec {
+            weight: DEFAULT_CPU_WEIGHT,
+            max: Some(0.25)
+        }
+    );
+    let errors = fx
+        .parse(&json!({
+            "host": {"cpu": {"cpus": [0, 7]}},
+            "vms": [
+                {"kernel": k, "cpu": {"vcpus": 2, "max": 3.5}},
+                {"name": "b", "kernel": k, "cpu": {"weight": 0}},
+                {"name": "c", "kernel": k, "cpu": {"weight": 1.5, "max": "half"}}
+            ]
+        }))
+        .expect_err("invalid");
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "host.cpu.cpus: CPU 7 is not online (this host has 2)",
+            "vms[2].cpu.max: invalid type: string \"half\", expected a number",
+            "vms[2].cpu.weight: invalid type: number 1.5, expected a non-negative integer",
+            "vms[0].cpu.max: 3.5 is more than cpu.vcpus (2); a VM cannot use more CPUs than it has vCPUs",
+            "vms[1].cpu.weight: 0 is out of range (1..=10000)",
+        ],
+        "got:\n{errors}"
+    );
+    // A single-VM file has no host section: host policy is the default.
+    let spec = fx
+        .parse(&json!({"kernel": k, "cpu": {"weight": 10000}}))
+        .expect("valid");
+    assert_eq!(spec.host, HostSpec::default());
+    assert_eq!(spec.vms[0].cpu.weight, 10_000);
+}
