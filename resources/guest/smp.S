@@ -1,10 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Hearth test guest: the smp scenario. The BSP reads the APIC IDs from the
- * MP table, copies a real-mode trampoline to TRAMPOLINE_BASE and starts each
- * AP with INIT-SIPI-SIPI through the xAPIC. Each AP goes real mode ->
- * protected mode -> long mode (on the BSP's page tables), takes its own
- * stack, prints "cpu up apic=<id>", counts itself in cpus_up and halts.
+ * Hearth test guest: starting the APs, and the smp scenario.
+ *
+ * smp_start_aps(ap_main) reads the APIC IDs from the MP table, copies a
+ * real-mode trampoline to TRAMPOLINE_BASE and starts each AP with
+ * INIT-SIPI-SIPI through the xAPIC. Each AP goes real mode -> protected
+ * mode -> long mode (on the BSP's page tables), takes its own stack and
+ * calls ap_main; if that returns, the AP halts. The smp scenario's ap_main
+ * prints "cpu up apic=<id>" and counts itself in cpus_up; the spin scenario
+ * (spin.S) uses another one.
  */
 #include "guest.h"
 
@@ -66,7 +70,17 @@ ap_entry64:
 	leaq	ap_stacks(%rip), %rsp
 	addq	%rax, %rsp
 	lidt	idt_ptr(%rip)
-	/* hearth-guest: cpu up apic=<initial APIC ID from CPUID leaf 1> */
+	movq	ap_main_ptr(%rip), %rax
+	call	*%rax
+	jmp	halt_forever
+
+/*
+ * smp_ap_main(): the smp scenario's AP.
+ *   hearth-guest: cpu up apic=<initial APIC ID from CPUID leaf 1>
+ * then counts itself in cpus_up and returns (the AP halts).
+ */
+smp_ap_main:
+	pushq	%rbx
 	movl	$1, %eax
 	cpuid
 	shrl	$24, %ebx
@@ -77,7 +91,8 @@ ap_entry64:
 	call	line_end
 	movl	$1, %eax
 	lock xaddl %eax, cpus_up(%rip)
-	jmp	halt_forever
+	popq	%rbx
+	ret
 
 /*
  * smp:
@@ -87,11 +102,51 @@ ap_entry64:
  */
 	.globl	scenario_smp
 scenario_smp:
+	pushq	%r12
+	pushq	%r14
+	leaq	smp_ap_main(%rip), %rdi
+	call	smp_start_aps
+	movl	%edx, %r12d			/* expected */
+	/* Wait (bounded) until every started AP has counted itself. */
+	leal	1(%rax), %esi			/* + the BSP */
+	leaq	cpus_up(%rip), %rdi
+	call	smp_wait_count
+	movl	%eax, %r14d
+	call	line_begin
+	PUTS	"smp cpus_up="
+	movl	%r14d, %edi
+	call	put_dec
+	PUTS	" expected="
+	movl	%r12d, %edi
+	call	put_dec
+	call	line_end
+	call	line_begin
+	cmpl	%r12d, %r14d
+	jne	3f
+	PUTS	"SMP OK"
+	jmp	4f
+3:	PUTS	"SMP FAIL"
+4:	call	line_end
+	popq	%r14
+	popq	%r12
+	ret
+
+/*
+ * smp_start_aps(ap_main: rdi) -> eax = APs started, edx = enabled
+ * processors in the MP table.
+ * Start every enabled processor of the MP table except this one (the BSP),
+ * one after the other; each calls ap_main() on its own stack once in long
+ * mode, and halts if it returns. Sets cpus_up to 1 (the BSP); counting the
+ * APs is up to ap_main.
+ */
+	.globl	smp_start_aps
+smp_start_aps:
 	pushq	%rbx
 	pushq	%r12
 	pushq	%r13
 	pushq	%r14
 	pushq	%r15
+	movq	%rdi, ap_main_ptr(%rip)
 	movl	$0, smp_ncpus(%rip)
 	leaq	smp_record_cpu(%rip), %rdi
 	call	mptable_foreach_cpu
@@ -123,7 +178,7 @@ scenario_smp:
 	xorl	%r15d, %r15d
 .Lstart_loop:
 	cmpl	smp_ncpus(%rip), %r14d
-	jae	.Lwait
+	jae	.Lstarted
 	leaq	smp_apic_ids(%rip), %rax
 	movl	(%rax, %r14, 4), %edi
 	incl	%r14d
@@ -132,45 +187,39 @@ scenario_smp:
 	call	start_ap
 	incl	%r15d
 	jmp	.Lstart_loop
-
-	/* Wait (bounded) until every started AP has counted itself. */
-.Lwait:
-	incl	%r15d				/* + the BSP */
-	rdtsc
-	shlq	$32, %rdx
-	orq	%rax, %rdx
-	movq	%rdx, %rbx			/* start */
-1:	cmpl	cpus_up(%rip), %r15d
-	jbe	2f
-	pause
-	rdtsc
-	shlq	$32, %rdx
-	orq	%rax, %rdx
-	subq	%rbx, %rdx
-	movq	$(AP_WAIT_MS * TSC_TICKS_PER_MS), %rax
-	cmpq	%rax, %rdx
-	jb	1b
-2:	movl	cpus_up(%rip), %r14d
-	call	line_begin
-	PUTS	"smp cpus_up="
-	movl	%r14d, %edi
-	call	put_dec
-	PUTS	" expected="
-	movl	%r12d, %edi
-	call	put_dec
-	call	line_end
-	call	line_begin
-	cmpl	%r12d, %r14d
-	jne	3f
-	PUTS	"SMP OK"
-	jmp	4f
-3:	PUTS	"SMP FAIL"
-4:	call	line_end
+.Lstarted:
+	movl	%r15d, %eax
+	movl	%r12d, %edx
 	popq	%r15
 	popq	%r14
 	popq	%r13
 	popq	%r12
 	popq	%rbx
+	ret
+
+/*
+ * smp_wait_count(counter: rdi, n: esi) -> eax = *counter
+ * Wait until the 32-bit *counter is at least n, or at most AP_WAIT_MS
+ * (AP_WAIT_MS * TSC_TICKS_PER_MS TSC ticks).
+ */
+	.globl	smp_wait_count
+smp_wait_count:
+	movq	%rdi, %r8
+	rdtsc
+	shlq	$32, %rdx
+	orq	%rax, %rdx
+	movq	%rdx, %r9			/* start */
+1:	cmpl	(%r8), %esi
+	jbe	2f
+	pause
+	rdtsc
+	shlq	$32, %rdx
+	orq	%rax, %rdx
+	subq	%r9, %rdx
+	movq	$(AP_WAIT_MS * TSC_TICKS_PER_MS), %rax
+	cmpq	%rax, %rdx
+	jb	1b
+2:	movl	(%r8), %eax
 	ret
 
 /* smp_record_cpu(apic_id: edi, flags: esi): mptable_foreach_cpu callback. */
@@ -260,7 +309,9 @@ delay_tsc:
 	ret
 
 	.data
-	.balign	4
+	.balign	8
+/* What each AP calls once in long mode (smp_start_aps). */
+ap_main_ptr:	.quad	0
 	.globl	cpus_up
 /* CPUs that reached ap_entry64 and printed, plus the BSP. */
 cpus_up:	.long	0
@@ -275,3 +326,6 @@ smp_apic_ids:
 	.balign	4096
 ap_stacks:
 	.skip	MAX_CPUS * AP_STACK_SIZE
+
+/* The spin scenario shares this file's AP start-up; see spin.S. */
+#include "spin.S"
