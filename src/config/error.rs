@@ -37,6 +37,11 @@ impl ConfigErrors {
         Self(vec![error])
     }
 
+    /// The errors, or `None` if there are none.
+    pub(crate) fn from_vec(errors: Vec<ConfigError>) -> Option<Self> {
+        (!errors.is_empty()).then_some(Self(errors))
+    }
+
     /// The errors in the order they were found.
     pub fn errors(&self) -> &[ConfigError] {
         &self.0

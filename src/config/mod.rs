@@ -8,11 +8,17 @@
 //!    against the other VMs of a monitor file;
 //! 3. the builder (elsewhere) turns the [`spec`] types into KVM objects.
 //!
+//! A Firecracker config file is accepted as a third form and mapped onto one
+//! VM ([`firecracker`]); [`convert_file`] writes any accepted file back as
+//! Hearth's own JSON.
+//!
 //! All problems are reported at once as [`ConfigErrors`], each naming its JSON
 //! path (or CLI flag) and the bad value. Nothing here touches KVM.
 
+mod convert;
 mod cpu;
 mod error;
+mod firecracker;
 pub mod kernel_probe;
 mod raw;
 pub mod spec;
@@ -28,7 +34,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+pub use convert::{convert_file, spec_to_json};
 pub use error::{ConfigError, ConfigErrors};
+pub use firecracker::{
+    FIRECRACKER_DEFAULT_BOOT_ARGS, FIRECRACKER_DEFAULT_MEM_MIB, FIRECRACKER_MAX_VCPUS,
+};
 pub use spec::*;
 
 use error::{humanize_serde, Errors, ROOT};
@@ -131,19 +141,46 @@ fn absolute(path: &Path, what: &str) -> Result<PathBuf, ConfigErrors> {
     })
 }
 
-/// The two shapes a config file can have.
+/// The three shapes a config file can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Form {
     /// The top-level object is one VM definition.
     SingleVm,
     /// `{"host": {...}, "vms": [...]}`.
     Monitor,
+    /// A Firecracker `--config-file` JSON (`boot-source`, `machine-config`, ...).
+    Firecracker,
 }
 
-/// Decides the form from the top-level keys. This is the place for further
-/// forms: a Firecracker config is recognised by `boot-source` /
-/// `machine-config` and will get its own variant and translation.
+/// Decides the form from the top-level keys.
 fn detect_form(map: &Map<String, Value>) -> Result<Form, ConfigError> {
+    let firecracker_keys: Vec<String> = map
+        .keys()
+        .filter(|k| firecracker::FIRECRACKER_KEYS.contains(&k.as_str()))
+        .map(|k| format!("{k:?}"))
+        .collect();
+    if !firecracker_keys.is_empty() {
+        let hearth_keys: Vec<String> = map
+            .keys()
+            .filter(|k| {
+                raw::VM_KEYS.contains(&k.as_str()) || raw::MONITOR_KEYS.contains(&k.as_str())
+            })
+            .map(|k| format!("{k:?}"))
+            .collect();
+        if hearth_keys.is_empty() {
+            return Ok(Form::Firecracker);
+        }
+        return Err(ConfigError::new(
+            ROOT,
+            format!(
+                "mixes Firecracker config keys ({}) with Hearth config keys ({}); a file is \
+                 either a Firecracker config file or a Hearth config, not both \
+                 (`hearth convert` turns a Firecracker file into Hearth's form)",
+                firecracker_keys.join(", "),
+                hearth_keys.join(", "),
+            ),
+        ));
+    }
     let monitor_keys: Vec<&str> = ["vms", "host"]
         .into_iter()
         .filter(|k| map.contains_key(*k))
@@ -188,6 +225,7 @@ fn parse_with(text: &str, base_dir: &Path, host: &HostInfo) -> Result<MonitorSpe
         Err(e) => return Err(ConfigErrors::one(e)),
         Ok(Form::SingleVm) => single_vm(map, ctx, &mut errors),
         Ok(Form::Monitor) => monitor(map, ctx, &mut errors),
+        Ok(Form::Firecracker) => firecracker_vm(map, ctx, &mut errors),
     };
     errors.finish(spec)
 }
@@ -209,6 +247,22 @@ fn single_vm(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Opti
     let stdin = vm.explicit_stdin().unwrap_or(true);
     let name = resolve_name(&vm.name, DEFAULT_VM_NAME.to_string(), &naming, errors);
     validate_vm(vm, name, stdin, &naming, ctx, errors).map(|vm| MonitorSpec {
+        vms: vec![vm],
+        host: HostSpec::default(),
+    })
+}
+
+/// A Firecracker file: one VM named `vm0`, serial on stdout reading stdin
+/// (as Firecracker's), errors named by Firecracker's fields.
+fn firecracker_vm(
+    map: Map<String, Value>,
+    ctx: Ctx<'_>,
+    errors: &mut Errors,
+) -> Option<MonitorSpec> {
+    let vm = firecracker::parse_firecracker(map, errors);
+    let naming = Naming::Firecracker;
+    let name = Some(DEFAULT_VM_NAME.to_string());
+    validate_vm(vm, name, true, &naming, ctx, errors).map(|vm| MonitorSpec {
         vms: vec![vm],
         host: HostSpec::default(),
     })

@@ -55,6 +55,9 @@ pub(crate) struct RawVm {
     pub serial: Option<Value>,
 }
 
+/// The keys of a monitor file, used to recognise its form.
+pub(crate) const MONITOR_KEYS: &[&str] = &["host", "vms"];
+
 /// The keys of a VM definition, used to recognise the single-VM form.
 pub(crate) const VM_KEYS: &[&str] = &["name", "kernel", "cpu", "memory", "serial"];
 
@@ -380,7 +383,7 @@ pub(crate) fn parse_value<T: DeserializeOwned>(
     }
 }
 
-fn unknown_field_message(key: &str, fields: &[&str]) -> String {
+pub(crate) fn unknown_field_message(key: &str, fields: &[&str]) -> String {
     let mut message = if fields.is_empty() {
         format!("unknown field {key:?} (no fields are accepted here yet)")
     } else {

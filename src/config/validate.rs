@@ -57,6 +57,8 @@ pub(crate) struct Ctx<'a> {
 pub(crate) enum Naming {
     Json(String),
     Flags,
+    /// A Firecracker config file: Hearth fields named as Firecracker's.
+    Firecracker,
 }
 
 impl Naming {
@@ -74,6 +76,7 @@ impl Naming {
                 other => other,
             }
             .to_string(),
+            Naming::Firecracker => super::firecracker::field_name(field).to_string(),
         }
     }
 }

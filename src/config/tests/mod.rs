@@ -9,6 +9,7 @@ use super::test_util::{bzimage, elf, TempDir};
 use super::validate::HostInfo;
 use super::*;
 
+mod firecracker;
 mod values;
 
 /// A host with 4 GiB of RAM and 2 CPUs, so "too large" and "not online"

@@ -1,0 +1,421 @@
+//! The third form of config file: a Firecracker `--config-file` JSON, mapped
+//! onto one Hearth VM definition so that Firecracker users can switch
+//! without rewriting their files (see `docs/firecracker.md`).
+//!
+//! Every top-level key is handled by one arm of [`parse_firecracker`]'s
+//! match: mapped (`boot-source`, `machine-config`), accepted when empty or
+//! default (`drives: []`, `logger: {}`, `null`), or refused as "not supported
+//! yet" naming the field. Nothing is silently ignored. When Hearth gains a
+//! device (the balloon, say), its arm changes from a refusal to a mapping.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::error::{Errors, ROOT};
+use super::raw::{
+    describe, parse_optional, unknown_field_message, Parsed, ParsedVm, RawCpu, RawKernel, RawMemory,
+};
+
+/// Every top-level key Firecracker accepts in a config file.
+pub(crate) const FIRECRACKER_KEYS: &[&str] = &[
+    "boot-source",
+    "machine-config",
+    "cpu-config",
+    "drives",
+    "network-interfaces",
+    "pmem",
+    "balloon",
+    "vsock",
+    "entropy",
+    "logger",
+    "metrics",
+    "mmds-config",
+    "memory-hotplug",
+];
+
+/// Firecracker's command line when `boot-source.boot_args` is absent
+/// (`DEFAULT_KERNEL_CMDLINE` in its `vmm_config/boot_source.rs`).
+pub const FIRECRACKER_DEFAULT_BOOT_ARGS: &str = "reboot=k panic=1 nomodule 8250.nr_uarts=0 \
+     i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
+/// What Firecracker appends when the VM has no PCI (its default), as Hearth's never does.
+pub const FIRECRACKER_NO_PCI_ARG: &str = "pci=off";
+/// Firecracker's vCPU limit (`MAX_SUPPORTED_VCPUS`).
+pub const FIRECRACKER_MAX_VCPUS: u64 = 32;
+/// Firecracker's defaults when `machine-config` is absent.
+pub const FIRECRACKER_DEFAULT_VCPUS: u64 = 1;
+pub const FIRECRACKER_DEFAULT_MEM_MIB: u64 = 128;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBootSource {
+    kernel_image_path: Option<PathBuf>,
+    initrd_path: Option<PathBuf>,
+    boot_args: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMachineConfig {
+    vcpu_count: Option<u64>,
+    mem_size_mib: Option<u64>,
+    smt: Option<bool>,
+    track_dirty_pages: Option<bool>,
+    huge_pages: Option<HugePages>,
+    cpu_template: Option<CpuTemplate>,
+}
+
+/// `machine-config.huge_pages`, as Firecracker spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum HugePages {
+    None,
+    Transparent,
+    #[serde(rename = "2M")]
+    TwoM,
+}
+
+/// `machine-config.cpu_template`: Firecracker's static CPU templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum CpuTemplate {
+    C3,
+    T2,
+    T2S,
+    T2CL,
+    T2A,
+    V1N1,
+    None,
+}
+
+/// How a Hearth field is named in a Firecracker file's errors.
+pub(crate) fn field_name(field: &str) -> &str {
+    match field {
+        "kernel" => "boot-source",
+        "kernel.path" => "boot-source.kernel_image_path",
+        "kernel.initrd" => "boot-source.initrd_path",
+        "kernel.cmdline" => "boot-source.boot_args",
+        "cpu.vcpus" => "machine-config.vcpu_count",
+        "memory.size_mib" => "machine-config.mem_size_mib",
+        other => other,
+    }
+}
+
+/// The command line Firecracker would give the guest: `boot_args` (or its
+/// default) plus `pci=off`, unless the arguments already say `pci=`.
+pub(crate) fn firecracker_cmdline(boot_args: Option<&str>) -> String {
+    let mut cmdline = boot_args
+        .unwrap_or(FIRECRACKER_DEFAULT_BOOT_ARGS)
+        .trim_end()
+        .to_string();
+    if !cmdline.split(' ').any(|word| word.starts_with("pci=")) {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(FIRECRACKER_NO_PCI_ARG);
+    }
+    cmdline
+}
+
+/// Maps the top-level object of a Firecracker config file onto a Hearth VM
+/// definition, reporting every section Hearth cannot honour.
+pub(crate) fn parse_firecracker(map: Map<String, Value>, errors: &mut Errors) -> ParsedVm {
+    let mut boot = None;
+    let mut machine = None;
+    for (key, value) in map {
+        if value.is_null() && FIRECRACKER_KEYS.contains(&key.as_str()) {
+            continue; // null is "not given", as in Firecracker
+        }
+        match key.as_str() {
+            "boot-source" => boot = Some(value),
+            "machine-config" => machine = Some(value),
+            "drives" => refuse_each(&key, value, describe_drive, errors),
+            "network-interfaces" => refuse_each(&key, value, describe_interface, errors),
+            "pmem" => refuse_each(&key, value, describe_pmem, errors),
+            // The balloon issue maps this onto Hearth's balloon instead.
+            "balloon" => refuse(&key, "a memory balloon (virtio-balloon)", errors),
+            "vsock" => refuse(&key, "a vsock device", errors),
+            "entropy" => refuse(&key, "an entropy device (virtio-rng)", errors),
+            "mmds-config" => refuse(&key, "the microVM metadata service (MMDS)", errors),
+            "memory-hotplug" => refuse(&key, "hotpluggable memory (virtio-mem)", errors),
+            "cpu-config" => refuse(&key, "a custom CPU template", errors),
+            "metrics" => refuse(&key, "Firecracker's metrics output", errors),
+            "logger" => check_logger(value, errors),
+            _ => errors.push(ROOT, unknown_field_message(&key, FIRECRACKER_KEYS)),
+        }
+    }
+    let kernel = boot_source(boot, errors);
+    let (cpu, memory) = machine_config(machine, errors);
+    ParsedVm {
+        name: Parsed::Absent,
+        kernel,
+        cpu,
+        memory,
+        serial: Parsed::Absent,
+    }
+}
+
+fn not_supported(what: &str, key: &str) -> String {
+    format!("{what} is not supported by Hearth yet; remove \"{key}\" to boot without it")
+}
+
+fn refuse(key: &str, what: &str, errors: &mut Errors) {
+    errors.push(key, not_supported(what, key));
+}
+
+/// Refuses every entry of the device list `key`; an empty list is fine.
+fn refuse_each(key: &str, value: Value, describe_entry: fn(&Value) -> String, errors: &mut Errors) {
+    let Value::Array(entries) = value else {
+        errors.push(
+            key,
+            format!("expected an array, found {}", describe(&value)),
+        );
+        return;
+    };
+    for (i, entry) in entries.iter().enumerate() {
+        errors.push(format!("{key}[{i}]"), describe_entry(entry));
+    }
+}
+
+/// `"name"` or `name "x"` from an entry's string field, for messages.
+fn named(entry: &Value, field: &str) -> Option<String> {
+    entry
+        .get(field)
+        .and_then(Value::as_str)
+        .map(|s| format!("{s:?}"))
+}
+
+fn describe_drive(entry: &Value) -> String {
+    let mut what = String::from("block device");
+    if let Some(id) = named(entry, "drive_id") {
+        what.push_str(&format!(" {id}"));
+    }
+    if let Some(path) = named(entry, "path_on_host") {
+        what.push_str(&format!(" ({path})"));
+    }
+    let root = entry.get("is_root_device").and_then(Value::as_bool) == Some(true);
+    if root {
+        what.push_str(", the root device,");
+    }
+    let hint = if root {
+        "; put the root filesystem in an initrd (boot-source.initrd_path) and remove the drive"
+    } else {
+        "; remove the drive"
+    };
+    format!("{what} is not supported by Hearth yet (it has no virtio-block device){hint}")
+}
+
+fn describe_interface(entry: &Value) -> String {
+    let mut what = String::from("network interface");
+    if let Some(id) = named(entry, "iface_id") {
+        what.push_str(&format!(" {id}"));
+    }
+    if let Some(tap) = named(entry, "host_dev_name") {
+        what.push_str(&format!(" (host device {tap})"));
+    }
+    format!("{what} is not supported by Hearth yet (it has no virtio-net device); remove it")
+}
+
+fn describe_pmem(entry: &Value) -> String {
+    let mut what = String::from("pmem device");
+    if let Some(id) = named(entry, "id") {
+        what.push_str(&format!(" {id}"));
+    }
+    if let Some(path) = named(entry, "path_on_host") {
+        what.push_str(&format!(" ({path})"));
+    }
+    format!("{what} is not supported by Hearth yet (it has no virtio-pmem device); remove it")
+}
+
+/// A logger of only defaults (`{}`, `"show_level": false`, ...) asks for
+/// nothing and is accepted; a path, level or module is refused.
+fn check_logger(value: Value, errors: &mut Errors) {
+    let Value::Object(map) = value else {
+        errors.push(
+            "logger",
+            format!("expected an object, found {}", describe(&value)),
+        );
+        return;
+    };
+    let requested: Vec<String> = map
+        .iter()
+        .filter(|(key, value)| {
+            let default_flag =
+                matches!(key.as_str(), "show_level" | "show_log_origin") && **value == false;
+            !default_flag
+        })
+        .map(|(key, _)| format!("{key:?}"))
+        .collect();
+    if !requested.is_empty() {
+        errors.push(
+            "logger",
+            format!(
+                "Firecracker's logger settings ({}) are not supported by Hearth yet: Hearth logs to \
+                 stderr at the level of --log-level (or HEARTH_LOG); remove \"logger\"",
+                requested.join(", ")
+            ),
+        );
+    }
+}
+
+fn boot_source(value: Option<Value>, errors: &mut Errors) -> Parsed<RawKernel> {
+    match parse_optional::<RawBootSource>(value, "boot-source", errors) {
+        Parsed::Absent => {
+            errors.push(
+                "boot-source",
+                "required: an object with at least \"kernel_image_path\", the kernel to boot",
+            );
+            Parsed::Failed
+        }
+        Parsed::Failed => Parsed::Failed,
+        Parsed::Ok(boot) => Parsed::Ok(RawKernel {
+            path: boot.kernel_image_path,
+            initrd: boot.initrd_path,
+            cmdline: Some(firecracker_cmdline(boot.boot_args.as_deref())),
+            protocol: None,
+        }),
+    }
+}
+
+/// `machine-config` as Hearth's `cpu` and `memory` sections, with
+/// Firecracker's own rules checked first.
+fn machine_config(
+    value: Option<Value>,
+    errors: &mut Errors,
+) -> (Parsed<RawCpu>, Parsed<RawMemory>) {
+    let machine = match parse_optional::<RawMachineConfig>(value, "machine-config", errors) {
+        Parsed::Ok(machine) => machine,
+        Parsed::Failed => return (Parsed::Failed, Parsed::Failed),
+        Parsed::Absent => RawMachineConfig {
+            vcpu_count: Some(FIRECRACKER_DEFAULT_VCPUS),
+            mem_size_mib: Some(FIRECRACKER_DEFAULT_MEM_MIB),
+            ..Default::default()
+        },
+    };
+    let smt = machine.smt == Some(true);
+    if smt {
+        errors.push(
+            "machine-config.smt",
+            "true is not supported by Hearth yet: each vCPU is a core of its own (one thread \
+             per core); use false or leave it out",
+        );
+    }
+    if machine.track_dirty_pages == Some(true) {
+        errors.push(
+            "machine-config.track_dirty_pages",
+            "true is not supported by Hearth yet (it has no snapshots); use false or leave it out",
+        );
+    }
+    if let Some(pages @ (HugePages::TwoM | HugePages::Transparent)) = machine.huge_pages {
+        let shown = if pages == HugePages::TwoM {
+            "2M"
+        } else {
+            "Transparent"
+        };
+        errors.push(
+            "machine-config.huge_pages",
+            format!(
+                "\"{shown}\" is not supported by Hearth yet (guest memory uses 4 KiB pages); use \
+                 \"None\" or leave it out"
+            ),
+        );
+    }
+    if let Some(template) = machine.cpu_template.filter(|t| *t != CpuTemplate::None) {
+        errors.push(
+            "machine-config.cpu_template",
+            format!(
+                "\"{template:?}\" is not supported by Hearth yet (no CPU templates); use \"None\" \
+                 or leave it out"
+            ),
+        );
+    }
+
+    let cpu = match machine.vcpu_count {
+        None => {
+            errors.push(
+                "machine-config.vcpu_count",
+                "required (Firecracker requires it in machine-config)",
+            );
+            Parsed::Failed
+        }
+        Some(n) if !(1..=FIRECRACKER_MAX_VCPUS).contains(&n) => {
+            errors.push(
+                "machine-config.vcpu_count",
+                format!("{n} is out of range (1..={FIRECRACKER_MAX_VCPUS}, Firecracker's limit)"),
+            );
+            Parsed::Failed
+        }
+        Some(n) if smt && n > 1 && n % 2 == 1 => {
+            errors.push(
+                "machine-config.vcpu_count",
+                format!("{n} must be 1 or even when machine-config.smt is true"),
+            );
+            Parsed::Failed
+        }
+        Some(n) => Parsed::Ok(RawCpu {
+            vcpus: Some(n),
+            ..Default::default()
+        }),
+    };
+    let memory = match machine.mem_size_mib {
+        None => {
+            errors.push(
+                "machine-config.mem_size_mib",
+                "required (Firecracker requires it in machine-config)",
+            );
+            Parsed::Failed
+        }
+        Some(mib) => Parsed::Ok(RawMemory {
+            size_mib: Some(mib),
+        }),
+    };
+    (cpu, memory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::raw::struct_fields;
+    use super::*;
+
+    #[test]
+    fn field_lists_match_firecracker() {
+        assert_eq!(
+            struct_fields::<RawBootSource>(),
+            Some(&["kernel_image_path", "initrd_path", "boot_args"][..])
+        );
+        assert_eq!(
+            struct_fields::<RawMachineConfig>(),
+            Some(
+                &[
+                    "vcpu_count",
+                    "mem_size_mib",
+                    "smt",
+                    "track_dirty_pages",
+                    "huge_pages",
+                    "cpu_template"
+                ][..]
+            )
+        );
+    }
+
+    #[test]
+    fn cmdline_gets_firecrackers_default_and_pci_off() {
+        assert_eq!(
+            firecracker_cmdline(None),
+            "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd \
+             swiotlb=noforce pci=off"
+        );
+        assert_eq!(
+            firecracker_cmdline(Some("console=ttyS0 reboot=k")),
+            "console=ttyS0 reboot=k pci=off"
+        );
+        assert_eq!(firecracker_cmdline(Some("pci=on x")), "pci=on x");
+        assert_eq!(firecracker_cmdline(Some("")), "pci=off");
+    }
+
+    #[test]
+    fn field_names() {
+        assert_eq!(field_name("kernel.path"), "boot-source.kernel_image_path");
+        assert_eq!(field_name("cpu.vcpus"), "machine-config.vcpu_count");
+        assert_eq!(field_name("serial.path"), "serial.path");
+    }
+}
