@@ -16,8 +16,6 @@ use std::process::Command;
 
 /// Where the guest is linked and where a bzImage loader puts its payload.
 const LOAD_ADDR: u64 = 0x10_0000;
-/// The assembly sources, in link order (head.S first: it holds the entries).
-const SOURCES: &[&str] = &["head.S", "console.S", "bootinfo.S", "scenarios.S", "smp.S"];
 /// Boot sector plus `SETUP_SECTS` sectors of setup precede the payload.
 const SETUP_SECTS: u8 = 1;
 const SECTOR: usize = 512;
@@ -91,9 +89,21 @@ fn assembler() -> &'static str {
 fn build_elf(guest_dir: &Path, out_dir: &Path, elf: &Path) {
     let cc = assembler();
     let mut objects = Vec::new();
-    for source in SOURCES {
-        let src = guest_dir.join(source);
-        let obj = out_dir.join(format!("guest-{}.o", source.trim_end_matches(".S")));
+    // Every .S file of the guest is one object: a new scenario file needs
+    // no change here.
+    let mut sources: Vec<PathBuf> = fs::read_dir(guest_dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", guest_dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "S"))
+        .collect();
+    sources.sort();
+    for src in sources {
+        let stem = src
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("source")
+            .to_string();
+        let obj = out_dir.join(format!("guest-{stem}.o"));
         let mut command = Command::new(cc);
         command
             .args(["-c", "-m64", "-x", "assembler-with-cpp", "-I"])
@@ -101,7 +111,7 @@ fn build_elf(guest_dir: &Path, out_dir: &Path, elf: &Path) {
             .arg("-o")
             .arg(&obj)
             .arg(&src);
-        run(command, &format!("assembling the test guest's {source}"));
+        run(command, &format!("assembling the test guest's {}", src.display()));
         objects.push(obj);
     }
 

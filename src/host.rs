@@ -121,6 +121,68 @@ pub fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// The calling thread's kernel id and CPU-time clock.
+pub fn current_thread_ids() -> Option<(libc::pid_t, libc::clockid_t)> {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: pthread_self is always valid for the calling thread, and
+    // `clock` is a valid place for the result; the return code is checked.
+    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    (rc == 0).then_some((tid, clock))
+}
+
+/// CPU time consumed so far on a thread CPU-time clock, in ns (`None` once
+/// the thread has exited).
+pub fn thread_cpu_ns(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to fill; the result is checked.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// CPU time of the calling thread, in ns.
+pub fn current_thread_cpu_ns() -> u64 {
+    thread_cpu_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
+}
+
+/// Whether thread `tid` of this process is running or waiting for a CPU
+/// (state `R` in /proc), as opposed to sleeping (a halted vCPU sleeps in
+/// the kernel).
+pub fn thread_runnable(tid: libc::pid_t) -> Option<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may
+    // itself contain spaces or parentheses: take what follows the last ')'.
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    Some(state == "R")
+}
+
+/// Pins the calling thread to `cpus`.
+pub fn set_thread_affinity(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET writes one bit inside `set`; `cpu` is bounded by
+        // validation to the online CPUs, far below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size given.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Number of online host CPUs.
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +191,45 @@ mod tests {
     fn peak_rss_is_readable() {
         let kib = peak_rss_kib().expect("VmHWM in /proc/self/status");
         assert!(kib > 100, "{kib} KiB");
+    }
+
+    #[test]
+    fn a_spinning_thread_is_runnable_and_its_clock_advances() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            tx.send(current_thread_ids()).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let (tid, clock) = rx.recv().unwrap().unwrap();
+        let before = thread_cpu_ns(clock).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let after = thread_cpu_ns(clock).unwrap();
+        assert!(after > before, "{before} -> {after}");
+        assert_eq!(thread_runnable(tid), Some(true));
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+        assert_eq!(thread_runnable(tid), None, "gone once joined");
+    }
+
+    #[test]
+    fn a_sleeping_thread_is_not_runnable() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(current_thread_ids()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let (tid, _) = rx.recv().unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(thread_runnable(tid), Some(false));
+        drop(done_tx);
+        t.join().unwrap();
     }
 
     #[test]

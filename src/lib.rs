@@ -17,6 +17,9 @@ pub mod layout;
 pub mod lifecycle;
 pub mod logger;
 pub mod monitor;
+pub mod output;
+pub mod sched;
+pub mod stats;
 pub mod vcpu;
 pub mod vm;
 

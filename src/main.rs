@@ -65,6 +65,9 @@ struct RunArgs {
     /// VM name.
     #[arg(long)]
     name: Option<String>,
+    /// Rewrite this file with per-VM statistics (JSON) every second.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
 }
 
 fn report_config_errors(errors: &config::ConfigErrors) {
@@ -93,7 +96,10 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
 
-    match monitor::run(&spec) {
+    let opts = monitor::RunOptions {
+        stats_file: args.stats_file,
+    };
+    match monitor::run(&spec, &opts) {
         Ok(report) => {
             if let Some(kib) = report.peak_rss_kib {
                 log::debug!("peak RSS {:.1} MiB", kib as f64 / 1024.0);

@@ -1,14 +1,18 @@
 //! The monitor: builds every VM, runs the epoll event loop (signals, the
-//! console's quit request, each VM's exit eventfd) until the last VM has
-//! stopped, and reports how each ended.
+//! console's quit request, each VM's exit eventfd, the CPU scheduler's tick,
+//! the statistics timer) until the last VM has stopped, and reports how
+//! each ended.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::bus::lock;
 use crate::config::{MonitorSpec, SerialOutput, VmSpec};
@@ -16,6 +20,9 @@ use crate::console::Console;
 use crate::devices::serial::SerialOut;
 use crate::host::{signal_name, RawTerminal, Signals};
 use crate::lifecycle::VmOutcome;
+use crate::output::{Prefixed, Stdout};
+use crate::sched::CpuScheduler;
+use crate::stats::{self, VmStats};
 use crate::vm::{Vm, VmError, VmReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +50,13 @@ fn setup_err(what: &'static str) -> impl FnOnce(io::Error) -> MonitorError {
     move |source| MonitorError::Setup { what, source }
 }
 
+/// Options of a run beyond the VM definitions.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Rewrite this file with the statistics (JSON) every second.
+    pub stats_file: Option<PathBuf>,
+}
+
 /// How the monitor's run ended.
 #[derive(Debug)]
 pub struct MonitorReport {
@@ -52,40 +66,31 @@ pub struct MonitorReport {
     pub peak_rss_kib: Option<u64>,
 }
 
-/// Serial output that reaches the terminal at once (unbuffered).
-struct Stdout;
-
-impl Write for Stdout {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut out = io::stdout().lock();
-        out.write_all(buf)?;
-        out.flush()?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        io::stdout().flush()
-    }
-}
-
-fn serial_out(spec: &VmSpec) -> Result<SerialOut, MonitorError> {
+/// Where each VM's serial output goes. When several VMs write to the
+/// terminal, each line is prefixed with the VM's name.
+fn serial_out(spec: &VmSpec, shared_terminal: bool) -> Result<SerialOut, MonitorError> {
     Ok(match &spec.serial.output {
+        SerialOutput::Stdout if shared_terminal => Box::new(Prefixed::new(&spec.name, Stdout)),
         SerialOutput::Stdout => Box::new(Stdout),
         SerialOutput::Off => Box::new(io::sink()),
         SerialOutput::File(path) => {
-            Box::new(
-                File::create(path).map_err(|source| MonitorError::SerialFile {
-                    name: spec.name.clone(),
-                    path: path.display().to_string(),
-                    source,
-                })?,
-            )
+            Box::new(File::create(path).map_err(|source| MonitorError::SerialFile {
+                name: spec.name.clone(),
+                path: path.display().to_string(),
+                source,
+            })?)
         }
     })
 }
 
 const TAG_SIGNAL: u32 = 0;
 const TAG_QUIT: u32 = 1;
+const TAG_SCHED: u32 = 2;
+const TAG_STATS: u32 = 3;
 const TAG_VM_EXIT: u32 = 16;
+
+/// How often the statistics file is rewritten.
+const STATS_PERIOD: Duration = Duration::from_secs(1);
 
 /// The event-loop subscriber that owns the VMs and their lifecycle.
 struct Monitor {
@@ -94,6 +99,10 @@ struct Monitor {
     signals: Signals,
     quit: EventFd,
     signal: Option<i32>,
+    sched: CpuScheduler,
+    stats_timer: TimerFd,
+    stats_file: Option<PathBuf>,
+    started: Instant,
 }
 
 impl Monitor {
@@ -115,6 +124,8 @@ impl Monitor {
         if slot.is_some() {
             return;
         }
+        let sched = self.sched.vm_stats(idx);
+        self.sched.remove_vm(idx);
         let report = vm.finish(VmOutcome::Error("exit event without a reason".into()));
         let _ = ops.remove(Events::with_data(
             &vm.shared.exit_evt,
@@ -129,10 +140,12 @@ impl Monitor {
         };
         log::log!(
             level,
-            "{}: ran {:.3} s, ended: {} (exits: {} pio-in, {} pio-out, {} mmio-read, {} mmio-write, {} interrupted; unclaimed: {} pio, {} mmio)",
+            "{}: ran {:.3} s, ended: {} (CPU {:.3} s, throttled {} times; exits: {} pio-in, {} pio-out, {} mmio-read, {} mmio-write, {} interrupted; unclaimed: {} pio, {} mmio)",
             report.name,
             report.seconds,
             report.outcome,
+            report.cpu_ns as f64 / 1e9,
+            sched.throttle_events,
             e.pio_reads,
             e.pio_writes,
             e.mmio_reads,
@@ -142,6 +155,56 @@ impl Monitor {
             report.unclaimed_mmio
         );
         *slot = Some(report);
+        if self.done() {
+            self.write_stats();
+        }
+    }
+
+    fn on_sched_tick(&mut self) {
+        let reports = &self.reports;
+        let running = self
+            .vms
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| reports[*i].is_none());
+        self.sched.on_tick(running);
+    }
+
+    /// The statistics of every VM now.
+    fn stats(&self) -> Vec<VmStats> {
+        self.vms
+            .iter()
+            .enumerate()
+            .map(|(i, vm)| {
+                let report = self.reports[i].as_ref();
+                VmStats {
+                    name: vm.name.clone(),
+                    state: report.map_or_else(|| "running".to_string(), |r| r.outcome.to_string()),
+                    vcpus: vm.vcpu_count(),
+                    weight: vm.cpu.weight,
+                    max: vm.cpu.max,
+                    cpu_ns: report.map_or_else(|| vm.cpu_ns(), |r| r.cpu_ns),
+                    sched: self.sched.vm_stats(i),
+                    parked_vcpus: if report.is_some() { 0 } else { vm.parked_vcpus() },
+                    exits: report.map_or_else(|| vm.exit_stats(), |r| r.exits),
+                }
+            })
+            .collect()
+    }
+
+    fn write_stats(&self) {
+        let Some(path) = &self.stats_file else { return };
+        let (ticks, cost) = self.sched.cost();
+        let value = stats::to_json(
+            self.started.elapsed().as_secs_f64(),
+            &self.stats(),
+            ticks,
+            cost,
+            crate::host::current_thread_cpu_ns(),
+        );
+        if let Err(e) = stats::write_atomically(path, &value) {
+            log::warn!("cannot write statistics to {}: {e}", path.display());
+        }
     }
 }
 
@@ -154,6 +217,10 @@ impl MutEventSubscriber for Monitor {
         };
         add(Events::with_data(&self.signals, TAG_SIGNAL, EventSet::IN));
         add(Events::with_data(&self.quit, TAG_QUIT, EventSet::IN));
+        add(Events::with_data(self.sched.timer(), TAG_SCHED, EventSet::IN));
+        if self.stats_file.is_some() {
+            add(Events::with_data(&self.stats_timer, TAG_STATS, EventSet::IN));
+        }
         for (i, vm) in self.vms.iter().enumerate() {
             add(Events::with_data(
                 &vm.shared.exit_evt,
@@ -177,6 +244,11 @@ impl MutEventSubscriber for Monitor {
                 log::info!("console: quit requested, stopping every VM");
                 self.stop_all("quit from the console");
             }
+            TAG_SCHED => self.on_sched_tick(),
+            TAG_STATS => {
+                let _ = self.stats_timer.wait();
+                self.write_stats();
+            }
             tag if tag >= TAG_VM_EXIT => self.vm_exited((tag - TAG_VM_EXIT) as usize, ops),
             other => log::warn!("monitor: unexpected event tag {other}"),
         }
@@ -184,7 +256,7 @@ impl MutEventSubscriber for Monitor {
 }
 
 /// Runs every VM of `spec` until the last one stops.
-pub fn run(spec: &MonitorSpec) -> Result<MonitorReport, MonitorError> {
+pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, MonitorError> {
     // Before any thread exists, so every thread inherits the blocked mask.
     let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
     crate::vcpu::install_kick_handler().map_err(|e| MonitorError::Setup {
@@ -193,14 +265,40 @@ pub fn run(spec: &MonitorSpec) -> Result<MonitorReport, MonitorError> {
     })?;
     let kvm = Kvm::new().map_err(MonitorError::Kvm)?;
 
+    let on_terminal = spec
+        .vms
+        .iter()
+        .filter(|v| v.serial.output == SerialOutput::Stdout)
+        .count();
     let mut vms = Vec::with_capacity(spec.vms.len());
     for vm_spec in &spec.vms {
-        let out = serial_out(vm_spec)?;
-        let vm = Vm::build(&kvm, vm_spec, out).map_err(|source| MonitorError::Vm {
-            name: vm_spec.name.clone(),
-            source,
-        })?;
+        let out = serial_out(vm_spec, on_terminal > 1)?;
+        let vm = Vm::build_full(&kvm, vm_spec, out, Vec::new(), spec.host.cpus.clone())
+            .map_err(|source| MonitorError::Vm {
+                name: vm_spec.name.clone(),
+                source,
+            })?;
         vms.push(vm);
+    }
+
+    let allowed_cpus = spec
+        .host
+        .cpus
+        .as_ref()
+        .map_or_else(crate::host::online_cpus, Vec::len);
+    let mut sched = CpuScheduler::new(allowed_cpus, spec.host.sched_tick_ms)
+        .map_err(setup_err("scheduler timer"))?;
+    let mut stats_timer = TimerFd::new().map_err(|e| MonitorError::Setup {
+        what: "statistics timer",
+        source: io::Error::from(e),
+    })?;
+    if opts.stats_file.is_some() {
+        stats_timer
+            .reset(STATS_PERIOD, Some(STATS_PERIOD))
+            .map_err(|e| MonitorError::Setup {
+                what: "statistics timer",
+                source: io::Error::from(e),
+            })?;
     }
 
     let quit = EventFd::new(libc::EFD_NONBLOCK).map_err(setup_err("quit eventfd"))?;
@@ -222,6 +320,13 @@ pub fn run(spec: &MonitorSpec) -> Result<MonitorReport, MonitorError> {
         em.add_subscriber(Arc::new(Mutex::new(console)));
     }
 
+    for (i, vm) in vms.iter_mut().enumerate() {
+        let name = vm.name.clone();
+        vm.start().map_err(|source| MonitorError::Vm { name, source })?;
+        sched.add_vm(i, vm);
+    }
+    sched.start().map_err(setup_err("scheduler timer"))?;
+
     let count = vms.len();
     let monitor = Arc::new(Mutex::new(Monitor {
         vms,
@@ -229,18 +334,12 @@ pub fn run(spec: &MonitorSpec) -> Result<MonitorReport, MonitorError> {
         signals,
         quit,
         signal: None,
+        sched,
+        stats_timer,
+        stats_file: opts.stats_file.clone(),
+        started: Instant::now(),
     }));
     em.add_subscriber(monitor.clone());
-
-    {
-        let mut m = lock(&monitor);
-        for i in 0..m.vms.len() {
-            let name = m.vms[i].name.clone();
-            m.vms[i]
-                .start()
-                .map_err(|source| MonitorError::Vm { name, source })?;
-        }
-    }
 
     while !lock(&monitor).done() {
         match em.run() {

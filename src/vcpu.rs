@@ -3,7 +3,7 @@
 //! (a command channel plus a kick signal).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -68,7 +68,8 @@ pub enum VcpuState {
     Created = 0,
     Running = 1,
     Paused = 2,
-    Stopped = 3,
+    Throttled = 3,
+    Stopped = 4,
 }
 
 impl VcpuState {
@@ -77,20 +78,25 @@ impl VcpuState {
             0 => VcpuState::Created,
             1 => VcpuState::Running,
             2 => VcpuState::Paused,
+            3 => VcpuState::Throttled,
             _ => VcpuState::Stopped,
         }
     }
 }
 
-/// What the monitor can ask of a vCPU.
+/// What the monitor can ask of a vCPU. Pause/Resume are the user's (or
+/// the control API's); Throttle/Unthrottle are the CPU scheduler's. A vCPU
+/// runs guest code only when it is neither paused nor throttled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VcpuCommand {
     Pause,
     Resume,
+    Throttle,
+    Unthrottle,
     Stop,
 }
 
-/// Exit counts of one vCPU.
+/// Exit counts of one vCPU (a snapshot of its [`VcpuCounters`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VcpuStats {
     pub pio_reads: u64,
@@ -122,6 +128,49 @@ impl VcpuStats {
     }
 }
 
+/// Live exit counters of one vCPU: written only by its own thread
+/// (relaxed increments on a cache line no other thread writes), read by the
+/// monitor for statistics.
+#[derive(Debug, Default)]
+pub struct VcpuCounters {
+    pio_reads: AtomicU64,
+    pio_writes: AtomicU64,
+    mmio_reads: AtomicU64,
+    mmio_writes: AtomicU64,
+    interrupted: AtomicU64,
+    other: AtomicU64,
+    /// The thread's CPU time when it ended (its clock is gone after that).
+    final_cpu_ns: AtomicU64,
+}
+
+impl VcpuCounters {
+    #[inline]
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> VcpuStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        VcpuStats {
+            pio_reads: get(&self.pio_reads),
+            pio_writes: get(&self.pio_writes),
+            mmio_reads: get(&self.mmio_reads),
+            mmio_writes: get(&self.mmio_writes),
+            interrupted: get(&self.interrupted),
+            other: get(&self.other),
+        }
+    }
+}
+
+/// How the monitor reads a vCPU thread's CPU time and run state.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadIds {
+    /// Kernel thread id (for /proc/self/task/TID).
+    pub tid: libc::pid_t,
+    /// The thread's CPU-time clock (counts time spent inside KVM_RUN).
+    pub cpu_clock: libc::clockid_t,
+}
+
 /// A configured vCPU, not yet running.
 pub struct Vcpu {
     pub id: u8,
@@ -130,6 +179,8 @@ pub struct Vcpu {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub mem: GuestMemoryMmap,
+    /// Host CPUs this vCPU's thread may run on (`None`: any).
+    pub affinity: Option<Vec<usize>>,
 }
 
 /// The monitor's grip on a running vCPU thread.
@@ -137,12 +188,40 @@ pub struct VcpuHandle {
     pub id: u8,
     commands: Sender<VcpuCommand>,
     state: Arc<AtomicU8>,
-    thread: Option<JoinHandle<VcpuStats>>,
+    counters: Arc<VcpuCounters>,
+    ids: Option<ThreadIds>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl VcpuHandle {
     pub fn state(&self) -> VcpuState {
         VcpuState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// The live exit counts.
+    pub fn stats(&self) -> VcpuStats {
+        self.counters.snapshot()
+    }
+
+    /// The thread's ids, for CPU accounting (`None` if it could not say).
+    pub fn thread_ids(&self) -> Option<ThreadIds> {
+        self.ids
+    }
+
+    /// CPU time the vCPU thread has used, including time inside KVM_RUN.
+    pub fn cpu_ns(&self) -> u64 {
+        let live = match (&self.thread, self.ids) {
+            (Some(t), Some(ids)) if !t.is_finished() => crate::host::thread_cpu_ns(ids.cpu_clock),
+            _ => None,
+        };
+        live.unwrap_or_else(|| self.counters.final_cpu_ns.load(Ordering::Acquire))
+    }
+
+    /// Whether the thread is running or waiting for a CPU right now.
+    pub fn runnable(&self) -> bool {
+        self.ids
+            .and_then(|ids| crate::host::thread_runnable(ids.tid))
+            .unwrap_or(false)
     }
 
     /// Sends `cmd` and kicks the thread out of KVM_RUN so it sees it.
@@ -168,14 +247,10 @@ impl VcpuHandle {
 
     /// Waits for the thread to end and returns its exit counts.
     pub fn join(&mut self) -> VcpuStats {
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(stats)) => stats,
-            Some(Err(_)) => {
-                log::error!("vCPU {} thread panicked", self.id);
-                VcpuStats::default()
-            }
-            None => VcpuStats::default(),
+        if let Some(Err(_)) = self.thread.take().map(JoinHandle::join) {
+            log::error!("vCPU {} thread panicked", self.id);
         }
+        self.counters.snapshot()
     }
 }
 
@@ -189,24 +264,40 @@ impl Vcpu {
     /// Starts the vCPU's thread.
     pub fn spawn(self, thread_name: String) -> std::io::Result<VcpuHandle> {
         let (tx, rx) = channel();
+        let (ids_tx, ids_rx) = channel();
         let state = Arc::new(AtomicU8::new(VcpuState::Created as u8));
+        let counters = Arc::new(VcpuCounters::default());
         let id = self.id;
         let st = state.clone();
+        let ct = counters.clone();
         let thread = std::thread::Builder::new()
             .name(thread_name)
-            .spawn(move || self.run(rx, st))?;
+            .spawn(move || {
+                let _ = ids_tx.send(crate::host::current_thread_ids());
+                self.run(rx, st, &ct)
+            })?;
+        // The thread reports its ids first thing; a thread that died before
+        // that has no ids (and its VM will stop).
+        let ids = ids_rx.recv().ok().flatten().map(|(tid, cpu_clock)| ThreadIds { tid, cpu_clock });
         Ok(VcpuHandle {
             id,
             commands: tx,
             state,
+            counters,
+            ids,
             thread: Some(thread),
         })
     }
 
-    fn run(mut self, commands: Receiver<VcpuCommand>, state: Arc<AtomicU8>) -> VcpuStats {
+    fn run(mut self, commands: Receiver<VcpuCommand>, state: Arc<AtomicU8>, stats: &VcpuCounters) {
         let set_state = |s: VcpuState| state.store(s as u8, Ordering::Release);
+        if let Some(cpus) = &self.affinity {
+            if let Err(e) = crate::host::set_thread_affinity(cpus) {
+                log::warn!("{}: vCPU {}: cannot set CPU affinity {cpus:?}: {e}", self.vm.name, self.id);
+            }
+        }
         let _kick = KickTarget::set(&mut self.fd);
-        let mut stats = VcpuStats::default();
+        let (mut paused, mut throttled) = (false, false);
         set_state(VcpuState::Running);
         if self.id == 0 {
             log::debug!(
@@ -216,28 +307,34 @@ impl Vcpu {
             );
         }
         'run: loop {
+            // Apply every pending command; while not allowed to run, wait
+            // for the next one instead of entering the guest.
             loop {
-                match commands.try_recv() {
+                let next = if paused || throttled {
+                    commands.recv().map_err(|_| TryRecvError::Disconnected)
+                } else {
+                    commands.try_recv()
+                };
+                match next {
                     Ok(VcpuCommand::Stop) | Err(TryRecvError::Disconnected) => break 'run,
-                    Ok(VcpuCommand::Resume) => {}
-                    Ok(VcpuCommand::Pause) => {
-                        set_state(VcpuState::Paused);
-                        loop {
-                            match commands.recv() {
-                                Ok(VcpuCommand::Resume) => break,
-                                Ok(VcpuCommand::Pause) => {}
-                                Ok(VcpuCommand::Stop) | Err(_) => break 'run,
-                            }
-                        }
-                        set_state(VcpuState::Running);
-                    }
+                    Ok(VcpuCommand::Pause) => paused = true,
+                    Ok(VcpuCommand::Resume) => paused = false,
+                    Ok(VcpuCommand::Throttle) => throttled = true,
+                    Ok(VcpuCommand::Unthrottle) => throttled = false,
                     Err(TryRecvError::Empty) => break,
                 }
+                set_state(if paused {
+                    VcpuState::Paused
+                } else if throttled {
+                    VcpuState::Throttled
+                } else {
+                    VcpuState::Running
+                });
             }
             if self.vm.stopping() {
                 break;
             }
-            match self.run_once(&mut stats) {
+            match self.run_once(stats) {
                 Next::Continue => {}
                 Next::Stop(outcome) => {
                     self.vm.request_stop(outcome);
@@ -245,38 +342,40 @@ impl Vcpu {
                 }
             }
         }
-        set_state(VcpuState::Stopped);
         stats
+            .final_cpu_ns
+            .store(crate::host::current_thread_cpu_ns(), Ordering::Release);
+        set_state(VcpuState::Stopped);
     }
 
     /// One KVM_RUN and the handling of its exit. This is the hot path:
     /// no allocation, no lock but the device's own.
-    fn run_once(&mut self, stats: &mut VcpuStats) -> Next {
+    fn run_once(&mut self, stats: &VcpuCounters) -> Next {
         let id = self.id;
         match self.fd.run() {
             Ok(exit) => match exit {
                 VcpuExit::IoIn(port, data) => {
-                    stats.pio_reads += 1;
+                    VcpuCounters::bump(&stats.pio_reads);
                     self.pio.read(u64::from(port), data);
                     Next::Continue
                 }
                 VcpuExit::IoOut(port, data) => {
-                    stats.pio_writes += 1;
+                    VcpuCounters::bump(&stats.pio_writes);
                     self.pio.write(u64::from(port), data);
                     Next::Continue
                 }
                 VcpuExit::MmioRead(addr, data) => {
-                    stats.mmio_reads += 1;
+                    VcpuCounters::bump(&stats.mmio_reads);
                     self.mmio.read(addr, data);
                     Next::Continue
                 }
                 VcpuExit::MmioWrite(addr, data) => {
-                    stats.mmio_writes += 1;
+                    VcpuCounters::bump(&stats.mmio_writes);
                     self.mmio.write(addr, data);
                     Next::Continue
                 }
                 VcpuExit::Intr => {
-                    stats.interrupted += 1;
+                    VcpuCounters::bump(&stats.interrupted);
                     Next::Continue
                 }
                 VcpuExit::SystemEvent(kind, _) => match kind {
@@ -284,7 +383,7 @@ impl Vcpu {
                     KVM_SYSTEM_EVENT_RESET => Next::Stop(VmOutcome::Reset),
                     KVM_SYSTEM_EVENT_CRASH => Next::Stop(VmOutcome::Crash { vcpu: id }),
                     other => {
-                        stats.other += 1;
+                        VcpuCounters::bump(&stats.other);
                         log::warn!("vCPU {id}: unknown system event {other}, ignored");
                         Next::Continue
                     }
@@ -312,7 +411,7 @@ impl Vcpu {
                     "vCPU {id} halted with no interrupt controller to wake it"
                 ))),
                 other => {
-                    stats.other += 1;
+                    VcpuCounters::bump(&stats.other);
                     Next::Stop(VmOutcome::Error(format!(
                         "vCPU {id}: unexpected exit {other:?}"
                     )))
@@ -321,7 +420,7 @@ impl Vcpu {
             Err(e) => match e.errno() {
                 libc::EINTR => {
                     self.fd.set_kvm_immediate_exit(0);
-                    stats.interrupted += 1;
+                    VcpuCounters::bump(&stats.interrupted);
                     Next::Continue
                 }
                 libc::EAGAIN => Next::Continue,

@@ -77,7 +77,12 @@ pub struct Vm {
     mmio: Arc<Bus>,
     vcpus: Vec<Vcpu>,
     handles: Vec<VcpuHandle>,
+    /// Whether each vCPU is parked by the CPU scheduler.
+    parked: Vec<bool>,
+    /// Each vCPU's CPU time at the last scheduler sample.
+    last_cpu_ns: Vec<u64>,
     started: Option<Instant>,
+    pub cpu: crate::config::CpuSpec,
     // Kept last so it is dropped after the vCPUs.
     _fd: VmFd,
     _mem: GuestMemoryMmap,
@@ -89,6 +94,8 @@ pub struct VmReport {
     pub name: String,
     pub outcome: VmOutcome,
     pub seconds: f64,
+    /// CPU time its vCPU threads used (guest time included), in ns.
+    pub cpu_ns: u64,
     pub exits: VcpuStats,
     pub unclaimed_pio: u64,
     pub unclaimed_mmio: u64,
@@ -106,6 +113,18 @@ impl Vm {
         spec: &VmSpec,
         serial_out: SerialOut,
         extra: Vec<ExtraDevice>,
+    ) -> Result<Vm, VmError> {
+        Vm::build_full(kvm, spec, serial_out, extra, None)
+    }
+
+    /// Creates the VM with the standard devices and `extra` ones, its vCPU
+    /// threads confined to the host CPUs in `affinity`.
+    pub fn build_full(
+        kvm: &Kvm,
+        spec: &VmSpec,
+        serial_out: SerialOut,
+        extra: Vec<ExtraDevice>,
+        affinity: Option<Vec<usize>>,
     ) -> Result<Vm, VmError> {
         let fd = kvm.create_vm().map_err(kvm_err("create VM"))?;
         fd.set_tss_address(KVM_TSS_ADDR as usize)
@@ -194,6 +213,7 @@ impl Vm {
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 mem: mem.clone(),
+                affinity: affinity.clone(),
             });
         }
         log::debug!(
@@ -214,9 +234,12 @@ impl Vm {
             boot_path: setup.path,
             pio,
             mmio,
+            parked: vec![false; vcpus.len()],
+            last_cpu_ns: vec![0; vcpus.len()],
             vcpus,
             handles: Vec::new(),
             started: None,
+            cpu: spec.cpu.clone(),
             _fd: fd,
             _mem: mem,
         })
@@ -268,15 +291,85 @@ impl Vm {
         }
     }
 
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.handles.len().max(self.vcpus.len())
+    }
+
+    /// CPU time used by all its vCPU threads so far, in ns.
+    pub fn cpu_ns(&self) -> u64 {
+        self.handles.iter().map(VcpuHandle::cpu_ns).sum()
+    }
+
+    /// Live exit counts, summed over the vCPUs.
+    pub fn exit_stats(&self) -> VcpuStats {
+        let mut total = VcpuStats::default();
+        for h in &self.handles {
+            total.add(&h.stats());
+        }
+        total
+    }
+
+    /// How many vCPUs the scheduler has parked now.
+    pub fn parked_vcpus(&self) -> usize {
+        self.parked.iter().filter(|p| **p).count()
+    }
+
+    /// Samples CPU use for the scheduler: the total CPU time, and how many
+    /// unparked vCPUs want CPU (runnable now, or used at least a quarter of
+    /// the last tick).
+    pub fn sample(&mut self, tick_ns: u64) -> crate::sched::policy::Sample {
+        let mut used = 0;
+        let mut busy = 0;
+        for (i, h) in self.handles.iter().enumerate() {
+            let now = h.cpu_ns();
+            let delta = now.saturating_sub(self.last_cpu_ns[i]);
+            self.last_cpu_ns[i] = now;
+            used += now;
+            if !self.parked[i] && (delta >= tick_ns / 4 || h.runnable()) {
+                busy += 1;
+            }
+        }
+        crate::sched::policy::Sample {
+            used_ns: used,
+            busy_vcpus: busy,
+        }
+    }
+
+    /// Lets `allowed` vCPUs run and parks the rest. Which ones are parked
+    /// rotates with `rotation`, so every vCPU makes progress (a guest whose
+    /// parked vCPU holds a lock is not stuck behind it for long).
+    pub fn allow_vcpus(&mut self, allowed: usize, rotation: usize) {
+        let n = self.handles.len();
+        if n == 0 {
+            return;
+        }
+        for (i, h) in self.handles.iter().enumerate() {
+            let slot = (i + n - rotation % n) % n;
+            let park = slot >= allowed;
+            if park != self.parked[i] {
+                self.parked[i] = park;
+                h.command(if park {
+                    VcpuCommand::Throttle
+                } else {
+                    VcpuCommand::Unthrottle
+                });
+            }
+        }
+    }
+
     /// Stops the VM if needed, waits for its vCPU threads and reports.
     pub fn finish(&mut self, default: VmOutcome) -> VmReport {
         self.shared.request_stop(default);
         self.stop();
         let mut exits = VcpuStats::default();
+        let mut cpu_ns = 0;
         for mut h in self.handles.drain(..) {
             exits.add(&h.join());
+            cpu_ns += h.cpu_ns();
         }
         VmReport {
+            cpu_ns,
             name: self.name.clone(),
             outcome: self
                 .shared

@@ -326,6 +326,3 @@ smp_apic_ids:
 	.balign	4096
 ap_stacks:
 	.skip	MAX_CPUS * AP_STACK_SIZE
-
-/* The spin scenario shares this file's AP start-up; see spin.S. */
-#include "spin.S"

@@ -7,10 +7,6 @@
  * loop at a time and prints a line after each such chunk, until it has
  * done hearth.spin_chunks=C of them (0: forever). Between its chunks the
  * BSP reads COM1 and stops everything on a 'q'.
- *
- * build.rs assembles a fixed list of files; this one is #included at the
- * end of smp.S instead. If build.rs ever lists spin.S itself, drop that
- * #include (or the symbols are defined twice).
  */
 #include "guest.h"
 

@@ -1,0 +1,129 @@
+//! Per-VM statistics: CPU time, share, throttling, exits by kind; as JSON
+//! for `--stats-file` (rewritten every second) and for the final summary.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::sched::VmSchedStats;
+use crate::vcpu::VcpuStats;
+
+/// One VM's figures at one moment.
+#[derive(Debug, Clone)]
+pub struct VmStats {
+    pub name: String,
+    /// "running" or how it ended.
+    pub state: String,
+    pub vcpus: usize,
+    pub weight: u32,
+    pub max: Option<f64>,
+    pub cpu_ns: u64,
+    pub sched: VmSchedStats,
+    pub parked_vcpus: usize,
+    pub exits: VcpuStats,
+}
+
+fn exits_json(e: &VcpuStats) -> Value {
+    json!({
+        "pio_read": e.pio_reads,
+        "pio_write": e.pio_writes,
+        "mmio_read": e.mmio_reads,
+        "mmio_write": e.mmio_writes,
+        "interrupted": e.interrupted,
+        "other": e.other,
+        "total": e.total(),
+    })
+}
+
+/// The whole monitor's statistics as JSON. `share` is each VM's fraction of
+/// the CPU time all VMs have used since they started.
+pub fn to_json(elapsed_s: f64, vms: &[VmStats], sched_ticks: u64, sched_cost_ns: u64, monitor_cpu_ns: u64) -> Value {
+    let total: u64 = vms.iter().map(|v| v.cpu_ns).sum();
+    let vms: Vec<Value> = vms
+        .iter()
+        .map(|v| {
+            json!({
+                "name": v.name,
+                "state": v.state,
+                "vcpus": v.vcpus,
+                "cpu": {
+                    "weight": v.weight,
+                    "max": v.max,
+                    "used_ns": v.cpu_ns,
+                    "share": if total > 0 { v.cpu_ns as f64 / total as f64 } else { 0.0 },
+                    "throttled": v.sched.throttled,
+                    "throttle_events": v.sched.throttle_events,
+                    "parked_vcpus": v.parked_vcpus,
+                },
+                "exits": exits_json(&v.exits),
+            })
+        })
+        .collect();
+    json!({
+        "elapsed_s": elapsed_s,
+        "vms": vms,
+        "scheduler": {
+            "ticks": sched_ticks,
+            "cost_ns": sched_cost_ns,
+        },
+        "monitor_thread_cpu_ns": monitor_cpu_ns,
+        "peak_rss_kib": crate::host::peak_rss_kib(),
+    })
+}
+
+/// Replaces `path` with `value` atomically (write a sibling, then rename),
+/// so a reader never sees a half-written file.
+pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, value)?;
+        f.write_all(b"\n")?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(name: &str, cpu_ns: u64) -> VmStats {
+        VmStats {
+            name: name.into(),
+            state: "running".into(),
+            vcpus: 1,
+            weight: 100,
+            max: None,
+            cpu_ns,
+            sched: VmSchedStats::default(),
+            parked_vcpus: 0,
+            exits: VcpuStats {
+                pio_writes: 3,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn shares_add_up_and_exits_are_by_kind() {
+        let v = to_json(1.0, &[vm("a", 100), vm("b", 300)], 100, 5000, 7000);
+        assert_eq!(v["vms"][0]["cpu"]["share"], 0.25);
+        assert_eq!(v["vms"][1]["cpu"]["share"], 0.75);
+        assert_eq!(v["vms"][1]["exits"]["pio_write"], 3);
+        assert_eq!(v["scheduler"]["ticks"], 100);
+    }
+
+    #[test]
+    fn the_file_is_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("hearth-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stats.json");
+        write_atomically(&path, &to_json(1.0, &[vm("a", 1)], 0, 0, 0)).unwrap();
+        let back: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back["vms"][0]["name"], "a");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
