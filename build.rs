@@ -111,7 +111,10 @@ fn build_elf(guest_dir: &Path, out_dir: &Path, elf: &Path) {
             .arg("-o")
             .arg(&obj)
             .arg(&src);
-        run(command, &format!("assembling the test guest's {}", src.display()));
+        run(
+            command,
+            &format!("assembling the test guest's {}", src.display()),
+        );
         objects.push(obj);
     }
 

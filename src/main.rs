@@ -40,6 +40,11 @@ enum Command {
         /// The JSON config file.
         file: PathBuf,
     },
+    /// Print a config file (a Firecracker one too) in Hearth's own format.
+    Convert {
+        /// The JSON config file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -126,6 +131,16 @@ fn main() -> ExitCode {
     hearth::logger::init(cli.log_level);
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Convert { file } => match config::convert_file(&file) {
+            Ok(json) => {
+                print!("{json}");
+                ExitCode::from(EXIT_OK)
+            }
+            Err(errors) => {
+                report_config_errors(&errors);
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Validate { file } => match config::load_file(&file) {
             Ok(spec) => {
                 let names: Vec<&str> = spec.vms.iter().map(|v| v.name.as_str()).collect();

@@ -74,11 +74,13 @@ fn serial_out(spec: &VmSpec, shared_terminal: bool) -> Result<SerialOut, Monitor
         SerialOutput::Stdout => Box::new(Stdout),
         SerialOutput::Off => Box::new(io::sink()),
         SerialOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| MonitorError::SerialFile {
-                name: spec.name.clone(),
-                path: path.display().to_string(),
-                source,
-            })?)
+            Box::new(
+                File::create(path).map_err(|source| MonitorError::SerialFile {
+                    name: spec.name.clone(),
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            )
         }
     })
 }
@@ -126,7 +128,8 @@ impl Monitor {
         }
         let sched = self.sched.vm_stats(idx);
         self.sched.remove_vm(idx);
-        let report = vm.finish(VmOutcome::Error("exit event without a reason".into()));
+        let mut report = vm.finish(VmOutcome::Error("exit event without a reason".into()));
+        report.throttle_events = sched.throttle_events;
         let _ = ops.remove(Events::with_data(
             &vm.shared.exit_evt,
             TAG_VM_EXIT + idx as u32,
@@ -145,7 +148,7 @@ impl Monitor {
             report.seconds,
             report.outcome,
             report.cpu_ns as f64 / 1e9,
-            sched.throttle_events,
+            report.throttle_events,
             e.pio_reads,
             e.pio_writes,
             e.mmio_reads,
@@ -184,8 +187,18 @@ impl Monitor {
                     weight: vm.cpu.weight,
                     max: vm.cpu.max,
                     cpu_ns: report.map_or_else(|| vm.cpu_ns(), |r| r.cpu_ns),
-                    sched: self.sched.vm_stats(i),
-                    parked_vcpus: if report.is_some() { 0 } else { vm.parked_vcpus() },
+                    sched: report.map_or_else(
+                        || self.sched.vm_stats(i),
+                        |r| crate::sched::VmSchedStats {
+                            throttled: false,
+                            throttle_events: r.throttle_events,
+                        },
+                    ),
+                    parked_vcpus: if report.is_some() {
+                        0
+                    } else {
+                        vm.parked_vcpus()
+                    },
                     exits: report.map_or_else(|| vm.exit_stats(), |r| r.exits),
                 }
             })
@@ -217,9 +230,17 @@ impl MutEventSubscriber for Monitor {
         };
         add(Events::with_data(&self.signals, TAG_SIGNAL, EventSet::IN));
         add(Events::with_data(&self.quit, TAG_QUIT, EventSet::IN));
-        add(Events::with_data(self.sched.timer(), TAG_SCHED, EventSet::IN));
+        add(Events::with_data(
+            self.sched.timer(),
+            TAG_SCHED,
+            EventSet::IN,
+        ));
         if self.stats_file.is_some() {
-            add(Events::with_data(&self.stats_timer, TAG_STATS, EventSet::IN));
+            add(Events::with_data(
+                &self.stats_timer,
+                TAG_STATS,
+                EventSet::IN,
+            ));
         }
         for (i, vm) in self.vms.iter().enumerate() {
             add(Events::with_data(
@@ -273,11 +294,12 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
     let mut vms = Vec::with_capacity(spec.vms.len());
     for vm_spec in &spec.vms {
         let out = serial_out(vm_spec, on_terminal > 1)?;
-        let vm = Vm::build_full(&kvm, vm_spec, out, Vec::new(), spec.host.cpus.clone())
-            .map_err(|source| MonitorError::Vm {
+        let vm = Vm::build_full(&kvm, vm_spec, out, Vec::new(), spec.host.cpus.clone()).map_err(
+            |source| MonitorError::Vm {
                 name: vm_spec.name.clone(),
                 source,
-            })?;
+            },
+        )?;
         vms.push(vm);
     }
 
@@ -322,7 +344,8 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
 
     for (i, vm) in vms.iter_mut().enumerate() {
         let name = vm.name.clone();
-        vm.start().map_err(|source| MonitorError::Vm { name, source })?;
+        vm.start()
+            .map_err(|source| MonitorError::Vm { name, source })?;
         sched.add_vm(i, vm);
     }
     sched.start().map_err(setup_err("scheduler timer"))?;

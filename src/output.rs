@@ -90,6 +90,9 @@ mod tests {
             p.write_all(b"ld\n").unwrap();
             p.write_all(b"tail").unwrap();
         }
-        assert_eq!(String::from_utf8(buf).unwrap(), "web| hello\nweb| world\nweb| tail\n");
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "web| hello\nweb| world\nweb| tail\n"
+        );
     }
 }

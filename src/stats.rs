@@ -38,7 +38,13 @@ fn exits_json(e: &VcpuStats) -> Value {
 
 /// The whole monitor's statistics as JSON. `share` is each VM's fraction of
 /// the CPU time all VMs have used since they started.
-pub fn to_json(elapsed_s: f64, vms: &[VmStats], sched_ticks: u64, sched_cost_ns: u64, monitor_cpu_ns: u64) -> Value {
+pub fn to_json(
+    elapsed_s: f64,
+    vms: &[VmStats],
+    sched_ticks: u64,
+    sched_cost_ns: u64,
+    monitor_cpu_ns: u64,
+) -> Value {
     let total: u64 = vms.iter().map(|v| v.cpu_ns).sum();
     let vms: Vec<Value> = vms
         .iter()

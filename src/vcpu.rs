@@ -278,7 +278,11 @@ impl Vcpu {
             })?;
         // The thread reports its ids first thing; a thread that died before
         // that has no ids (and its VM will stop).
-        let ids = ids_rx.recv().ok().flatten().map(|(tid, cpu_clock)| ThreadIds { tid, cpu_clock });
+        let ids = ids_rx
+            .recv()
+            .ok()
+            .flatten()
+            .map(|(tid, cpu_clock)| ThreadIds { tid, cpu_clock });
         Ok(VcpuHandle {
             id,
             commands: tx,
@@ -293,7 +297,11 @@ impl Vcpu {
         let set_state = |s: VcpuState| state.store(s as u8, Ordering::Release);
         if let Some(cpus) = &self.affinity {
             if let Err(e) = crate::host::set_thread_affinity(cpus) {
-                log::warn!("{}: vCPU {}: cannot set CPU affinity {cpus:?}: {e}", self.vm.name, self.id);
+                log::warn!(
+                    "{}: vCPU {}: cannot set CPU affinity {cpus:?}: {e}",
+                    self.vm.name,
+                    self.id
+                );
             }
         }
         let _kick = KickTarget::set(&mut self.fd);

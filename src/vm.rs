@@ -96,6 +96,8 @@ pub struct VmReport {
     pub seconds: f64,
     /// CPU time its vCPU threads used (guest time included), in ns.
     pub cpu_ns: u64,
+    /// How often the CPU scheduler held it back.
+    pub throttle_events: u64,
     pub exits: VcpuStats,
     pub unclaimed_pio: u64,
     pub unclaimed_mmio: u64,
@@ -370,6 +372,7 @@ impl Vm {
         }
         VmReport {
             cpu_ns,
+            throttle_events: 0,
             name: self.name.clone(),
             outcome: self
                 .shared

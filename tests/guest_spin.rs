@@ -172,10 +172,7 @@ fn spin_without_a_limit_stops_on_q_from_the_console() {
     let stderr = err_reader.join().unwrap_or_default();
     assert!(!stderr.contains("panicked"), "hearth panicked:\n{stderr}");
     assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
-    let last = stdout
-        .lines()
-        .filter(|l| l.starts_with("hearth-guest: "))
-        .last();
+    let last = stdout.lines().rfind(|l| l.starts_with("hearth-guest: "));
     assert_eq!(last, Some("hearth-guest: SPIN STOPPED"), "{stdout}");
     assert!(!stdout.contains("SPIN DONE"), "{stdout}");
 }

@@ -166,7 +166,9 @@ impl Policy {
         let period_ns = self.tick_ns * u64::from(CAP_PERIOD_TICKS);
 
         for (vm, sample) in samples {
-            let Some(s) = self.vms.get_mut(vm) else { continue };
+            let Some(s) = self.vms.get_mut(vm) else {
+                continue;
+            };
             let delta = sample.used_ns.saturating_sub(s.last_used);
             s.last_used = sample.used_ns;
             s.vtime += delta as f64 * UNIT_WEIGHT / f64::from(s.weight);
@@ -260,8 +262,11 @@ impl Policy {
                 .filter(|s| !s.throttle.fair && !s.throttle.cap)
                 .map(|s| i64::from(usable(s)))
                 .sum::<i64>();
-        let mut throttled: Vec<(&VmId, &VmState)> =
-            self.vms.iter().filter(|(_, s)| s.throttle.fair && !s.throttle.cap).collect();
+        let mut throttled: Vec<(&VmId, &VmState)> = self
+            .vms
+            .iter()
+            .filter(|(_, s)| s.throttle.fair && !s.throttle.cap)
+            .collect();
         throttled.sort_by(|a, b| a.1.vtime.total_cmp(&b.1.vtime));
         let mut partial: BTreeMap<VmId, u32> = BTreeMap::new();
         for (vm, s) in throttled {
@@ -370,7 +375,10 @@ mod tests {
         let used = host.run(1000);
         let r = ratio(used[1], used[0]);
         assert!((r - 3.0).abs() < 0.1, "ratio {r}");
-        assert!(used[0] + used[1] >= 1000 * TICK * 99 / 100, "work conserving");
+        assert!(
+            used[0] + used[1] >= 1000 * TICK * 99 / 100,
+            "work conserving"
+        );
     }
 
     #[test]
@@ -389,7 +397,11 @@ mod tests {
         let used = host.run(500);
         assert!(used[0] >= 500 * TICK * 99 / 100, "busy VM got {}", used[0]);
         assert_eq!(used[1], 0);
-        assert_eq!(host.policy.throttle(0).map(|t| t.1), Some(0), "never throttled");
+        assert_eq!(
+            host.policy.throttle(0).map(|t| t.1),
+            Some(0),
+            "never throttled"
+        );
     }
 
     #[test]
@@ -436,7 +448,13 @@ mod tests {
             let d = if allowed > 0 { TICK } else { 0 };
             used += d;
             total += d;
-            let a = policy.tick(&[(0, Sample { used_ns: used, busy_vcpus: allowed.min(1) })]);
+            let a = policy.tick(&[(
+                0,
+                Sample {
+                    used_ns: used,
+                    busy_vcpus: allowed.min(1),
+                },
+            )]);
             allowed = a[0].vcpus;
         }
         let share = total as f64 / (f64::from(CAP_PERIOD_TICKS * 20) * TICK as f64);

@@ -1,0 +1,195 @@
+//! Several VMs in one monitor share CPU in proportion to their weights:
+//! measured from hearth's own per-VM statistics (each vCPU thread's CPU
+//! clock), with the test guest's `spin` scenario as the load and every vCPU
+//! confined to one host CPU so that they contend.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long each contention scenario runs.
+const RUN: Duration = Duration::from_secs(5);
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Vm<'a> {
+    name: &'a str,
+    scenario: &'a str,
+    vcpus: u32,
+    weight: u32,
+}
+
+fn monitor_file(dir: &Path, vms: &[Vm]) -> String {
+    let vms: Vec<String> = vms
+        .iter()
+        .map(|v| {
+            format!(
+                r#"{{"name": "{}", "kernel": {{"path": "{}", "cmdline": "hearth.scenario={} hearth.spin_chunk=1000000"}},
+                    "cpu": {{"vcpus": {}, "weight": {}}}, "memory": {{"size_mib": 32}},
+                    "serial": {{"output": "off", "stdin": false}}}}"#,
+                v.name,
+                guest_elf(),
+                v.scenario,
+                v.vcpus,
+                v.weight
+            )
+        })
+        .collect();
+    write_file(
+        dir,
+        "monitor.json",
+        &format!(
+            r#"{{"host": {{"cpu": {{"cpus": [0]}}}}, "vms": [{}]}}"#,
+            vms.join(",")
+        ),
+    )
+}
+
+/// The scenarios all pin their vCPUs to host CPU 0: run them one at a
+/// time, or they would contend with each other as well.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs the monitor for `RUN`, stops it with SIGTERM and returns its final
+/// statistics: `(name, cpu seconds, throttle events)` per VM.
+fn run_contended(name: &str, vms: &[Vm]) -> Vec<(String, f64, u64)> {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch_dir(name);
+    let config = monitor_file(&dir, vms);
+    let stats = dir.join("stats.json");
+    let mut child = Command::new(hearth())
+        .args(["run", "--config", &config, "--stats-file"])
+        .arg(&stats)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hearth");
+    std::thread::sleep(RUN);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("hearth did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(143));
+    let text = std::fs::read_to_string(&stats).expect("the stats file exists");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("the stats file is JSON");
+    v["vms"]
+        .as_array()
+        .expect("vms array")
+        .iter()
+        .map(|vm| {
+            (
+                vm["name"].as_str().unwrap_or_default().to_string(),
+                vm["cpu"]["used_ns"].as_f64().unwrap_or(0.0) / 1e9,
+                vm["cpu"]["throttle_events"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn cpu_of(stats: &[(String, f64, u64)], name: &str) -> f64 {
+    stats
+        .iter()
+        .find(|s| s.0 == name)
+        .map(|s| s.1)
+        .unwrap_or_else(|| panic!("no VM {name} in {stats:?}"))
+}
+
+#[test]
+fn weights_100_and_300_share_one_cpu_one_to_three() {
+    let stats = run_contended(
+        "weights",
+        &[
+            Vm {
+                name: "light",
+                scenario: "spin",
+                vcpus: 1,
+                weight: 100,
+            },
+            Vm {
+                name: "heavy",
+                scenario: "spin",
+                vcpus: 1,
+                weight: 300,
+            },
+        ],
+    );
+    let ratio = cpu_of(&stats, "heavy") / cpu_of(&stats, "light");
+    assert!(
+        (ratio - 3.0).abs() <= 0.3,
+        "CPU ratio {ratio:.3}, stats {stats:?}"
+    );
+    // Work-conserving: together they kept the one CPU busy.
+    let total = cpu_of(&stats, "heavy") + cpu_of(&stats, "light");
+    assert!(
+        total >= 0.85 * RUN.as_secs_f64(),
+        "only {total:.2} s of CPU used"
+    );
+}
+
+#[test]
+fn four_vcpus_get_no_more_than_one_at_equal_weight() {
+    let stats = run_contended(
+        "vcpus",
+        &[
+            Vm {
+                name: "wide",
+                scenario: "spin",
+                vcpus: 4,
+                weight: 100,
+            },
+            Vm {
+                name: "narrow",
+                scenario: "spin",
+                vcpus: 1,
+                weight: 100,
+            },
+        ],
+    );
+    let ratio = cpu_of(&stats, "wide") / cpu_of(&stats, "narrow");
+    assert!(
+        (ratio - 1.0).abs() <= 0.1,
+        "CPU ratio {ratio:.3}, stats {stats:?}"
+    );
+}
+
+#[test]
+fn an_idle_vm_with_a_large_weight_does_not_slow_a_busy_one() {
+    let stats = run_contended(
+        "idle",
+        &[
+            Vm {
+                name: "busy",
+                scenario: "spin",
+                vcpus: 1,
+                weight: 100,
+            },
+            Vm {
+                name: "idle",
+                scenario: "idle",
+                vcpus: 2,
+                weight: 10000,
+            },
+        ],
+    );
+    let busy = cpu_of(&stats, "busy");
+    assert!(
+        busy >= 0.85 * RUN.as_secs_f64(),
+        "busy VM got {busy:.2} s of {RUN:?}: {stats:?}"
+    );
+    let throttled = stats.iter().find(|s| s.0 == "busy").map_or(0, |s| s.2);
+    assert_eq!(throttled, 0, "the busy VM was never held back");
+    assert!(cpu_of(&stats, "idle") < 0.1, "{stats:?}");
+}
