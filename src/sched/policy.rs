@@ -84,12 +84,12 @@ pub struct Policy {
 
 impl Policy {
     /// A policy for `cpus` allowed host CPUs and a tick of `tick_ns`. The
-    /// fairness bound is two ticks of virtual time.
+    /// fairness bound is one tick of virtual time.
     pub fn new(cpus: u32, tick_ns: u64) -> Self {
         Policy {
             cpus: cpus.max(1),
             tick_ns,
-            bound: 2.0 * tick_ns as f64,
+            bound: tick_ns as f64,
             tick_in_period: 0,
             vms: BTreeMap::new(),
         }
