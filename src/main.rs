@@ -106,6 +106,26 @@ fn run(args: RunArgs) -> ExitCode {
     };
     match monitor::run(&spec, &opts) {
         Ok(report) => {
+            if report.vms.len() > 1 {
+                let total: u64 = report.vms.iter().map(|r| r.cpu_ns).sum();
+                log::info!("summary of {} VMs:", report.vms.len());
+                for r in &report.vms {
+                    let share = if total > 0 {
+                        r.cpu_ns as f64 * 100.0 / total as f64
+                    } else {
+                        0.0
+                    };
+                    log::info!(
+                        "  {:<16} CPU {:8.3} s {:5.1} %  throttled {:5}  exits {:9}  {}",
+                        r.name,
+                        r.cpu_ns as f64 / 1e9,
+                        share,
+                        r.throttle_events,
+                        r.exits.total(),
+                        r.outcome
+                    );
+                }
+            }
             if let Some(kib) = report.peak_rss_kib {
                 log::debug!("peak RSS {:.1} MiB", kib as f64 / 1024.0);
             }

@@ -1,0 +1,138 @@
+//! Several VMs in one monitor: each has its own serial output (prefixed
+//! lines on the shared terminal, or its own log file), a VM that stops
+//! stops alone, and the monitor exits when the last one has stopped with a
+//! status and a per-VM summary saying how each ended.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn vm(name: &str, cmdline: &str, vcpus: u32, serial: &str) -> String {
+    format!(
+        r#"{{"name": "{name}", "kernel": {{"path": "{}", "cmdline": "{cmdline}"}},
+            "cpu": {{"vcpus": {vcpus}}}, "memory": {{"size_mib": 64}}, "serial": {serial}}}"#,
+        guest_elf()
+    )
+}
+
+const TERMINAL: &str = r#"{"output": "stdout", "stdin": false}"#;
+const LONG_SPIN: &str = "hearth.scenario=spin hearth.spin_chunk=100000 hearth.spin_chunks=5";
+
+#[test]
+fn a_vm_that_resets_stops_alone_and_the_monitor_waits_for_the_last() {
+    let dir = scratch_dir("multi-reset");
+    let config = write_file(
+        &dir,
+        "monitor.json",
+        &format!(
+            r#"{{"host": {{}}, "vms": [{}, {}]}}"#,
+            vm("quick", "hearth.scenario=exit", 1, TERMINAL),
+            vm("long", LONG_SPIN, 2, TERMINAL)
+        ),
+    );
+    let run = run_hearth(&["run", "--config", &config], DEADLINE);
+    run.assert_no_panic();
+    assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("quick| hearth-guest: EXIT"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("long| hearth-guest: SPIN DONE"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("long| hearth-guest: spin apic="))
+            .count(),
+        10,
+        "every line of the surviving VM arrives whole: {}",
+        run.stdout
+    );
+    let quick = run.stderr.find("quick: ran").expect("a summary for quick");
+    let long = run.stderr.find("long: ran").expect("a summary for long");
+    assert!(
+        quick < long,
+        "the quick VM ended first, the monitor waited for the other"
+    );
+    assert!(run.stderr.contains("long: ran") && run.stderr.contains("ended: guest reset"));
+}
+
+#[test]
+fn a_faulting_guest_does_not_stop_its_neighbour() {
+    let dir = scratch_dir("multi-fault");
+    let config = write_file(
+        &dir,
+        "monitor.json",
+        &format!(
+            r#"{{"host": {{}}, "vms": [{}, {}, {}]}}"#,
+            vm("bad", "hearth.scenario=triple-fault", 1, TERMINAL),
+            vm("wild", "hearth.scenario=wild-jump", 2, TERMINAL),
+            vm("good", LONG_SPIN, 2, TERMINAL)
+        ),
+    );
+    let run = run_hearth(&["run", "--config", &config], DEADLINE);
+    run.assert_no_panic();
+    assert_eq!(run.code(), Some(3), "a guest failed: {}", run.stderr);
+    assert!(run.stderr.contains("bad: ran") && run.stderr.contains("triple fault on vCPU 0"));
+    assert!(run
+        .stderr
+        .contains("emulation failure) on vCPU 0 at RIP 0xd0000000"));
+    assert!(
+        run.stdout.contains("good| hearth-guest: SPIN DONE"),
+        "{}",
+        run.stdout
+    );
+    let good = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("good: ran"))
+        .expect("a summary for good");
+    assert!(good.contains("ended: guest reset"), "{good}");
+}
+
+#[test]
+fn serial_output_can_go_to_a_log_file_per_vm() {
+    let dir = scratch_dir("multi-log");
+    let log_a = dir.join("a.log");
+    let log_b = dir.join("b.log");
+    let file = |p: &std::path::Path| {
+        format!(
+            r#"{{"output": "file", "path": "{}", "stdin": false}}"#,
+            p.display()
+        )
+    };
+    let config = write_file(
+        &dir,
+        "monitor.json",
+        &format!(
+            r#"{{"host": {{}}, "vms": [{}, {}]}}"#,
+            vm("a", "hearth.scenario=hello", 1, &file(&log_a)),
+            vm("b", "hearth.scenario=smp", 2, &file(&log_b))
+        ),
+    );
+    let run = run_hearth(&["run", "--config", &config], DEADLINE);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    assert!(
+        !run.stdout.contains("hearth-guest"),
+        "nothing on the terminal: {}",
+        run.stdout
+    );
+    let a = std::fs::read_to_string(&log_a).expect("a.log");
+    let b = std::fs::read_to_string(&log_b).expect("b.log");
+    assert!(
+        a.contains("hearth-guest: HELLO OK") && !a.contains("SMP"),
+        "{a}"
+    );
+    assert!(
+        b.contains("hearth-guest: SMP OK") && !b.contains("HELLO"),
+        "{b}"
+    );
+}
