@@ -9,4 +9,5 @@ scripts/setup-host.sh
 resources/linux/build-kit.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
+cargo test
+cargo bench --no-run
