@@ -68,14 +68,33 @@ def criterion_median(group, name):
         return json.load(f)["median"]["point_estimate"]
 
 
+def criterion_samples(group, name):
+    """Per-sample time per iteration (ns) of the last criterion run."""
+    path = os.path.join(ROOT, "target", "criterion", group, name, "new", "sample.json")
+    with open(path) as f:
+        s = json.load(f)
+    return [t / n for t, n in zip(s["times"], s["iters"])]
+
+
 def run_benches(runs):
+    """The exits bench `runs` times (stats over the runs' medians), the
+    dispatch bench once (stats over its samples: it is pure user-space
+    CPU work, and criterion's 100 samples say more than a few runs)."""
     env = dict(os.environ)
+    log(f"cargo bench --bench dispatch; load {os.getloadavg()}")
+    subprocess.run(["cargo", "bench", "--bench", "dispatch"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    dispatch = {}
+    for op in ("write", "read"):
+        for n in (4, 32, 256):
+            dispatch[f"dispatch/{op}/{n}"] = stats(criterion_samples("dispatch", f"{op}/{n}"))
     per_run = []
+    loads = []
     for i in range(runs):
-        for bench in ("exits", "dispatch"):
-            log(f"cargo bench --bench {bench} (run {i + 1}/{runs}); load {os.getloadavg()}")
-            subprocess.run(["cargo", "bench", "--bench", bench], cwd=ROOT, env=env, check=True,
-                           stdout=subprocess.DEVNULL)
+        loads.append(os.getloadavg()[0])
+        log(f"cargo bench --bench exits (run {i + 1}/{runs}); load {os.getloadavg()}")
+        subprocess.run(["cargo", "bench", "--bench", "exits"], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.DEVNULL)
         r = {}
         for k in ["raw-real"] + EXIT_KINDS:
             r[f"floor/{k}"] = criterion_median("floor", k)
@@ -85,15 +104,15 @@ def run_benches(runs):
             # one iteration = BATCH in-kernel exits (or nops) + one PIO write exit
             batch = criterion_median("inkernel", k)
             r[f"inkernel/{k}"] = (batch - r["hearth/pio-write"]) / BATCH
-        for op in ("write", "read"):
-            for n in (4, 32, 256):
-                r[f"dispatch/{op}/{n}"] = criterion_median("dispatch", f"{op}/{n}")
         for k in EXIT_KINDS:
             r[f"ratio/{k}"] = r[f"hearth/{k}"] / r[f"floor/{k}"]
         r["ratio/pio-write-vs-real"] = r["hearth/pio-write"] / r["floor/raw-real"]
         per_run.append(r)
     keys = per_run[0].keys()
-    return {k: stats([r[k] for r in per_run]) for k in keys}, os.getloadavg()
+    out = {k: stats([r[k] for r in per_run]) for k in keys}
+    out.update(dispatch)
+    out["load_1min_before_each_run"] = loads
+    return out, os.getloadavg()
 
 
 # ---------------------------------------------------------------------------
@@ -159,26 +178,24 @@ class Sampler(threading.Thread):
 
     def run(self):
         pid = None
+        threads = {}  # tid -> (comm, utime, stime): the last values seen
         while not self.stop:
             pid = pid or self.vmm_pid()
             if pid:
-                vu = vs = au = as_ = 0
                 try:
                     tids = os.listdir(f"/proc/{pid}/task")
                 except OSError:
                     tids = []
                 for tid in tids:
                     st = read_stat(pid, tid)
-                    if st is None:
-                        continue
-                    comm, u, s = st
-                    au += u
-                    as_ += s
-                    if self.vcpu_re.search(comm):
-                        vu += u
-                        vs += s
-                if tids:
-                    self.vcpu_ticks, self.all_ticks = (vu, vs), (au, as_)
+                    if st is not None:
+                        threads[tid] = st
+                # Threads that already ended keep their last sample.
+                vcpu = [(u, s) for comm, u, s in threads.values() if self.vcpu_re.search(comm)]
+                if threads:
+                    self.vcpu_ticks = (sum(u for u, _ in vcpu), sum(s for _, s in vcpu))
+                    self.all_ticks = (sum(t[1] for t in threads.values()),
+                                      sum(t[2] for t in threads.values()))
                 rss = guest_ram_rss_kib(pid, self.mem_mib)
                 if rss is not None:
                     self.guest_rss = rss
@@ -218,6 +235,9 @@ def boot_once(argv, marker, vcpu_re, timeout):
             m = re.search(r"first KVM_RUN ([0-9.]+) ms after process start", line)
             if m:
                 result["first_kvm_run_ms"] = float(m.group(1))
+            m = re.search(r"exits: (\d+) pio-in, (\d+) pio-out, (\d+) mmio-read, (\d+) mmio-write", line)
+            if m:
+                result["exits"] = sum(int(g) for g in m.groups())
 
     et = threading.Thread(target=read_err, daemon=True)
     et.start()
@@ -292,7 +312,7 @@ def summarise_boot(series):
     for vmm, runs in series.items():
         s = {}
         for key in ("first_kvm_run_ms", "marker_s", "exit_s", "peak_rss_kib", "user_s", "sys_s",
-                    "vcpu_user_s", "vcpu_sys_s", "guest_rss_kib"):
+                    "vcpu_user_s", "vcpu_sys_s", "guest_rss_kib", "exits"):
             s[key] = stats([r.get(key) for r in runs])
         s["vmm_cpu_s"] = stats([r["user_s"] + r["sys_s"] for r in runs if "user_s" in r])
         s["non_vcpu_cpu_s"] = stats([
@@ -375,6 +395,7 @@ def table(results):
                   f"| {fmt(q['vcpu_user_s'], digits=2)} / {fmt(q['vcpu_sys_s'], digits=2)} | |",
                   f"| CPU outside the vCPU thread(s) | {fmt(h['non_vcpu_cpu_s'], digits=3, unit=' s')} "
                   f"| {fmt(q['non_vcpu_cpu_s'], digits=3, unit=' s')} | |",
+                  f"| exits to user space (Hearth's summary) | {fmt(h['exits'], digits=0)} | n/a | |",
                   f"| exit status | {h['rc']} | {q['rc']} | |", ""]
     return "\n".join(lines)
 
