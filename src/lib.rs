@@ -7,6 +7,7 @@
 //! [`monitor`] runs the event loop until every VM has stopped, and
 //! [`lifecycle`] records how each ended.
 
+pub mod api;
 pub mod boot;
 pub mod bus;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod logger;
 pub mod monitor;
 pub mod output;
 pub mod sched;
+pub mod seccomp;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

@@ -9,6 +9,8 @@ use log::LevelFilter;
 use hearth::config::{self, MonitorSpec, VmFlags};
 use hearth::monitor;
 
+mod ctl;
+
 /// Exit status when every VM reset or powered off (or the user quit).
 const EXIT_OK: u8 = 0;
 /// Exit status for a bad configuration or a monitor that could not start.
@@ -45,6 +47,9 @@ enum Command {
         /// The JSON config file.
         file: PathBuf,
     },
+    /// Send one request to a running monitor's control socket and print
+    /// the reply (exit status 1 on an error reply).
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(Args)]
@@ -73,6 +78,13 @@ struct RunArgs {
     /// Rewrite this file with per-VM statistics (JSON) every second.
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// Serve the control API on this Unix socket (mode 0600; the monitor's
+    /// own user is admin unless the config file's host.api says otherwise).
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// Turn the per-thread seccomp filters off (for debugging).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn report_config_errors(errors: &config::ConfigErrors) {
@@ -93,13 +105,26 @@ fn run(args: RunArgs) -> ExitCode {
             name: args.name,
         }),
     };
-    let spec: MonitorSpec = match parsed {
+    let mut spec: MonitorSpec = match parsed {
         Ok(spec) => spec,
         Err(errors) => {
             report_config_errors(&errors);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+
+    if let Some(socket) = args.api_socket {
+        let socket = std::path::absolute(&socket).unwrap_or(socket);
+        match &mut spec.host.api {
+            Some(api) => api.socket = socket,
+            None => {
+                spec.host.api = Some(config::ApiSpec::owner_only(socket, config::own_uid()));
+            }
+        }
+    }
+    if args.no_seccomp {
+        spec.host.seccomp = false;
+    }
 
     let opts = monitor::RunOptions {
         stats_file: args.stats_file,
@@ -151,6 +176,7 @@ fn main() -> ExitCode {
     hearth::logger::init(cli.log_level);
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Ctl(args) => ctl::main(args),
         Command::Convert { file } => match config::convert_file(&file) {
             Ok(json) => {
                 print!("{json}");

@@ -14,6 +14,7 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::api::{ApiServer, Control};
 use crate::bus::lock;
 use crate::config::{MonitorSpec, SerialOutput, VmSpec};
 use crate::console::Console;
@@ -22,7 +23,9 @@ use crate::host::{signal_name, RawTerminal, Signals};
 use crate::lifecycle::VmOutcome;
 use crate::output::{Prefixed, Stdout};
 use crate::sched::CpuScheduler;
+use crate::seccomp::{self, ThreadClass};
 use crate::stats::{self, VmStats};
+use crate::vcpu::VcpuCommand;
 use crate::vm::{Vm, VmError, VmReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,10 @@ pub enum MonitorError {
     },
     #[error("event loop: {0}")]
     EventLoop(event_manager::Error),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+    #[error("seccomp: {0}")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 fn setup_err(what: &'static str) -> impl FnOnce(io::Error) -> MonitorError {
@@ -105,6 +112,8 @@ struct Monitor {
     stats_timer: TimerFd,
     stats_file: Option<PathBuf>,
     started: Instant,
+    /// Whether each VM is paused (through the control socket).
+    paused: Vec<bool>,
 }
 
 impl Monitor {
@@ -182,7 +191,11 @@ impl Monitor {
                 let report = self.reports[i].as_ref();
                 VmStats {
                     name: vm.name.clone(),
-                    state: report.map_or_else(|| "running".to_string(), |r| r.outcome.to_string()),
+                    state: match report {
+                        Some(r) => r.outcome.to_string(),
+                        None if self.paused[i] => "paused".to_string(),
+                        None => "running".to_string(),
+                    },
                     vcpus: vm.vcpu_count(),
                     weight: vm.cpu.weight,
                     max: vm.cpu.max,
@@ -207,17 +220,70 @@ impl Monitor {
 
     fn write_stats(&self) {
         let Some(path) = &self.stats_file else { return };
+        let value = self.stats_json();
+        if let Err(e) = stats::write_atomically(path, &value) {
+            log::warn!("cannot write statistics to {}: {e}", path.display());
+        }
+    }
+}
+
+/// The control socket's view of the monitor (`api::ops`).
+impl Control for Monitor {
+    fn vm_names(&self) -> Vec<String> {
+        self.vms.iter().map(|vm| vm.name.clone()).collect()
+    }
+
+    fn stats_json(&self) -> serde_json::Value {
         let (ticks, cost) = self.sched.cost();
-        let value = stats::to_json(
+        stats::to_json(
             self.started.elapsed().as_secs_f64(),
             &self.stats(),
             ticks,
             cost,
             crate::host::current_thread_cpu_ns(),
-        );
-        if let Err(e) = stats::write_atomically(path, &value) {
-            log::warn!("cannot write statistics to {}: {e}", path.display());
+        )
+    }
+
+    fn is_running(&self, vm: usize) -> bool {
+        matches!(self.reports.get(vm), Some(None))
+            && self.vms.get(vm).is_some_and(|v| !v.shared.stopping())
+    }
+
+    fn vcpus(&self, vm: usize) -> usize {
+        self.vms.get(vm).map_or(0, Vm::vcpu_count)
+    }
+
+    fn set_paused(&mut self, vm: usize, paused: bool) {
+        if let (Some(v), Some(flag)) = (self.vms.get(vm), self.paused.get_mut(vm)) {
+            v.command(if paused {
+                VcpuCommand::Pause
+            } else {
+                VcpuCommand::Resume
+            });
+            *flag = paused;
         }
+    }
+
+    fn stop(&mut self, vm: usize, why: &str) {
+        if let Some(v) = self.vms.get(vm) {
+            v.shared.request_stop(VmOutcome::Stopped(why.to_string()));
+        }
+    }
+
+    fn cpu(&self, vm: usize) -> crate::config::CpuSpec {
+        self.vms.get(vm).map(|v| v.cpu.clone()).unwrap_or_default()
+    }
+
+    fn set_cpu(&mut self, vm: usize, cpu: crate::config::CpuSpec) {
+        self.sched.set_weight(vm, cpu.weight);
+        self.sched.set_max(vm, cpu.max);
+        if let Some(v) = self.vms.get_mut(vm) {
+            v.cpu = cpu;
+        }
+    }
+
+    fn shutdown(&mut self, why: &str) {
+        self.stop_all(why);
     }
 }
 
@@ -285,6 +351,13 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         source: io::Error::from_raw_os_error(e.errno()),
     })?;
     let kvm = Kvm::new().map_err(MonitorError::Kvm)?;
+    // Bound before any VM exists, so a socket in use fails the run early.
+    let api = spec
+        .host
+        .api
+        .as_ref()
+        .map(crate::api::Listener::bind)
+        .transpose()?;
 
     let on_terminal = spec
         .vms
@@ -342,8 +415,13 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         em.add_subscriber(Arc::new(Mutex::new(console)));
     }
 
+    let vcpu_filter = match spec.host.seccomp {
+        true => Some(Arc::new(seccomp::filter(ThreadClass::Vcpu)?)),
+        false => None,
+    };
     for (i, vm) in vms.iter_mut().enumerate() {
         let name = vm.name.clone();
+        vm.set_seccomp(vcpu_filter.clone());
         vm.start()
             .map_err(|source| MonitorError::Vm { name, source })?;
         sched.add_vm(i, vm);
@@ -361,8 +439,19 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         stats_timer,
         stats_file: opts.stats_file.clone(),
         started: Instant::now(),
+        paused: vec![false; count],
     }));
     em.add_subscriber(monitor.clone());
+    if let Some(listener) = api {
+        let server =
+            ApiServer::new(listener, monitor.clone()).map_err(setup_err("control socket"))?;
+        em.add_subscriber(Arc::new(Mutex::new(server)));
+    }
+    if spec.host.seccomp {
+        // Everything is built: from here on the loop only uses the calls
+        // in its allowlist (docs/security.md).
+        seccomp::install(ThreadClass::EventLoop)?;
+    }
 
     while !lock(&monitor).done() {
         match em.run() {

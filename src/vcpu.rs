@@ -181,6 +181,8 @@ pub struct Vcpu {
     pub mem: GuestMemoryMmap,
     /// Host CPUs this vCPU's thread may run on (`None`: any).
     pub affinity: Option<Vec<usize>>,
+    /// The vCPU thread class's system call filter (`None`: none).
+    pub seccomp: Option<Arc<seccompiler::BpfProgram>>,
 }
 
 /// The monitor's grip on a running vCPU thread.
@@ -302,6 +304,16 @@ impl Vcpu {
                     self.vm.name,
                     self.id
                 );
+            }
+        }
+        if let Some(filter) = &self.seccomp {
+            if let Err(e) = crate::seccomp::apply(filter) {
+                self.vm.request_stop(VmOutcome::Error(format!(
+                    "vCPU {}: cannot install its seccomp filter: {e}",
+                    self.id
+                )));
+                set_state(VcpuState::Stopped);
+                return;
             }
         }
         let _kick = KickTarget::set(&mut self.fd);

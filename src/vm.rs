@@ -216,6 +216,7 @@ impl Vm {
                 mmio: mmio.clone(),
                 mem: mem.clone(),
                 affinity: affinity.clone(),
+                seccomp: None,
             });
         }
         log::debug!(
@@ -245,6 +246,14 @@ impl Vm {
             _fd: fd,
             _mem: mem,
         })
+    }
+
+    /// The system call filter every vCPU thread installs before its first
+    /// KVM_RUN (`None`: no filter). Call before [`Vm::start`].
+    pub fn set_seccomp(&mut self, filter: Option<Arc<seccompiler::BpfProgram>>) {
+        for vcpu in &mut self.vcpus {
+            vcpu.seccomp = filter.clone();
+        }
     }
 
     /// Starts every vCPU thread. If one cannot start, the VM is stopped.

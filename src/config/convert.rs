@@ -34,7 +34,11 @@ pub fn spec_to_json(spec: &MonitorSpec) -> Result<Value, ConfigErrors> {
         cpu.insert("cpus".into(), json!(cpus));
     }
     cpu.insert("tick_ms".into(), json!(spec.host.sched_tick_ms));
-    Ok(json!({ "host": { "cpu": cpu }, "vms": vms }))
+    let mut host = json!({ "cpu": cpu, "seccomp": spec.host.seccomp });
+    if let Some(api) = &spec.host.api {
+        host["api"] = super::api::api_to_json(api);
+    }
+    Ok(json!({ "host": host, "vms": vms }))
 }
 
 /// All values, or every error of the failed ones.

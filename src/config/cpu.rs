@@ -118,9 +118,12 @@ pub(crate) fn validate_host(
         },
     };
     // `host.memory` (the memory budget) is validated here beside `cpu`.
+    let api = super::api::validate_api(raw.api, errors);
     Some(HostSpec {
         cpus: cpus?,
         sched_tick_ms: tick?,
+        api: api?,
+        seccomp: raw.seccomp.unwrap_or(true),
     })
 }
 
@@ -279,7 +282,10 @@ mod tests {
     }
 
     fn host(cpu: serde_json::Value) -> Parsed<RawHost> {
-        Parsed::Ok(RawHost { cpu: Some(cpu) })
+        Parsed::Ok(RawHost {
+            cpu: Some(cpu),
+            ..RawHost::default()
+        })
     }
 
     const TWO_CPUS: HostInfo = HostInfo {
@@ -307,7 +313,8 @@ mod tests {
             spec,
             Some(HostSpec {
                 cpus: Some(vec![1, 0]),
-                sched_tick_ms: 1000
+                sched_tick_ms: 1000,
+                ..HostSpec::default()
             })
         );
         assert!(lines(errors).is_empty());

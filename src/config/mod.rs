@@ -15,6 +15,7 @@
 //! All problems are reported at once as [`ConfigErrors`], each naming its JSON
 //! path (or CLI flag) and the bad value. Nothing here touches KVM.
 
+mod api;
 mod convert;
 mod cpu;
 mod error;
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+pub use api::own_uid;
 pub use convert::{convert_file, spec_to_json};
 pub use error::{ConfigError, ConfigErrors};
 pub use firecracker::{
@@ -274,6 +276,9 @@ fn monitor(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Option
     let host: Parsed<RawHost> = parse_optional(raw.host, "host", errors);
     let host = cpu::validate_host(host, ctx.host, errors);
     let vms = monitor_vms(raw.vms, had_vms, ctx, errors);
+    if let (Some(host), Some(vms)) = (&host, &vms) {
+        api::check_acl_vms(host.api.as_ref(), vms, errors);
+    }
     Some(MonitorSpec {
         vms: vms?,
         host: host?,

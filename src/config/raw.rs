@@ -33,6 +33,9 @@ pub(crate) struct RawMonitor {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHost {
     pub cpu: Option<Value>,
+    /// The control socket, parsed by `config/api.rs`.
+    pub api: Option<Value>,
+    pub seccomp: Option<bool>,
 }
 
 /// `host.cpu`: which host CPUs the vCPU threads may use, and the scheduler tick.
@@ -462,7 +465,10 @@ mod tests {
             struct_fields::<RawCpu>(),
             Some(&["vcpus", "weight", "max"][..])
         );
-        assert_eq!(struct_fields::<RawHost>(), Some(&["cpu"][..]));
+        assert_eq!(
+            struct_fields::<RawHost>(),
+            Some(&["cpu", "api", "seccomp"][..])
+        );
         assert_eq!(struct_fields::<RawMonitor>(), Some(&["host", "vms"][..]));
         assert_eq!(struct_fields::<String>(), None);
     }

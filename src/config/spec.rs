@@ -18,6 +18,10 @@ pub struct HostSpec {
     pub cpus: Option<Vec<usize>>,
     /// `host.cpu.tick_ms`: how often the CPU scheduler looks at usage.
     pub sched_tick_ms: u32,
+    /// `host.api`: the control socket and who may use it; `None`: no socket.
+    pub api: Option<ApiSpec>,
+    /// `host.seccomp`: per-thread system call filters (default on).
+    pub seccomp: bool,
 }
 
 impl Default for HostSpec {
@@ -25,9 +29,80 @@ impl Default for HostSpec {
         HostSpec {
             cpus: None,
             sched_tick_ms: DEFAULT_SCHED_TICK_MS,
+            api: None,
+            seccomp: true,
         }
     }
 }
+
+/// The control socket (`host.api`, or `--api-socket`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSpec {
+    /// Absolute path of the Unix socket.
+    pub socket: PathBuf,
+    /// Permission bits of the socket file (the first gate; the ACL is the second).
+    pub mode: u32,
+    /// Who may do what; a client no entry names is refused everything.
+    pub acl: Vec<AclEntry>,
+}
+
+impl ApiSpec {
+    /// A socket at `socket` with mode 0600 where only `uid` (the monitor's
+    /// own user) is admin: the default for `--api-socket`.
+    pub fn owner_only(socket: PathBuf, uid: u32) -> Self {
+        ApiSpec {
+            socket,
+            mode: DEFAULT_API_MODE,
+            acl: vec![AclEntry {
+                who: Principal::Uid(uid),
+                vms: None,
+                grant: Grant::Admin,
+            }],
+        }
+    }
+}
+
+/// One entry of `host.api.acl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclEntry {
+    pub who: Principal,
+    /// The VMs the grant covers; `None`: every VM.
+    pub vms: Option<Vec<String>>,
+    pub grant: Grant,
+}
+
+/// Whom an ACL entry names, as the kernel reports a peer (SO_PEERCRED);
+/// user and group names are resolved when the config is validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    Uid(u32),
+    /// Matches the peer's primary (effective) gid only.
+    Gid(u32),
+}
+
+/// What an ACL entry allows; each grant includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Grant {
+    /// list, stats, access counters.
+    Read,
+    /// read, plus pause, resume, stop, CPU and memory settings.
+    Control,
+    /// control of every VM, plus monitor-wide operations (shutdown).
+    Admin,
+}
+
+impl Grant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Grant::Read => "read",
+            Grant::Control => "control",
+            Grant::Admin => "admin",
+        }
+    }
+}
+
+/// Default permission bits of the control socket.
+pub const DEFAULT_API_MODE: u32 = 0o600;
 
 /// A VM's CPU policy (`cpu` section, beside `cpu.vcpus`).
 #[derive(Debug, Clone, PartialEq)]

@@ -229,7 +229,7 @@ fn unknown_nested_field() {
     one_error(
         fx.parse(&json!({"host": {"cpus": {}}, "vms": [{"kernel": {"path": "vmlinux"}}]})),
         "host",
-        &["unknown field \"cpus\" (expected one of: cpu); did you mean \"cpu\"?"],
+        &["unknown field \"cpus\" (expected one of: cpu, api, seccomp); did you mean \"cpu\"?"],
     );
 }
 
@@ -337,7 +337,7 @@ fn many_errors_are_reported_at_once() {
         .expect_err("invalid");
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let expected = [
-        "host: unknown field \"budget\" (expected one of: cpu)",
+        "host: unknown field \"budget\" (expected one of: cpu, api, seccomp)",
         "vms[1]: unknown field \"extra\" (expected one of: name, kernel, cpu, memory, serial)",
         "vms[1].kernel: unknown field \"protocl\" (expected one of: path, initrd, cmdline, protocol); did you mean \"protocol\"?",
         "vms[1].cpu.vcpus: invalid type: string \"two\", expected a non-negative integer",

@@ -1,0 +1,189 @@
+//! What each request does, against the monitor seen through [`Control`].
+//! The monitor implements `Control`; everything here is plain logic,
+//! unit-tested with a fake.
+
+use serde_json::{json, Value};
+
+use crate::config::{CpuSpec, Grant, MAX_CPU_WEIGHT, MIN_CPU_WEIGHT};
+
+use super::acl::{Acl, Peer};
+use super::protocol::Request;
+
+/// Why a VM was stopped through the socket (its outcome in stats and logs).
+pub const STOPPED_BY_API: &str = "stopped through the control socket";
+
+/// The monitor's side of the control API. VMs are named by their index
+/// in [`Control::vm_names`].
+pub trait Control {
+    /// Every VM's name, in order (stopped ones too).
+    fn vm_names(&self) -> Vec<String>;
+    /// The statistics document (`stats::to_json`) of every VM.
+    fn stats_json(&self) -> Value;
+    /// Whether the VM still runs (it has not stopped).
+    fn is_running(&self, vm: usize) -> bool;
+    fn vcpus(&self, vm: usize) -> usize;
+    /// Pauses (or resumes) every vCPU of the VM.
+    fn set_paused(&mut self, vm: usize, paused: bool);
+    /// Stops the VM with `VmOutcome::Stopped(why)`.
+    fn stop(&mut self, vm: usize, why: &str);
+    fn cpu(&self, vm: usize) -> CpuSpec;
+    /// Applies a CPU weight and cap (scheduler and stats).
+    fn set_cpu(&mut self, vm: usize, cpu: CpuSpec);
+    /// Stops every VM.
+    fn shutdown(&mut self, why: &str);
+
+    /// Sets a VM's memory weight and/or floor. The wiring point for the
+    /// ballooning allocator (branch `balloon`): the monitor overrides this
+    /// once it has one.
+    fn set_memory(
+        &mut self,
+        _vm: usize,
+        _weight: Option<u64>,
+        _floor_mib: Option<u64>,
+    ) -> Result<Value, String> {
+        Err("not supported yet: no memory allocator".into())
+    }
+
+    /// The device-access verifier's counters of a VM. The wiring point for
+    /// the verifier (branch `acl`): the monitor overrides this once it has one.
+    fn access_counters(&self, _vm: usize) -> Result<Value, String> {
+        Err("not supported yet: no device access verifier".into())
+    }
+}
+
+fn find(ctl: &dyn Control, name: &str) -> Result<usize, String> {
+    ctl.vm_names()
+        .iter()
+        .position(|n| n == name)
+        .ok_or_else(|| format!("no vm named {name:?}"))
+}
+
+fn running(ctl: &dyn Control, name: &str) -> Result<usize, String> {
+    let idx = find(ctl, name)?;
+    if ctl.is_running(idx) {
+        Ok(idx)
+    } else {
+        Err(format!("vm {name} has stopped"))
+    }
+}
+
+/// The statistics document with only the VMs `peer` may read.
+fn readable_stats(ctl: &dyn Control, acl: &Acl, peer: &Peer) -> Value {
+    let mut doc = ctl.stats_json();
+    if let Some(vms) = doc.get_mut("vms").and_then(Value::as_array_mut) {
+        vms.retain(|vm| {
+            vm["name"]
+                .as_str()
+                .is_some_and(|n| acl.allows(peer, Grant::Read, Some(n)))
+        });
+    }
+    doc
+}
+
+/// Carries out `request` for `peer` (whose access was already checked).
+pub fn execute(
+    ctl: &mut dyn Control,
+    acl: &Acl,
+    peer: &Peer,
+    request: Request,
+) -> Result<Value, String> {
+    match request {
+        Request::List => {
+            let doc = readable_stats(ctl, acl, peer);
+            let vms: Vec<Value> = doc["vms"]
+                .as_array()
+                .map(|vms| {
+                    vms.iter()
+                        .map(|v| json!({"name": v["name"], "state": v["state"], "vcpus": v["vcpus"]}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(json!({ "vms": vms }))
+        }
+        Request::Stats { vm: None } => Ok(readable_stats(ctl, acl, peer)),
+        Request::Stats { vm: Some(name) } => {
+            find(ctl, &name)?;
+            let doc = ctl.stats_json();
+            doc["vms"]
+                .as_array()
+                .and_then(|vms| vms.iter().find(|v| v["name"] == name.as_str()))
+                .cloned()
+                .ok_or_else(|| format!("no statistics for vm {name}"))
+        }
+        Request::Pause { vm } => {
+            let idx = running(ctl, &vm)?;
+            ctl.set_paused(idx, true);
+            Ok(json!({ "vm": vm, "state": "paused" }))
+        }
+        Request::Resume { vm } => {
+            let idx = running(ctl, &vm)?;
+            ctl.set_paused(idx, false);
+            Ok(json!({ "vm": vm, "state": "running" }))
+        }
+        Request::Stop { vm } => {
+            let idx = running(ctl, &vm)?;
+            ctl.stop(idx, STOPPED_BY_API);
+            Ok(json!({ "vm": vm, "state": "stopping" }))
+        }
+        Request::SetCpu { vm, weight, max } => {
+            let idx = running(ctl, &vm)?;
+            let cpu = new_cpu(ctl.cpu(idx), ctl.vcpus(idx), weight, max)?;
+            ctl.set_cpu(idx, cpu.clone());
+            Ok(json!({ "vm": vm, "weight": cpu.weight, "max": cpu.max }))
+        }
+        Request::SetMemory {
+            vm,
+            weight,
+            floor_mib,
+        } => {
+            let idx = running(ctl, &vm)?;
+            if weight.is_none() && floor_mib.is_none() {
+                return Err("set-memory needs \"weight\" and/or \"floor_mib\"".into());
+            }
+            ctl.set_memory(idx, weight, floor_mib)
+        }
+        Request::AccessCounters { vm } => {
+            let idx = find(ctl, &vm)?;
+            ctl.access_counters(idx)
+        }
+        Request::Shutdown => {
+            ctl.shutdown("shutdown through the control socket");
+            Ok(json!({ "state": "stopping" }))
+        }
+    }
+}
+
+/// The CPU policy after a `set-cpu`, checked as the config checks it.
+fn new_cpu(
+    old: CpuSpec,
+    vcpus: usize,
+    weight: Option<u64>,
+    max: Option<Option<f64>>,
+) -> Result<CpuSpec, String> {
+    if weight.is_none() && max.is_none() {
+        return Err("set-cpu needs \"weight\" and/or \"max\"".into());
+    }
+    let weight = match weight {
+        None => old.weight,
+        Some(w) => match u32::try_from(w) {
+            Ok(w) if (MIN_CPU_WEIGHT..=MAX_CPU_WEIGHT).contains(&w) => w,
+            _ => {
+                return Err(format!(
+                    "weight {w} is out of range ({MIN_CPU_WEIGHT}..={MAX_CPU_WEIGHT})"
+                ))
+            }
+        },
+    };
+    let max = match max {
+        None => old.max,
+        Some(None) => None,
+        Some(Some(m)) if !m.is_finite() || m <= 0.0 => {
+            return Err(format!("max {m} must be greater than 0 (a number of CPUs)"))
+        }
+        Some(Some(m)) if m > vcpus as f64 => {
+            return Err(format!("max {m} is more than the VM's {vcpus} vCPUs"))
+        }
+        Some(Some(m)) => Some(m),
+    };
+    Ok(CpuSpec { weight, max })
+}

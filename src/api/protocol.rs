@@ -1,0 +1,147 @@
+//! The control protocol: one JSON request per line, one JSON reply per line
+//! (see `docs/api.md`).
+
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+
+use crate::config::Grant;
+
+/// One request, tagged by `"op"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// The VMs the client may read: name, state, vCPUs.
+    List,
+    /// Statistics (the `--stats-file` document) of one VM, or of every VM
+    /// the client may read.
+    Stats {
+        vm: Option<String>,
+    },
+    Pause {
+        vm: String,
+    },
+    Resume {
+        vm: String,
+    },
+    Stop {
+        vm: String,
+    },
+    /// CPU weight and/or cap; `"max": null` removes the cap.
+    SetCpu {
+        vm: String,
+        weight: Option<u64>,
+        #[serde(default, deserialize_with = "present")]
+        max: Option<Option<f64>>,
+    },
+    /// Memory weight and/or floor (the ballooning allocator's policy).
+    SetMemory {
+        vm: String,
+        weight: Option<u64>,
+        floor_mib: Option<u64>,
+    },
+    /// The device-access verifier's counters of one VM.
+    AccessCounters {
+        vm: String,
+    },
+    /// Stop every VM (the monitor then exits).
+    Shutdown,
+}
+
+/// `Some(x)` for a field that is present (even as `null`), `None` if absent.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
+}
+
+impl Request {
+    /// Parses one request line.
+    pub fn parse(line: &[u8]) -> Result<Request, String> {
+        serde_json::from_slice(line).map_err(|e| format!("invalid request: {e}"))
+    }
+
+    /// The grant it needs, and on which VM (`None`: monitor-wide or
+    /// filtered per VM, see [`Request::filtered`]).
+    pub fn needs(&self) -> (Grant, Option<&str>) {
+        match self {
+            Request::List | Request::Stats { vm: None } => (Grant::Read, None),
+            Request::Stats { vm: Some(vm) } | Request::AccessCounters { vm } => {
+                (Grant::Read, Some(vm))
+            }
+            Request::Pause { vm }
+            | Request::Resume { vm }
+            | Request::Stop { vm }
+            | Request::SetCpu { vm, .. }
+            | Request::SetMemory { vm, .. } => (Grant::Control, Some(vm)),
+            Request::Shutdown => (Grant::Admin, None),
+        }
+    }
+
+    /// Whether the reply lists only the VMs the client may read, rather
+    /// than needing a grant for the whole monitor.
+    pub fn filtered(&self) -> bool {
+        matches!(self, Request::List | Request::Stats { vm: None })
+    }
+}
+
+/// A successful reply.
+pub fn ok(result: Value) -> Value {
+    json!({ "ok": true, "result": result })
+}
+
+/// An error reply.
+pub fn error(message: impl Into<String>) -> Value {
+    json!({ "ok": false, "error": message.into() })
+}
+
+/// A reply as one line (newline-terminated).
+pub fn line(reply: &Value) -> Vec<u8> {
+    let mut bytes = reply.to_string().into_bytes();
+    bytes.push(b'\n');
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_by_op() {
+        assert_eq!(Request::parse(br#"{"op":"list"}"#), Ok(Request::List));
+        assert_eq!(
+            Request::parse(br#"{"op":"set-cpu","vm":"a","weight":300}"#),
+            Ok(Request::SetCpu {
+                vm: "a".into(),
+                weight: Some(300),
+                max: None
+            })
+        );
+        assert_eq!(
+            Request::parse(br#"{"op":"set-cpu","vm":"a","max":null}"#),
+            Ok(Request::SetCpu {
+                vm: "a".into(),
+                weight: None,
+                max: Some(None)
+            })
+        );
+        assert_eq!(
+            Request::parse(br#"{"op":"stats"}"#),
+            Ok(Request::Stats { vm: None })
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_why() {
+        let e = |t: &[u8]| Request::parse(t).expect_err("must fail");
+        assert!(e(b"garbage").starts_with("invalid request: expected value"));
+        assert!(e(br#"{"op":"reboot"}"#).contains("unknown variant `reboot`"));
+        assert!(e(br#"{"op":"pause"}"#).contains("missing field `vm`"));
+        assert!(e(br#"{"op":"pause","vm":"a","x":1}"#).contains("unknown field `x`"));
+    }
+
+    #[test]
+    fn grants_needed() {
+        let pause = Request::Pause { vm: "a".into() };
+        assert_eq!(pause.needs(), (Grant::Control, Some("a")));
+        assert_eq!(Request::Shutdown.needs(), (Grant::Admin, None));
+        assert!(Request::List.filtered());
+    }
+}

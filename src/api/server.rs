@@ -1,0 +1,480 @@
+//! The control socket in the event loop: a listening Unix socket and one
+//! tagged fd per connection, each with its own buffers, so a slow, silent
+//! or hostile client never holds up the loop or another client.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::bus::lock;
+use crate::config::{ApiSpec, Grant};
+
+use super::acl::{Acl, Peer};
+use super::ops::{execute, Control};
+use super::protocol::{self, Request};
+
+/// Longest request line; a longer one gets an error and the connection closes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Most connections open at once; more are told so and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection with no traffic for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Replies a client has not read beyond this stop its requests being read.
+const MAX_PENDING_REPLIES: usize = 1 << 20;
+/// Reads per readiness event, so one busy client cannot monopolise the loop.
+const READS_PER_EVENT: usize = 16;
+/// Refusals logged per sweep period; the rest are counted.
+const REFUSALS_LOGGED: u32 = 20;
+const SWEEP_PERIOD: Duration = Duration::from_secs(1);
+
+const TAG_LISTEN: u32 = 0;
+const TAG_SWEEP: u32 = 1;
+const TAG_CONN: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("control socket {path}: another process is listening on it")]
+    InUse { path: PathBuf },
+    #[error("control socket {path}: exists and is not a socket; refusing to remove it")]
+    NotASocket { path: PathBuf },
+    #[error("control socket {path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// The socket file, removed when dropped (the monitor's exit).
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A bound, listening control socket.
+#[derive(Debug)]
+pub struct Listener {
+    listener: UnixListener,
+    file: SocketFile,
+    acl: Acl,
+}
+
+impl Listener {
+    /// Creates the socket with exactly `spec.mode` (the umask is set around
+    /// `bind`, so the file is never more open than that), after removing
+    /// a stale socket file that nothing listens on.
+    pub fn bind(spec: &ApiSpec) -> Result<Listener, ApiError> {
+        let path = &spec.socket;
+        let io_err = |what| {
+            move |source| ApiError::Io {
+                path: path.clone(),
+                what,
+                source,
+            }
+        };
+        remove_stale(path)?;
+        let mask = !spec.mode & 0o777;
+        // SAFETY: umask only swaps the process's file mode mask; it is
+        // restored right after bind. No other thread creates files now
+        // (the monitor binds before any vCPU thread starts).
+        let old = unsafe { libc::umask(mask) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above; restores the previous mask.
+        unsafe { libc::umask(old) };
+        let listener = bound.map_err(io_err("cannot listen"))?;
+        let file = SocketFile(path.clone());
+        listener
+            .set_nonblocking(true)
+            .map_err(io_err("set non-blocking"))?;
+        Ok(Listener {
+            listener,
+            file,
+            acl: Acl::new(spec.acl.clone()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.0
+    }
+}
+
+fn remove_stale(path: &Path) -> Result<(), ApiError> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ApiError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(ApiError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+            log::info!("removing stale control socket {}", path.display());
+            std::fs::remove_file(path).map_err(|source| ApiError::Io {
+                path: path.to_path_buf(),
+                what: "cannot remove the stale socket",
+                source,
+            })
+        }
+        Err(source) => Err(ApiError::Io {
+            path: path.to_path_buf(),
+            what: "cannot tell whether it is in use",
+            source,
+        }),
+    }
+}
+
+/// The peer's credentials, as recorded by the kernel at connect time.
+fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given;
+    // the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+struct Conn {
+    stream: UnixStream,
+    peer: Peer,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    last_active: Instant,
+    /// Close once the pending replies are written.
+    closing: bool,
+    /// The events it is registered for.
+    interest: EventSet,
+}
+
+impl Conn {
+    fn wanted(&self) -> EventSet {
+        if self.closing || self.output.len() >= MAX_PENDING_REPLIES {
+            EventSet::OUT
+        } else if self.output.is_empty() {
+            EventSet::IN
+        } else {
+            EventSet::IN | EventSet::OUT
+        }
+    }
+
+    /// Writes what it can; `Err` means the connection is dead.
+    fn flush(&mut self) -> io::Result<()> {
+        while !self.output.is_empty() {
+            match self.stream.write(&self.output) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The event-loop subscriber serving the control socket.
+pub struct ApiServer<C: Control + Send> {
+    listener: Listener,
+    target: Arc<Mutex<C>>,
+    conns: Vec<Option<Conn>>,
+    sweep: TimerFd,
+    refusals_logged: u32,
+    refusals_quiet: u64,
+}
+
+impl<C: Control + Send> ApiServer<C> {
+    pub fn new(listener: Listener, target: Arc<Mutex<C>>) -> io::Result<Self> {
+        let mut sweep = TimerFd::new().map_err(io::Error::from)?;
+        sweep
+            .reset(SWEEP_PERIOD, Some(SWEEP_PERIOD))
+            .map_err(io::Error::from)?;
+        log::info!("control socket: {}", listener.path().display());
+        Ok(ApiServer {
+            listener,
+            target,
+            conns: (0..MAX_CONNECTIONS).map(|_| None).collect(),
+            sweep,
+            refusals_logged: 0,
+            refusals_quiet: 0,
+        })
+    }
+
+    fn accept(&mut self, ops: &mut EventOps) {
+        loop {
+            let stream = match self.listener.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control socket: accept: {e}");
+                    return;
+                }
+            };
+            let Some(slot) = self.conns.iter().position(Option::is_none) else {
+                let _ = stream.set_nonblocking(true);
+                let reply = protocol::error(format!(
+                    "too many connections (at most {MAX_CONNECTIONS}); try again later"
+                ));
+                let _ = (&stream).write(&protocol::line(&reply));
+                continue;
+            };
+            let peer = match stream.set_nonblocking(true).and_then(|()| peer_of(&stream)) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    log::warn!("control socket: a new connection failed: {e}");
+                    continue;
+                }
+            };
+            let tag = TAG_CONN + slot as u32;
+            if let Err(e) = ops.add(Events::with_data(&stream, tag, EventSet::IN)) {
+                log::warn!("control socket: cannot watch a connection: {e}");
+                continue;
+            }
+            log::debug!(
+                "control socket: connection from pid {} uid {} gid {}",
+                peer.pid,
+                peer.uid,
+                peer.gid
+            );
+            self.conns[slot] = Some(Conn {
+                stream,
+                peer,
+                input: Vec::new(),
+                output: Vec::new(),
+                last_active: Instant::now(),
+                closing: false,
+                interest: EventSet::IN,
+            });
+        }
+    }
+
+    fn close(&mut self, slot: usize, ops: &mut EventOps) {
+        if let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) {
+            let tag = TAG_CONN + slot as u32;
+            let _ = ops.remove(Events::with_data(&conn.stream, tag, conn.interest));
+        }
+    }
+
+    /// Answers one request line from `peer`.
+    fn answer(&mut self, peer: &Peer, line: &[u8]) -> serde_json::Value {
+        let request = match Request::parse(line) {
+            Ok(r) => r,
+            Err(e) => return protocol::error(e),
+        };
+        if let Err(refusal) = self.listener.acl.check(peer, &request) {
+            if self.refusals_logged < REFUSALS_LOGGED {
+                self.refusals_logged += 1;
+                log::warn!(
+                    "control socket: refused {request:?} from pid {}: {refusal}",
+                    peer.pid
+                );
+            } else {
+                self.refusals_quiet += 1;
+            }
+            return protocol::error(refusal);
+        }
+        let (grant, _) = request.needs();
+        if grant >= Grant::Control {
+            log::info!(
+                "control socket: uid {} (pid {}): {request:?}",
+                peer.uid,
+                peer.pid
+            );
+        }
+        let mut target = lock(&self.target);
+        match execute(&mut *target, &self.listener.acl, peer, request) {
+            Ok(result) => protocol::ok(result),
+            Err(e) => protocol::error(e),
+        }
+    }
+
+    /// Reads and answers what a connection sent; `false` if it must close now.
+    fn serve(&mut self, slot: usize) -> bool {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return true;
+        };
+        let alive = self.serve_conn(&mut conn);
+        self.conns[slot] = Some(conn);
+        alive
+    }
+
+    fn serve_conn(&mut self, conn: &mut Conn) -> bool {
+        let mut buf = [0u8; 4096];
+        let mut eof = false;
+        for _ in 0..READS_PER_EVENT {
+            if conn.closing || conn.output.len() >= MAX_PENDING_REPLIES {
+                break;
+            }
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    conn.last_active = Instant::now();
+                    conn.input.extend_from_slice(&buf[..n]);
+                    self.answer_lines(conn);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        if eof {
+            // A last request without its newline is still answered.
+            if !conn.input.is_empty() && !conn.closing {
+                let line = std::mem::take(&mut conn.input);
+                let peer = conn.peer;
+                let reply = self.answer(&peer, trim(&line));
+                conn.output.extend(protocol::line(&reply));
+            }
+            conn.closing = true;
+        }
+        conn.flush().is_ok()
+    }
+
+    fn answer_lines(&mut self, conn: &mut Conn) {
+        while let Some(end) = conn.input.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = conn.input.drain(..=end).collect();
+            let line = trim(&line);
+            if line.is_empty() {
+                continue;
+            }
+            let peer = conn.peer;
+            let reply = self.answer(&peer, line);
+            conn.output.extend(protocol::line(&reply));
+        }
+        if conn.input.len() > MAX_REQUEST {
+            log::warn!(
+                "control socket: pid {} sent a request longer than {MAX_REQUEST} bytes; closing",
+                conn.peer.pid
+            );
+            conn.input.clear();
+            let reply = protocol::error(format!(
+                "request too long (more than {MAX_REQUEST} bytes without a newline); closing"
+            ));
+            conn.output.extend(protocol::line(&reply));
+            conn.closing = true;
+        }
+    }
+
+    fn on_sweep(&mut self, ops: &mut EventOps) {
+        let _ = self.sweep.wait();
+        if self.refusals_quiet > 0 {
+            log::warn!(
+                "control socket: {} more refusals not logged",
+                self.refusals_quiet
+            );
+        }
+        self.refusals_logged = 0;
+        self.refusals_quiet = 0;
+        let now = Instant::now();
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                c.as_ref()
+                    .filter(|c| now.duration_since(c.last_active) >= IDLE_TIMEOUT)
+                    .map(|_| i)
+            })
+            .collect();
+        for slot in idle {
+            log::debug!("control socket: closing an idle connection");
+            self.close(slot, ops);
+        }
+    }
+}
+
+/// A line without its line ending.
+fn trim(line: &[u8]) -> &[u8] {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+impl<C: Control + Send> MutEventSubscriber for ApiServer<C> {
+    fn init(&mut self, ops: &mut EventOps) {
+        for ev in [
+            Events::with_data(&self.listener.listener, TAG_LISTEN, EventSet::IN),
+            Events::with_data(&self.sweep, TAG_SWEEP, EventSet::IN),
+        ] {
+            if let Err(e) = ops.add(ev) {
+                log::error!("control socket: cannot watch an fd: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            TAG_LISTEN => self.accept(ops),
+            TAG_SWEEP => self.on_sweep(ops),
+            tag if tag >= TAG_CONN => {
+                let slot = (tag - TAG_CONN) as usize;
+                let set = events.event_set();
+                let alive = if set.contains(EventSet::IN) || set.contains(EventSet::OUT) {
+                    self.serve(slot)
+                } else {
+                    false
+                };
+                let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+                    return;
+                };
+                let hung_up = set.intersects(EventSet::ERROR | EventSet::HANG_UP)
+                    && !set.contains(EventSet::IN);
+                if !alive || hung_up || (conn.closing && conn.output.is_empty()) {
+                    self.close(slot, ops);
+                    return;
+                }
+                let wanted = conn.wanted();
+                if wanted != conn.interest {
+                    let tag = TAG_CONN + slot as u32;
+                    if ops
+                        .modify(Events::with_data(&conn.stream, tag, wanted))
+                        .is_ok()
+                    {
+                        conn.interest = wanted;
+                    }
+                }
+            }
+            other => log::warn!("control socket: unexpected event tag {other}"),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `hearth ctl SOCKET COMMAND ...`: one request to a running monitor.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Args)]
+pub struct CtlArgs {
+    /// The monitor's control socket.
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// The VMs you may see: name, state, vCPUs.
+    List,
+    /// Statistics of one VM, or of every VM you may see.
+    Stats { vm: Option<String> },
+    /// Pause every vCPU of a VM.
+    Pause { vm: String },
+    /// Resume a paused VM.
+    Resume { vm: String },
+    /// Stop a VM.
+    Stop { vm: String },
+    /// Set a VM's CPU weight (1-10000).
+    SetWeight { vm: String, weight: u64 },
+    /// Set a VM's CPU cap in host CPUs (0.5 = half of one), or "none".
+    SetMax { vm: String, max: String },
+    /// Set a VM's memory weight and/or floor.
+    SetMemory {
+        vm: String,
+        #[arg(long)]
+        weight: Option<u64>,
+        #[arg(long)]
+        floor_mib: Option<u64>,
+    },
+    /// The device-access verifier's counters of a VM.
+    Counters { vm: String },
+    /// Stop every VM (the monitor exits).
+    Shutdown,
+    /// Send a raw JSON request line.
+    Request { json: String },
+}
+
+fn request(command: CtlCommand) -> Result<Value, String> {
+    Ok(match command {
+        CtlCommand::List => json!({"op": "list"}),
+        CtlCommand::Stats { vm } => match vm {
+            Some(vm) => json!({"op": "stats", "vm": vm}),
+            None => json!({"op": "stats"}),
+        },
+        CtlCommand::Pause { vm } => json!({"op": "pause", "vm": vm}),
+        CtlCommand::Resume { vm } => json!({"op": "resume", "vm": vm}),
+        CtlCommand::Stop { vm } => json!({"op": "stop", "vm": vm}),
+        CtlCommand::SetWeight { vm, weight } => {
+            json!({"op": "set-cpu", "vm": vm, "weight": weight})
+        }
+        CtlCommand::SetMax { vm, max } => {
+            let max: Value = if max == "none" {
+                Value::Null
+            } else {
+                json!(max
+                    .parse::<f64>()
+                    .map_err(|_| format!("max {max:?} is neither a number nor \"none\""))?)
+            };
+            json!({"op": "set-cpu", "vm": vm, "max": max})
+        }
+        CtlCommand::SetMemory {
+            vm,
+            weight,
+            floor_mib,
+        } => {
+            let mut r = json!({"op": "set-memory", "vm": vm});
+            if let Some(w) = weight {
+                r["weight"] = json!(w);
+            }
+            if let Some(f) = floor_mib {
+                r["floor_mib"] = json!(f);
+            }
+            r
+        }
+        CtlCommand::Counters { vm } => json!({"op": "access-counters", "vm": vm}),
+        CtlCommand::Shutdown => json!({"op": "shutdown"}),
+        CtlCommand::Request { json } => {
+            serde_json::from_str(&json).map_err(|e| format!("not JSON: {e}"))?
+        }
+    })
+}
+
+pub fn main(args: CtlArgs) -> ExitCode {
+    let request = match request(args.command) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hearth: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match hearth::api::client::call(&args.socket, &request) {
+        Ok(reply) => {
+            let text = serde_json::to_string_pretty(&reply).unwrap_or_else(|_| reply.to_string());
+            println!("{text}");
+            if reply["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("hearth: error: {}: {e}", args.socket.display());
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Per-thread seccomp filters: one allowlist of system calls per thread
+//! class, installed by each thread on itself before it runs guest code or
+//! serves requests. A call outside the list kills the whole process with
+//! SIGSYS (`SECCOMP_RET_KILL_PROCESS`): a monitor thread doing something it
+//! never does is treated as compromised. The lists, how they were found
+//! (strace of the tests) and how to debug a kill are in `docs/security.md`.
+
+use std::collections::BTreeMap;
+
+use kvm_bindings::{kvm_regs, kvm_sregs, kvm_translation};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("cannot build the {class} filter: {source}")]
+    Build {
+        class: &'static str,
+        source: seccompiler::BackendError,
+    },
+    #[error("cannot install the filter: {0}")]
+    Install(seccompiler::Error),
+}
+
+/// The kinds of thread, each with its own allowlist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadClass {
+    /// A vCPU thread: KVM_RUN and the exit handling (devices, logging).
+    Vcpu,
+    /// The main thread's event loop: signals, timers, the console, the
+    /// control socket, statistics, VM teardown.
+    EventLoop,
+}
+
+impl ThreadClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadClass::Vcpu => "vcpu",
+            ThreadClass::EventLoop => "event-loop",
+        }
+    }
+}
+
+const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xAE << 8) | nr
+}
+const IOC_READ: u64 = 2;
+const IOC_RW: u64 = 3;
+const KVM_RUN: u64 = ioc(0, 0x80, 0);
+const KVM_GET_REGS: u64 = ioc(IOC_READ, 0x81, std::mem::size_of::<kvm_regs>());
+const KVM_GET_SREGS: u64 = ioc(IOC_READ, 0x83, std::mem::size_of::<kvm_sregs>());
+const KVM_TRANSLATE: u64 = ioc(IOC_RW, 0x85, std::mem::size_of::<kvm_translation>());
+
+/// Memory management and thread bookkeeping every Rust thread needs
+/// (the allocator, futex-based locks and channels, its own exit).
+const COMMON: &[i64] = &[
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_mprotect,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_clock_gettime,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_write,
+    libc::SYS_exit,
+];
+
+/// A vCPU thread: KVM_RUN and its exits. Serial output (stdout or a file),
+/// irqfd and exit eventfds and log lines are all `write`; at its end the
+/// thread closes its vCPU fd (`close`, after std's debug-build check that
+/// the fd is open, `fcntl(F_GETFD)`).
+const VCPU: &[i64] = &[libc::SYS_ioctl, libc::SYS_close, libc::SYS_fcntl];
+
+/// The event loop, beyond COMMON.
+const EVENT_LOOP: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_read,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_close,
+    // The control socket.
+    libc::SYS_accept4,
+    libc::SYS_getsockopt,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_fcntl,
+    // Statistics file (create, write, rename) and /proc reads of the
+    // scheduler (thread states) and of the peak RSS.
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_lseek,
+    libc::SYS_rename,
+    // The socket file is removed at exit.
+    libc::SYS_unlink,
+    // Kicking vCPU threads (pthread_kill).
+    libc::SYS_tgkill,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    // Timers re-armed.
+    libc::SYS_timerfd_settime,
+    // The terminal restored, the monitor's exit.
+    libc::SYS_ioctl,
+    libc::SYS_exit_group,
+];
+
+fn ioctl_rule(cmds: &[u64]) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    cmds.iter()
+        .map(|&cmd| {
+            SeccompRule::new(vec![SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                cmd,
+            )?])
+        })
+        .collect()
+}
+
+/// The allowlist of `class` as (syscall, rules) pairs; an empty rule list
+/// allows every call of that syscall.
+fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let extra = match class {
+        ThreadClass::Vcpu => VCPU,
+        ThreadClass::EventLoop => EVENT_LOOP,
+    };
+    for &nr in COMMON.iter().chain(extra) {
+        map.insert(nr, Vec::new());
+    }
+    let ioctls: &[u64] = match class {
+        ThreadClass::Vcpu => &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE],
+        // TCGETS, TCSETS (the raw terminal restored), FIONBIO (sockets
+        // made non-blocking).
+        ThreadClass::EventLoop => &[libc::TCGETS, libc::TCSETS, libc::FIONBIO],
+    };
+    map.insert(libc::SYS_ioctl, ioctl_rule(ioctls)?);
+    if class == ThreadClass::Vcpu {
+        map.insert(
+            libc::SYS_fcntl,
+            vec![SeccompRule::new(vec![SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::F_GETFD as u64,
+            )?])?],
+        );
+    }
+    Ok(map)
+}
+
+/// The compiled filter of a thread class.
+pub fn filter(class: ThreadClass) -> Result<BpfProgram, SeccompError> {
+    let build = |source| SeccompError::Build {
+        class: class.name(),
+        source,
+    };
+    let filter = SeccompFilter::new(
+        rules(class).map_err(build)?,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    BpfProgram::try_from(filter).map_err(build)
+}
+
+/// Installs `filter` on the calling thread (for good; threads it spawns
+/// later inherit it).
+pub fn apply(filter: &BpfProgram) -> Result<(), SeccompError> {
+    seccompiler::apply_filter(filter).map_err(SeccompError::Install)
+}
+
+/// Builds and installs the filter of `class` on the calling thread.
+pub fn install(class: ThreadClass) -> Result<(), SeccompError> {
+    apply(&filter(class)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_ioctl_numbers_match_the_kernel_headers() {
+        assert_eq!(KVM_RUN, 0xAE80);
+        assert_eq!(KVM_GET_REGS, 0x8090_AE81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
+        assert_eq!(KVM_TRANSLATE, 0xC018_AE85);
+    }
+
+    #[test]
+    fn every_class_compiles() {
+        for class in [ThreadClass::Vcpu, ThreadClass::EventLoop] {
+            assert!(!filter(class).expect("compiles").is_empty());
+        }
+    }
+}
