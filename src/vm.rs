@@ -302,9 +302,9 @@ impl Vm {
         }
     }
 
-    /// Number of vCPUs.
+    /// Number of vCPUs (before, during and after the run).
     pub fn vcpu_count(&self) -> usize {
-        self.handles.len().max(self.vcpus.len())
+        self.parked.len()
     }
 
     /// CPU time used by all its vCPU threads so far, in ns.
