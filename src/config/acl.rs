@@ -376,10 +376,7 @@ fn is_device_name(name: &str) -> bool {
 
 /// A number in hex (`0x80`) or decimal (`128`).
 fn parse_number(text: &str) -> Option<u64> {
-    match text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-    {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) if !hex.is_empty() => u64::from_str_radix(hex, 16).ok(),
         Some(_) => None,
         None if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => text.parse().ok(),
@@ -402,7 +399,9 @@ fn parse_range(text: &str, max: u64) -> Result<(u64, u64), String> {
         return Err(format!("{text:?} is an empty range"));
     }
     if last > max {
-        return Err(format!("{text:?} goes past {max:#x}, the last address here"));
+        return Err(format!(
+            "{text:?} goes past {max:#x}, the last address here"
+        ));
     }
     Ok((first, last))
 }

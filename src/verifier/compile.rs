@@ -265,7 +265,13 @@ mod tests {
         ]
     }
 
-    fn rule(target: AclTarget, read: bool, write: bool, sizes: u8, action: AclAction) -> AclRuleSpec {
+    fn rule(
+        target: AclTarget,
+        read: bool,
+        write: bool,
+        sizes: u8,
+        action: AclAction,
+    ) -> AclRuleSpec {
         AclRuleSpec {
             target,
             read,
@@ -413,7 +419,12 @@ mod tests {
     #[test]
     fn devices_are_resolved_in_both_spaces_and_unknown_ones_refused() {
         let mut devices = standard_devices();
-        devices.push(dev(AddressSpace::Mmio, "balloon0", 0xd000_0000, 0xd000_0fff));
+        devices.push(dev(
+            AddressSpace::Mmio,
+            "balloon0",
+            0xd000_0000,
+            0xd000_0fff,
+        ));
         let spec = AclSpec {
             rules: vec![rule(
                 AclTarget::Device("balloon0".into()),

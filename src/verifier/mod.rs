@@ -111,9 +111,7 @@ impl VerifierStats {
 
     /// The `acl` object of a VM in the stats JSON.
     pub fn to_json(&self) -> Value {
-        let by_class = |c: &[u64; 4]| {
-            json!({"pio_read": c[0], "pio_write": c[1], "mmio_read": c[2], "mmio_write": c[3]})
-        };
+        let by_class = |c: &[u64; 4]| json!({"pio_read": c[0], "pio_write": c[1], "mmio_read": c[2], "mmio_write": c[3]});
         let rules: Vec<Value> = self
             .rules
             .iter()
@@ -271,7 +269,9 @@ impl Verifier {
         };
         let slot = slot(op, len);
         let last = addr.saturating_add((len as u64).saturating_sub(1));
-        let mut idx = ranges.partition_point(|r| r.first <= addr).saturating_sub(1);
+        let mut idx = ranges
+            .partition_point(|r| r.first <= addr)
+            .saturating_sub(1);
         let Some(first) = ranges.get(idx) else {
             return 0;
         };
@@ -341,7 +341,11 @@ impl Verifier {
                 } else {
                     String::new()
                 };
-                log::warn!("{}: access violation #{count}: {}{more}", self.vm, self.describe(&v));
+                log::warn!(
+                    "{}: access violation #{count}: {}{more}",
+                    self.vm,
+                    self.describe(&v)
+                );
             }
         }
         match self.on_violation.stop_at() {
@@ -400,9 +404,9 @@ impl Verifier {
             } else {
                 &mut stats.denied
             };
-            for (total, n) in into
-                .iter_mut()
-                .zip([r.pio_reads, r.pio_writes, r.mmio_reads, r.mmio_writes])
+            for (total, n) in
+                into.iter_mut()
+                    .zip([r.pio_reads, r.pio_writes, r.mmio_reads, r.mmio_writes])
             {
                 *total += n;
             }

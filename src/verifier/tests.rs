@@ -21,7 +21,14 @@ fn devices() -> Vec<DeviceRange> {
     ]
 }
 
-fn ports(first: u64, last: u64, read: bool, write: bool, sizes: u8, action: AclAction) -> AclRuleSpec {
+fn ports(
+    first: u64,
+    last: u64,
+    read: bool,
+    write: bool,
+    sizes: u8,
+    action: AclAction,
+) -> AclRuleSpec {
     AclRuleSpec {
         target: AclTarget::Ports { first, last },
         read,
@@ -59,7 +66,11 @@ fn own_devices_pass_and_everything_else_is_refused() {
     assert_eq!(v.check(Pio, 0x70, 1, Op::Read), Verdict::Allow);
     assert_eq!(v.check(Pio, 0x71, 1, Op::Write), Verdict::Deny, "rules[0]");
     assert_eq!(v.check(Pio, 0x80, 1, Op::Write), Verdict::Allow, "rules[1]");
-    assert_eq!(v.check(Pio, 0x80, 2, Op::Write), Verdict::Deny, "1 byte only");
+    assert_eq!(
+        v.check(Pio, 0x80, 2, Op::Write),
+        Verdict::Deny,
+        "1 byte only"
+    );
     assert_eq!(v.check(Pio, 0x80, 1, Op::Read), Verdict::Deny);
     assert_eq!(v.check(Pio, 0xcfc, 4, Op::Read), Verdict::Deny, "quiet");
     assert_eq!(v.check(Mmio, 0xd000_0008, 8, Op::Write), Verdict::Allow);
@@ -115,7 +126,11 @@ fn an_access_across_ranges_needs_every_range_to_allow_it() {
 fn stop_vm_after_n_stops_at_the_nth_violation() {
     let v = Verifier::new("t", &probe_acl(OnViolation::StopVmAfter(3)), &devices()).unwrap();
     assert_eq!(v.check(Pio, 0x1234, 1, Op::Read), Verdict::Deny);
-    assert_eq!(v.check(Pio, 0xcf8, 4, Op::Read), Verdict::Deny, "not a violation");
+    assert_eq!(
+        v.check(Pio, 0xcf8, 4, Op::Read),
+        Verdict::Deny,
+        "not a violation"
+    );
     assert_eq!(v.check(Pio, 0x1234, 2, Op::Write), Verdict::Deny);
     let Verdict::Stop(last) = v.check(Mmio, 0xc000_0000, 8, Op::Write) else {
         panic!("the third violation stops the VM");
