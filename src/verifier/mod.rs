@@ -234,20 +234,6 @@ impl Verifier {
         })
     }
 
-    /// A verifier that allows everything (for VMs built without an ACL).
-    pub fn allow_all(vm: &str) -> Self {
-        let spec = AclSpec {
-            default: AclAction::Allow,
-            own_devices: false,
-            ..AclSpec::default()
-        };
-        match Verifier::new(vm, &spec, &[]) {
-            Ok(v) => v,
-            // No rules and no devices: nothing can fail to resolve.
-            Err(e) => unreachable!("an ACL without rules compiles: {e}"),
-        }
-    }
-
     /// The compiled rules, in precedence order (index 0 is the default).
     pub fn rules(&self) -> &[RuleInfo] {
         &self.rules

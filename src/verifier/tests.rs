@@ -182,8 +182,13 @@ fn the_log_is_rate_limited_and_counts_what_it_left_out() {
 }
 
 #[test]
-fn allow_all_lets_everything_through() {
-    let v = Verifier::allow_all("t");
+fn an_allow_default_lets_everything_through() {
+    let spec = AclSpec {
+        default: AclAction::Allow,
+        own_devices: false,
+        ..AclSpec::default()
+    };
+    let v = Verifier::new("t", &spec, &[]).unwrap();
     assert_eq!(v.check(Pio, 0xffff, 4, Op::Write), Verdict::Allow);
     assert_eq!(v.check(Mmio, u64::MAX, 8, Op::Read), Verdict::Allow);
     assert_eq!(v.range_counts(), (1, 1));
