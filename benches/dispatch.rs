@@ -76,5 +76,54 @@ fn dispatch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dispatch);
+/// The verifier's check alone (the step before the bus lookup), over the
+/// same `n` devices as implicit rules plus 16 user rules, at addresses that
+/// cycle over the devices (allowed) and, separately, a quiet denial.
+fn verifier(c: &mut Criterion) {
+    use hearth::config::{AclAction, AclRuleSpec, AclSpec, AclTarget, ALL_SIZES};
+    use hearth::verifier::{DeviceRange, Op, Verifier};
+    let mut group = c.benchmark_group("verifier");
+    for n in [4u64, 32, 256] {
+        let devices: Vec<DeviceRange> = (0..n)
+            .map(|i| DeviceRange {
+                space: AddressSpace::Pio,
+                name: format!("dev{i}"),
+                first: 0x1000 + i * 16,
+                last: 0x1000 + i * 16 + 7,
+            })
+            .collect();
+        let rules = (0..16u64)
+            .map(|i| AclRuleSpec {
+                target: AclTarget::Ports {
+                    first: 0x100 + i * 4,
+                    last: 0x101 + i * 4,
+                },
+                read: true,
+                write: i % 2 == 0,
+                sizes: ALL_SIZES,
+                action: AclAction::Deny,
+            })
+            .collect();
+        let spec = AclSpec {
+            rules,
+            ..AclSpec::default()
+        };
+        let verifier = Verifier::new("bench", &spec, &devices).expect("the ACL compiles");
+        let addrs = addresses(n);
+        group.bench_with_input(BenchmarkId::new("check-allowed", n), &n, |b, _| {
+            let mut i = 0;
+            b.iter(|| {
+                let addr = addrs[i];
+                i = if i + 1 == addrs.len() { 0 } else { i + 1 };
+                black_box(verifier.check(AddressSpace::Pio, black_box(addr), 1, Op::Write))
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("check-denied", n), &n, |b, _| {
+            b.iter(|| black_box(verifier.check(AddressSpace::Pio, black_box(0x104), 1, Op::Read)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, dispatch, verifier);
 criterion_main!(benches);

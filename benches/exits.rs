@@ -431,6 +431,7 @@ impl BenchVm {
                 stdin: false,
             },
             cpu: CpuSpec::default(),
+            acl: hearth::config::AclSpec::default(),
         };
         let counts = Counts::new();
         let probe: hearth::bus::SharedDevice = Arc::new(Mutex::new(Probe(counts.clone())));

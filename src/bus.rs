@@ -160,6 +160,11 @@ impl Bus {
         log::debug!("unclaimed {} {op} at {addr:#x} ({size} bytes)", self.space);
     }
 
+    /// The address space this bus serves.
+    pub fn space(&self) -> AddressSpace {
+        self.space
+    }
+
     /// How many accesses no device claimed.
     pub fn unclaimed(&self) -> u64 {
         self.unclaimed.load(Ordering::Relaxed)

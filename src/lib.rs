@@ -23,6 +23,7 @@ pub mod sched;
 pub mod seccomp;
 pub mod stats;
 pub mod vcpu;
+pub mod verifier;
 pub mod vm;
 
 use std::sync::OnceLock;

@@ -34,6 +34,10 @@ pub enum VmOutcome {
     FailEntry { vcpu: u8, reason: u64 },
     /// The guest reported a crash (KVM_SYSTEM_EVENT_CRASH).
     Crash { vcpu: u8 },
+    /// The guest broke its access control list too often (`on_violation`
+    /// `stop-vm` or `stop-vm-after N`): `count` violations, the last one
+    /// described in `last`.
+    AccessViolation { count: u64, last: String },
     /// A vCPU hit something the monitor could not handle.
     Error(String),
     /// The monitor stopped the VM (a signal, the user's escape key).
@@ -96,6 +100,10 @@ impl fmt::Display for VmOutcome {
                 )
             }
             VmOutcome::Crash { vcpu } => write!(f, "guest reported a crash on vCPU {vcpu}"),
+            VmOutcome::AccessViolation { count, last } => write!(
+                f,
+                "stopped by the access verifier after {count} violation(s); the last: {last}"
+            ),
             VmOutcome::Error(msg) => write!(f, "error: {msg}"),
             VmOutcome::Stopped(why) => write!(f, "stopped: {why}"),
         }

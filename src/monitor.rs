@@ -152,7 +152,7 @@ impl Monitor {
         };
         log::log!(
             level,
-            "{}: ran {:.3} s, ended: {} (CPU {:.3} s, throttled {} times; exits: {} pio-in, {} pio-out, {} mmio-read, {} mmio-write, {} interrupted; unclaimed: {} pio, {} mmio)",
+            "{}: ran {:.3} s, ended: {} (CPU {:.3} s, throttled {} times; exits: {} pio-in, {} pio-out, {} mmio-read, {} mmio-write, {} interrupted; unclaimed: {} pio, {} mmio; acl denied: {} pio-in, {} pio-out, {} mmio-read, {} mmio-write, {} violations)",
             report.name,
             report.seconds,
             report.outcome,
@@ -164,7 +164,12 @@ impl Monitor {
             e.mmio_writes,
             e.interrupted,
             report.unclaimed_pio,
-            report.unclaimed_mmio
+            report.unclaimed_mmio,
+            report.acl.denied[0],
+            report.acl.denied[1],
+            report.acl.denied[2],
+            report.acl.denied[3],
+            report.acl.violations
         );
         *slot = Some(report);
         if self.done() {
@@ -213,6 +218,7 @@ impl Monitor {
                         vm.parked_vcpus()
                     },
                     exits: report.map_or_else(|| vm.exit_stats(), |r| r.exits),
+                    acl: report.map_or_else(|| vm.verifier.stats(), |r| r.acl.clone()),
                 }
             })
             .collect()
@@ -284,6 +290,11 @@ impl Control for Monitor {
 
     fn shutdown(&mut self, why: &str) {
         self.stop_all(why);
+    }
+
+    fn access_counters(&self, vm: usize) -> Result<serde_json::Value, String> {
+        let vm = self.vms.get(vm).ok_or_else(|| "no such VM".to_string())?;
+        Ok(vm.verifier.stats().to_json())
     }
 }
 

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::sched::VmSchedStats;
 use crate::vcpu::VcpuStats;
+use crate::verifier::VerifierStats;
 
 /// One VM's figures at one moment.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct VmStats {
     pub sched: VmSchedStats,
     pub parked_vcpus: usize,
     pub exits: VcpuStats,
+    /// The access verifier's counters.
+    pub acl: VerifierStats,
 }
 
 fn exits_json(e: &VcpuStats) -> Value {
@@ -63,6 +66,7 @@ pub fn to_json(
                     "parked_vcpus": v.parked_vcpus,
                 },
                 "exits": exits_json(&v.exits),
+                "acl": v.acl.to_json(),
             })
         })
         .collect();
@@ -110,6 +114,7 @@ mod tests {
                 pio_writes: 3,
                 ..Default::default()
             },
+            acl: VerifierStats::default(),
         }
     }
 

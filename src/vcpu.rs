@@ -17,6 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::bus::Bus;
 use crate::lifecycle::{VmOutcome, VmShared};
+use crate::verifier::{Op, Verdict, Verifier};
 
 /// The signal that kicks a vCPU out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
@@ -178,6 +179,8 @@ pub struct Vcpu {
     pub vm: Arc<VmShared>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
+    /// Checks every port-I/O and MMIO access before the bus sees it.
+    pub verifier: Arc<Verifier>,
     pub mem: GuestMemoryMmap,
     /// Host CPUs this vCPU's thread may run on (`None`: any).
     pub affinity: Option<Vec<usize>>,
@@ -260,6 +263,48 @@ impl VcpuHandle {
 enum Next {
     Continue,
     Stop(VmOutcome),
+}
+
+/// A guest read: checked by the verifier, then dispatched by the bus. A
+/// denied read returns all ones, as an unclaimed one does.
+#[inline]
+fn read(verifier: &Verifier, bus: &Bus, addr: u64, data: &mut [u8]) -> Next {
+    match verifier.check(bus.space(), addr, data.len(), Op::Read) {
+        Verdict::Allow => {
+            bus.read(addr, data);
+            Next::Continue
+        }
+        Verdict::Deny => {
+            data.fill(0xff);
+            Next::Continue
+        }
+        Verdict::Stop(v) => {
+            data.fill(0xff);
+            Next::Stop(violation_outcome(verifier, &v))
+        }
+    }
+}
+
+/// A guest write: checked by the verifier, then dispatched by the bus. A
+/// denied write is dropped.
+#[inline]
+fn write(verifier: &Verifier, bus: &Bus, addr: u64, data: &[u8]) -> Next {
+    match verifier.check(bus.space(), addr, data.len(), Op::Write) {
+        Verdict::Allow => {
+            bus.write(addr, data);
+            Next::Continue
+        }
+        Verdict::Deny => Next::Continue,
+        Verdict::Stop(v) => Next::Stop(violation_outcome(verifier, &v)),
+    }
+}
+
+#[cold]
+fn violation_outcome(verifier: &Verifier, v: &crate::verifier::Violation) -> VmOutcome {
+    VmOutcome::AccessViolation {
+        count: v.count,
+        last: verifier.describe(v),
+    }
 }
 
 impl Vcpu {
@@ -376,23 +421,19 @@ impl Vcpu {
             Ok(exit) => match exit {
                 VcpuExit::IoIn(port, data) => {
                     VcpuCounters::bump(&stats.pio_reads);
-                    self.pio.read(u64::from(port), data);
-                    Next::Continue
+                    read(&self.verifier, &self.pio, u64::from(port), data)
                 }
                 VcpuExit::IoOut(port, data) => {
                     VcpuCounters::bump(&stats.pio_writes);
-                    self.pio.write(u64::from(port), data);
-                    Next::Continue
+                    write(&self.verifier, &self.pio, u64::from(port), data)
                 }
                 VcpuExit::MmioRead(addr, data) => {
                     VcpuCounters::bump(&stats.mmio_reads);
-                    self.mmio.read(addr, data);
-                    Next::Continue
+                    read(&self.verifier, &self.mmio, addr, data)
                 }
                 VcpuExit::MmioWrite(addr, data) => {
                     VcpuCounters::bump(&stats.mmio_writes);
-                    self.mmio.write(addr, data);
-                    Next::Continue
+                    write(&self.verifier, &self.mmio, addr, data)
                 }
                 VcpuExit::Intr => {
                     VcpuCounters::bump(&stats.interrupted);

@@ -22,6 +22,7 @@ use crate::devices::{Cmos, IrqLine, SerialDevice, I8042};
 use crate::layout::{ram_ranges, KVM_TSS_ADDR, MIB};
 use crate::lifecycle::{VmOutcome, VmShared};
 use crate::vcpu::{Vcpu, VcpuCommand, VcpuHandle, VcpuStats};
+use crate::verifier::{CompileError, DeviceRange, Verifier, VerifierStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -43,6 +44,8 @@ pub enum VmError {
     Cpu { id: u8, source: cpu::CpuError },
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
+    #[error("{0}")]
+    Acl(#[from] CompileError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -73,6 +76,8 @@ pub struct Vm {
     pub shared: Arc<VmShared>,
     pub serial: Arc<Mutex<Serial>>,
     pub boot_path: BootPath,
+    /// The compiled access control list and its counters.
+    pub verifier: Arc<Verifier>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     vcpus: Vec<Vcpu>,
@@ -101,6 +106,8 @@ pub struct VmReport {
     pub exits: VcpuStats,
     pub unclaimed_pio: u64,
     pub unclaimed_mmio: u64,
+    /// The access verifier's counters at the end.
+    pub acl: VerifierStats,
 }
 
 impl Vm {
@@ -183,6 +190,17 @@ impl Vm {
             };
             bus.insert(&d.name, d.base, d.len, d.device)?;
         }
+        let verifier = Arc::new(Verifier::new(
+            &spec.name,
+            &spec.acl,
+            &device_ranges(&pio, &mmio),
+        )?);
+        let (pio_ranges, mmio_ranges) = verifier.range_counts();
+        log::debug!(
+            "{}: ACL compiled to {pio_ranges} port and {mmio_ranges} MMIO ranges over {} rules",
+            spec.name,
+            verifier.rules().len()
+        );
         let pio = Arc::new(pio);
         let mmio = Arc::new(mmio);
 
@@ -214,6 +232,7 @@ impl Vm {
                 vm: shared.clone(),
                 pio: pio.clone(),
                 mmio: mmio.clone(),
+                verifier: verifier.clone(),
                 mem: mem.clone(),
                 affinity: affinity.clone(),
                 seccomp: None,
@@ -235,6 +254,7 @@ impl Vm {
             shared,
             serial,
             boot_path: setup.path,
+            verifier,
             pio,
             mmio,
             parked: vec![false; vcpus.len()],
@@ -394,8 +414,26 @@ impl Vm {
             exits,
             unclaimed_pio: self.pio.unclaimed(),
             unclaimed_mmio: self.mmio.unclaimed(),
+            acl: self.verifier.stats(),
         }
     }
+}
+
+/// Every range registered on the VM's buses, for the verifier's implicit
+/// "a VM may touch its own devices" rules.
+fn device_ranges(pio: &Bus, mmio: &Bus) -> Vec<DeviceRange> {
+    let mut out = Vec::new();
+    for bus in [pio, mmio] {
+        for (name, base, len) in bus.ranges() {
+            out.push(DeviceRange {
+                space: bus.space(),
+                name: name.to_string(),
+                first: base,
+                last: base + (len - 1),
+            });
+        }
+    }
+    out
 }
 
 /// Allocates guest RAM (anonymous, lazily backed) and registers it with KVM.

@@ -156,6 +156,18 @@ fn an_admin_changes_a_weight_and_sees_it_in_the_stats() {
     // Not wired yet: a clear answer.
     let reply = m.call(json!({"op": "set-memory", "vm": "db", "floor_mib": 16}));
     assert_eq!(reply["error"], "not supported yet: no memory allocator");
+    // The device access verifier's counters: the spinning guest's serial
+    // output went through the implicit allow of its own serial port.
+    let reply = m.call(json!({"op": "access-counters", "vm": "web"}));
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(
+        reply["result"]["allowed"]["pio_write"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{reply}"
+    );
+    assert!(reply["result"]["rules"].is_array(), "{reply}");
 
     let socket = m.socket.clone();
     let (code, err) = m.shutdown();

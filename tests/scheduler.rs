@@ -214,6 +214,9 @@ fn an_idle_vm_with_a_large_weight_does_not_slow_a_busy_one() {
     // it first: the busy VM may be held back for a tick or two then, never
     // after the other VM has gone idle.
     let throttled = stats.iter().find(|s| s.0 == "busy").map_or(0, |s| s.2);
-    assert!(throttled <= 2, "the busy VM was held back {throttled} times");
+    assert!(
+        throttled <= 2,
+        "the busy VM was held back {throttled} times"
+    );
     assert!(cpu_of(&stats, "idle") < 0.1, "{stats:?}");
 }

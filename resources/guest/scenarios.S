@@ -15,6 +15,7 @@ scenario_table:
 	SCENARIO hello, scenario_hello
 	SCENARIO smp, scenario_smp
 	SCENARIO spin, scenario_spin
+	SCENARIO probe, scenario_probe
 	SCENARIO exit, scenario_exit
 	SCENARIO idle, scenario_idle
 	SCENARIO triple-fault, scenario_triple_fault

@@ -112,11 +112,15 @@ fn vm_to_json(vm: &VmSpec, prefix: &str) -> Result<Value, ConfigErrors> {
     }
     serial.insert("stdin".into(), json!(vm.serial.stdin));
 
-    Ok(json!({
+    let mut out = json!({
         "name": vm.name,
         "kernel": kernel,
         "cpu": cpu,
         "memory": { "size_mib": vm.memory_mib },
         "serial": serial,
-    }))
+    });
+    if let (Some(acl), Some(map)) = (super::acl::acl_to_json(&vm.acl), out.as_object_mut()) {
+        map.insert("acl".into(), acl);
+    }
+    Ok(out)
 }

@@ -96,6 +96,11 @@ impl<'a> IntoIterator for &'a ConfigErrors {
 pub(crate) struct Errors(Vec<ConfigError>);
 
 impl Errors {
+    /// How many errors were collected so far.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError::new(path, message));
     }

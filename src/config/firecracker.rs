@@ -151,6 +151,7 @@ pub(crate) fn parse_firecracker(map: Map<String, Value>, errors: &mut Errors) ->
         cpu,
         memory,
         serial: Parsed::Absent,
+        acl: Parsed::Absent,
     }
 }
 

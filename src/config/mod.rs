@@ -15,6 +15,7 @@
 //! All problems are reported at once as [`ConfigErrors`], each naming its JSON
 //! path (or CLI flag) and the bad value. Nothing here touches KVM.
 
+mod acl;
 mod api;
 mod convert;
 mod cpu;
@@ -35,6 +36,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+pub use acl::{
+    size_bit, AclAction, AclRuleSpec, AclSpec, AclTarget, OnViolation, ALL_SIZES,
+    DEFAULT_LOG_PER_SECOND, MAX_ACL_RULES,
+};
 pub use api::own_uid;
 pub use convert::{convert_file, spec_to_json};
 pub use error::{ConfigError, ConfigErrors};
@@ -118,6 +123,7 @@ pub fn from_flags(flags: &VmFlags) -> Result<MonitorSpec, ConfigErrors> {
             size_mib: flags.memory_mib,
         }),
         serial: Parsed::Absent,
+        acl: Parsed::Absent,
     };
     let host = HostInfo::probe();
     let ctx = Ctx {

@@ -56,13 +56,14 @@ pub(crate) struct RawVm {
     pub cpu: Option<Value>,
     pub memory: Option<Value>,
     pub serial: Option<Value>,
+    pub acl: Option<Value>,
 }
 
 /// The keys of a monitor file, used to recognise its form.
 pub(crate) const MONITOR_KEYS: &[&str] = &["host", "vms"];
 
 /// The keys of a VM definition, used to recognise the single-VM form.
-pub(crate) const VM_KEYS: &[&str] = &["name", "kernel", "cpu", "memory", "serial"];
+pub(crate) const VM_KEYS: &[&str] = &["name", "kernel", "cpu", "memory", "serial", "acl"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -222,6 +223,7 @@ pub(crate) struct ParsedVm {
     pub cpu: Parsed<RawCpu>,
     pub memory: Parsed<RawMemory>,
     pub serial: Parsed<RawSerial>,
+    pub acl: Parsed<super::acl::RawAcl>,
 }
 
 impl ParsedVm {
@@ -252,6 +254,7 @@ impl ParsedVm {
             cpu: parse_optional(raw.cpu, &join(path, "cpu"), errors),
             memory: parse_optional(raw.memory, &join(path, "memory"), errors),
             serial: parse_optional(raw.serial, &join(path, "serial"), errors),
+            acl: parse_optional(raw.acl, &join(path, "acl"), errors),
         })
     }
 

@@ -144,6 +144,8 @@ pub struct VmSpec {
     pub kernel: KernelSpec,
     pub serial: SerialSpec,
     pub cpu: CpuSpec,
+    /// `acl`: the device access control list (see `config/acl.rs`).
+    pub acl: super::AclSpec,
 }
 
 /// How to load and enter the kernel.

@@ -123,6 +123,7 @@ pub(crate) fn validate_vm(
     let cpu = super::cpu::validate_cpu(vm.cpu, naming, errors);
     let memory = validate_memory(vm.memory, naming, ctx.host, errors);
     let serial = validate_serial(vm.serial, stdin, naming, ctx.base_dir, errors);
+    let acl = super::acl::validate_acl(vm.acl, naming, errors);
     if let (Some(kernel), Some(memory)) = (&kernel, &memory) {
         check_fits(kernel, memory, naming, errors);
     }
@@ -133,6 +134,7 @@ pub(crate) fn validate_vm(
         serial: serial?,
         vcpus: cpu.as_ref()?.vcpus,
         cpu: cpu?.policy,
+        acl: acl?,
     })
 }
 

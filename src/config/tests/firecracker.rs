@@ -75,6 +75,7 @@ fn firecracker_file_maps_onto_one_vm() {
                     stdin: true,
                 },
                 cpu: CpuSpec::default(),
+                acl: AclSpec::default(),
             }],
             host: HostSpec::default(),
         }

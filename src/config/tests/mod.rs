@@ -114,6 +114,7 @@ fn valid_single_vm() {
                     stdin: true,
                 },
                 cpu: CpuSpec::default(),
+                acl: AclSpec::default(),
             }],
             host: HostSpec::default(),
         }
@@ -338,7 +339,7 @@ fn many_errors_are_reported_at_once() {
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let expected = [
         "host: unknown field \"budget\" (expected one of: cpu, api, seccomp)",
-        "vms[1]: unknown field \"extra\" (expected one of: name, kernel, cpu, memory, serial)",
+        "vms[1]: unknown field \"extra\" (expected one of: name, kernel, cpu, memory, serial, acl)",
         "vms[1].kernel: unknown field \"protocl\" (expected one of: path, initrd, cmdline, protocol); did you mean \"protocol\"?",
         "vms[1].cpu.vcpus: invalid type: string \"two\", expected a non-negative integer",
         "vms[1].memory.size_mib: invalid type: number 1.5, expected a non-negative integer",
