@@ -45,7 +45,9 @@ fn bus_with(n: u64) -> Bus {
 fn addresses(n: u64) -> Vec<u64> {
     // A stride coprime with n visits the devices in a scrambled order.
     let stride = if n > 1 { 7 } else { 1 };
-    (0..n).map(|i| 0x1000 + ((i * stride) % n) * 16 + 3).collect()
+    (0..n)
+        .map(|i| 0x1000 + ((i * stride) % n) * 16 + 3)
+        .collect()
 }
 
 fn dispatch(c: &mut Criterion) {

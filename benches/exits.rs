@@ -172,7 +172,9 @@ fn raw_vm(kvm: &Kvm, base: u64, mem_size: usize, fill: impl FnOnce(&mut [u8])) -
 /// `mov $0x510, %dx; 1: out %al, (%dx); jmp 1b`.
 fn raw_real(kvm: &Kvm) -> RawVm {
     let code = [0xba, 0x10, 0x05, 0xee, 0xeb, 0xfd];
-    let raw = raw_vm(kvm, 0x1000, 0x1000, |m| m[..code.len()].copy_from_slice(&code));
+    let raw = raw_vm(kvm, 0x1000, 0x1000, |m| {
+        m[..code.len()].copy_from_slice(&code)
+    });
     let mut sregs = raw.vcpu.get_sregs().expect("get sregs");
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
@@ -198,9 +200,8 @@ fn raw_long(kvm: &Kvm, code: &[u8]) -> RawVm {
     const GDT: u64 = 0x500;
     const CODE: u64 = 0x8000;
     let raw = raw_vm(kvm, 0, 0x10000, |m| {
-        let mut put = |at: u64, v: u64| {
-            m[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes())
-        };
+        let mut put =
+            |at: u64, v: u64| m[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
         put(PML4, PDPT | 3);
         put(PDPT, PD | 3);
         put(PD, 0x83); // 2 MiB page at 0, present, writable

@@ -21,6 +21,7 @@ pub mod output;
 pub mod sched;
 pub mod stats;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 use std::sync::OnceLock;
