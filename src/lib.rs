@@ -16,6 +16,7 @@ pub mod host;
 pub mod layout;
 pub mod lifecycle;
 pub mod logger;
+pub mod mem;
 pub mod monitor;
 pub mod output;
 pub mod sched;
