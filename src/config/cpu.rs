@@ -94,6 +94,7 @@ pub(crate) fn validate_host(
         Parsed::Absent => RawHost::default(),
         Parsed::Failed => return None,
     };
+    let memory = super::memory::validate_host_memory(raw.memory, errors);
     let cpu: Parsed<RawHostCpu> = parse_optional(raw.cpu, "host.cpu", errors);
     let cpu = match cpu {
         Parsed::Ok(cpu) => cpu,
@@ -117,10 +118,10 @@ pub(crate) fn validate_host(
             }
         },
     };
-    // `host.memory` (the memory budget) is validated here beside `cpu`.
     Some(HostSpec {
         cpus: cpus?,
         sched_tick_ms: tick?,
+        memory: memory?,
     })
 }
 
@@ -279,7 +280,10 @@ mod tests {
     }
 
     fn host(cpu: serde_json::Value) -> Parsed<RawHost> {
-        Parsed::Ok(RawHost { cpu: Some(cpu) })
+        Parsed::Ok(RawHost {
+            cpu: Some(cpu),
+            memory: None,
+        })
     }
 
     const TWO_CPUS: HostInfo = HostInfo {
@@ -307,7 +311,8 @@ mod tests {
             spec,
             Some(HostSpec {
                 cpus: Some(vec![1, 0]),
-                sched_tick_ms: 1000
+                sched_tick_ms: 1000,
+                memory: None,
             })
         );
         assert!(lines(errors).is_empty());

@@ -20,6 +20,7 @@ mod cpu;
 mod error;
 mod firecracker;
 pub mod kernel_probe;
+mod memory;
 mod raw;
 pub mod spec;
 #[cfg(test)]
@@ -114,6 +115,7 @@ pub fn from_flags(flags: &VmFlags) -> Result<MonitorSpec, ConfigErrors> {
         }),
         memory: Parsed::Ok(raw::RawMemory {
             size_mib: flags.memory_mib,
+            ..Default::default()
         }),
         serial: Parsed::Absent,
     };
@@ -274,10 +276,9 @@ fn monitor(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Option
     let host: Parsed<RawHost> = parse_optional(raw.host, "host", errors);
     let host = cpu::validate_host(host, ctx.host, errors);
     let vms = monitor_vms(raw.vms, had_vms, ctx, errors);
-    Some(MonitorSpec {
-        vms: vms?,
-        host: host?,
-    })
+    let (vms, host) = (vms?, host?);
+    memory::check_admission(&host, &vms, errors);
+    Some(MonitorSpec { vms, host })
 }
 
 /// The VMs of a monitor file: structure, cross-VM rules, then each VM.

@@ -33,6 +33,15 @@ pub(crate) struct RawMonitor {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHost {
     pub cpu: Option<Value>,
+    pub memory: Option<Value>,
+}
+
+/// `host.memory`: the memory budget and the allocator's tick.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHostMemory {
+    pub budget_mib: Option<u64>,
+    pub tick_ms: Option<u64>,
 }
 
 /// `host.cpu`: which host CPUs the vCPU threads may use, and the scheduler tick.
@@ -93,6 +102,13 @@ pub(crate) struct RawCpu {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMemory {
     pub size_mib: Option<u64>,
+    pub floor_mib: Option<u64>,
+    pub ceiling_mib: Option<u64>,
+    pub weight: Option<u64>,
+    pub balloon: Option<bool>,
+    pub balloon_mib: Option<u64>,
+    pub deflate_on_oom: Option<bool>,
+    pub stats_interval_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -462,7 +478,7 @@ mod tests {
             struct_fields::<RawCpu>(),
             Some(&["vcpus", "weight", "max"][..])
         );
-        assert_eq!(struct_fields::<RawHost>(), Some(&["cpu"][..]));
+        assert_eq!(struct_fields::<RawHost>(), Some(&["cpu", "memory"][..]));
         assert_eq!(struct_fields::<RawMonitor>(), Some(&["host", "vms"][..]));
         assert_eq!(struct_fields::<String>(), None);
     }

@@ -392,7 +392,8 @@ fn cpu_policy_in_files() {
         spec.host,
         HostSpec {
             cpus: Some(vec![1]),
-            sched_tick_ms: 5
+            sched_tick_ms: 5,
+            memory: None,
         }
     );
     assert_eq!(
