@@ -147,10 +147,14 @@ pub(crate) fn validate_host_memory(
     }))
 }
 
-/// Admission under a budget: every VM has a balloon, and the floors fit.
-pub(crate) fn check_admission(host: &HostSpec, vms: &[VmSpec], errors: &mut Errors) {
+/// Admission under a budget: every VM has a balloon (a VM that did not
+/// say gets one), and the floors fit.
+pub(crate) fn check_admission(host: &HostSpec, vms: &mut [VmSpec], errors: &mut Errors) {
     let Some(memory) = host.memory else { return };
-    for (i, vm) in vms.iter().enumerate() {
+    for (i, vm) in vms.iter_mut().enumerate() {
+        if vm.memory.balloon == BalloonMode::Auto {
+            vm.memory.balloon = BalloonMode::On;
+        }
         if vm.memory.balloon == BalloonMode::Off {
             errors.push(
                 format!("vms[{i}].memory.balloon"),

@@ -276,8 +276,8 @@ fn monitor(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Option
     let host: Parsed<RawHost> = parse_optional(raw.host, "host", errors);
     let host = cpu::validate_host(host, ctx.host, errors);
     let vms = monitor_vms(raw.vms, had_vms, ctx, errors);
-    let (vms, host) = (vms?, host?);
-    memory::check_admission(&host, &vms, errors);
+    let (mut vms, host) = (vms?, host?);
+    memory::check_admission(&host, &mut vms, errors);
     Some(MonitorSpec { vms, host })
 }
 

@@ -1,4 +1,10 @@
-//! Elastic memory: the ballooning allocator. The policy (`policy.rs`,
-//! pure) is driven by a timerfd tick in the event loop (`runtime.rs`).
+//! Elastic memory: each VM's virtio-balloon (`device.rs`) and the
+//! ballooning allocator that sizes the balloons: the policy (`policy.rs`,
+//! pure) driven by a timerfd tick in the event loop (`runtime.rs`).
 
+pub mod device;
 pub mod policy;
+pub mod runtime;
+
+pub use device::{attach_balloon, BalloonHandle};
+pub use runtime::{BalloonStats, MemoryManager};

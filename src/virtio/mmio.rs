@@ -293,6 +293,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
                     return;
                 }
                 self.device.activate(self.acked);
+                // Buffers a driver made available before DRIVER_OK (Linux
+                // posts its first statistics buffer then) are taken now.
+                for index in 0..self.queues.len() {
+                    self.notify(index);
+                }
                 return;
             }
         }

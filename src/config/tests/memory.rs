@@ -109,7 +109,7 @@ fn a_budget_gives_every_vm_a_balloon_and_the_floors_must_fit() {
             tick_ms: 1000
         })
     );
-    assert!(spec.vms.iter().all(|v| v.memory.has_balloon(&spec.host)));
+    assert!(spec.vms.iter().all(|v| v.memory.balloon == BalloonMode::On));
     let msg = one_error(
         fx.parse(&json!({"host": {"memory": {"budget_mib": 500, "tick_ms": 100}}, "vms": [vm("a", 300), vm("b", 300)]})),
         "host.memory.budget_mib",
