@@ -60,8 +60,9 @@
 /* Balloon features (5.5.3) and the ones this driver accepts. */
 #define VIRTIO_BALLOON_F_STATS_VQ	(1 << 1)
 #define VIRTIO_BALLOON_F_DEFLATE_ON_OOM	(1 << 2)
+#define VIRTIO_BALLOON_F_PAGE_REPORTING	(1 << 5)
 #define VIRTIO_F_VERSION_1_HIGH		(1 << 0)	/* bit 32: bit 0 of the high word */
-#define BALLOON_WANTED_LOW		(VIRTIO_BALLOON_F_STATS_VQ + VIRTIO_BALLOON_F_DEFLATE_ON_OOM)
+#define BALLOON_WANTED_LOW		(VIRTIO_BALLOON_F_STATS_VQ + VIRTIO_BALLOON_F_DEFLATE_ON_OOM + VIRTIO_BALLOON_F_PAGE_REPORTING)
 #define BALLOON_WANTED_HIGH		VIRTIO_F_VERSION_1_HIGH
 
 /* Balloon config space (5.5.4). */
@@ -72,7 +73,8 @@
 #define VQ_INFLATE			0
 #define VQ_DEFLATE			1
 #define VQ_STATS			2
-#define VQ_COUNT			3
+#define VQ_COUNT			4		/* at most: inflate, deflate, stats, reporting */
+#define REPORT_CHUNK			0x400000	/* 4 MiB per reported buffer */
 #define VQ_SIZE				64		/* largest queue size used */
 #define VQ_AVAIL_OFF			0x400
 #define VQ_USED_OFF			0x800
@@ -556,12 +558,19 @@ vb_setup:
 	call	vb_set_status
 	leaq	msg_features_refused(%rip), %rdi
 	jmp	.Lvb_fail
-	/* Queues: inflate, deflate, and stats if negotiated. */
+	/*
+	 * Queues: inflate, deflate, stats if negotiated, then reporting if
+	 * negotiated at the next index (free_page_vq is never negotiated).
+	 */
 6:	movl	$2, %r12d
 	testl	$VIRTIO_BALLOON_F_STATS_VQ, %ebx
 	jz	7f
-	movl	$3, %r12d
-7:	movl	%r12d, vb_nqueues(%rip)
+	incl	%r12d
+7:	movl	%r12d, vq_report(%rip)
+	testl	$VIRTIO_BALLOON_F_PAGE_REPORTING, %ebx
+	jz	10f
+	incl	%r12d
+10:	movl	%r12d, vb_nqueues(%rip)
 	xorl	%ebx, %ebx
 8:	movl	%ebx, %edi
 	call	vq_setup
@@ -585,8 +594,8 @@ vb_setup:
 	call	put_hex
 	call	line_end
 
-	cmpl	$3, vb_nqueues(%rip)
-	jb	9f
+	testl	$VIRTIO_BALLOON_F_STATS_VQ, vb_features(%rip)
+	jz	9f
 	call	stats_post
 9:	xorl	%eax, %eax
 	jmp	.Lvb_out
@@ -819,8 +828,8 @@ stats_post:
 
 /* stats_service(): if the device has used the stats buffer, refill and re-post it. */
 stats_service:
-	cmpl	$3, vb_nqueues(%rip)
-	jb	1f
+	testl	$VIRTIO_BALLOON_F_STATS_VQ, vb_features(%rip)
+	jz	1f
 	movl	$VQ_STATS, %edi
 	call	vq_used_pending
 	testl	%eax, %eax
@@ -922,6 +931,64 @@ mem_grow_step:
 1:	xorl	%eax, %eax
 	ret
 
+/*
+ * balloon_report() -> eax = 0, or 1 after a FAIL line.
+ * With PAGE_REPORTING: report the free part of the pool (between the used
+ * range and the balloon) on the reporting queue, one device-writable
+ * descriptor of at most REPORT_CHUNK bytes per buffer, as Linux's free
+ * page reporting does; then hearth-guest: balloon reported pages=<n>.
+ */
+balloon_report:
+	testl	$VIRTIO_BALLOON_F_PAGE_REPORTING, vb_features(%rip)
+	jz	3f
+	pushq	%rbx
+	pushq	%r12
+	pushq	%r13
+	movq	pool_lo(%rip), %rbx
+	addq	used_bytes(%rip), %rbx		/* from */
+	movq	balloon_pages(%rip), %r12
+	shlq	$12, %r12
+	negq	%r12
+	addq	pool_hi(%rip), %r12		/* to */
+	movq	%rbx, %r13			/* start, for the count */
+1:	cmpq	%r12, %rbx
+	jae	2f
+	movq	%r12, %rdx
+	subq	%rbx, %rdx
+	cmpq	$REPORT_CHUNK, %rdx
+	jbe	4f
+	movl	$REPORT_CHUNK, %edx
+4:	movl	vq_report(%rip), %edi
+	movq	%rbx, %rsi
+	addq	%rdx, %rbx
+	movl	$VRING_DESC_F_WRITE, %ecx
+	call	vq_post
+	movl	vq_report(%rip), %edi
+	call	vq_wait
+	testl	%eax, %eax
+	jnz	5f
+	jmp	1b
+2:	call	line_begin
+	PUTS	"balloon reported pages="
+	movq	%rbx, %rdi
+	subq	%r13, %rdi
+	jae	6f
+	xorl	%edi, %edi
+6:	shrq	$12, %rdi
+	call	put_dec
+	call	line_end
+	xorl	%eax, %eax
+	jmp	7f
+5:	leaq	msg_report_timeout(%rip), %rdi
+	call	vb_fail_line
+	movl	$1, %eax
+7:	popq	%r13
+	popq	%r12
+	popq	%rbx
+	ret
+3:	xorl	%eax, %eax
+	ret
+
 /* ---------------------------------------------------------------- */
 /* COM1 input and the scenarios.                                      */
 
@@ -1004,7 +1071,7 @@ balloon_run:
 	movq	%rax, %r12			/* poll delay */
 
 	cmpl	$MODE_BALLOON, %ebp
-	je	.Lbr_loop
+	je	.Lbr_report
 	leaq	key_step_mib(%rip), %rdi
 	movl	$MEM_STEP_MIB_DEFAULT, %esi
 	call	cmdline_get_dec
@@ -1033,6 +1100,11 @@ balloon_run:
 	cmova	%rax, %rbx
 	movq	%rbx, %rdi
 	call	mem_set_used
+	testl	%eax, %eax
+	jnz	.Lbr_out
+
+.Lbr_report:
+	call	balloon_report
 	testl	%eax, %eax
 	jnz	.Lbr_out
 
@@ -1200,6 +1272,7 @@ msg_no_version1:	.asciz	"device does not offer VERSION_1"
 msg_features_refused:	.asciz	"FEATURES_OK not accepted"
 msg_inflate_timeout:	.asciz	"inflate timeout"
 msg_deflate_timeout:	.asciz	"deflate timeout"
+msg_report_timeout:	.asciz	"report timeout"
 
 	.balign	8
 /* bad-virtio kinds: name, buffer address (0: pfn_buf), length, flags. */
@@ -1222,7 +1295,8 @@ vb_size:	.quad	0
 vb_irq:		.quad	0
 vb_offered:	.quad	0		/* DeviceFeatures, 64 bits */
 vb_features:	.quad	0		/* what we accepted */
-vb_nqueues:	.long	0		/* 2, or 3 with the stats queue */
+vb_nqueues:	.long	0		/* 2 + stats queue + reporting queue */
+vq_report:	.long	0		/* index of the reporting queue */
 vq_postlags:	.word	0
 	.balign	8
 vq_num:		.long	0, 0, 0, 0	/* queue sizes */
