@@ -143,6 +143,9 @@ impl Vm {
 
         let mem_bytes = spec.memory_mib * MIB;
         let mem = create_memory(&fd, mem_bytes)?;
+        if spec.memory.prefault {
+            crate::mem::prefault(&mem)?;
+        }
         // Virtio devices are announced on the command line.
         let balloon_slot = (spec.memory.balloon == crate::config::BalloonMode::On)
             .then(|| crate::virtio::mmio_slot(0))

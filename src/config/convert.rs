@@ -73,6 +73,13 @@ fn memory_to_json(vm: &VmSpec) -> Value {
         "stats_interval_s".into(),
         json!(m.balloon_options.stats_interval_s),
     );
+    memory.insert(
+        "free_page_reporting".into(),
+        json!(m.balloon_options.free_page_reporting),
+    );
+    if m.prefault {
+        memory.insert("prefault".into(), json!(true));
+    }
     Value::Object(memory)
 }
 

@@ -74,6 +74,7 @@ struct RawBalloon {
     amount_mib: Option<u64>,
     deflate_on_oom: Option<bool>,
     stats_polling_interval_s: Option<u64>,
+    free_page_reporting: Option<bool>,
 }
 
 /// `machine-config.huge_pages`, as Firecracker spells it.
@@ -109,6 +110,7 @@ pub(crate) fn field_name(field: &str) -> &str {
         "memory.balloon_mib" => "balloon.amount_mib",
         "memory.deflate_on_oom" => "balloon.deflate_on_oom",
         "memory.stats_interval_s" => "balloon.stats_polling_interval_s",
+        "memory.free_page_reporting" => "balloon.free_page_reporting",
         other => other,
     }
 }
@@ -164,6 +166,7 @@ pub(crate) fn parse_firecracker(map: Map<String, Value>, errors: &mut Errors) ->
             memory.balloon_mib = b.amount_mib;
             memory.deflate_on_oom = b.deflate_on_oom;
             memory.stats_interval_s = Some(b.stats_polling_interval_s.unwrap_or(0));
+            memory.free_page_reporting = Some(b.free_page_reporting.unwrap_or(false));
         }
         (Parsed::Failed, _) => memory = Parsed::Failed,
         _ => {}

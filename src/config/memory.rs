@@ -101,6 +101,10 @@ pub(crate) fn validate_vm_memory(
             }
         }
     }
+    spec.prefault = raw.prefault.unwrap_or(false);
+    if let Some(r) = raw.free_page_reporting {
+        spec.balloon_options.free_page_reporting = r;
+    }
     ok.then_some(spec)
 }
 

@@ -109,6 +109,8 @@ pub(crate) struct RawMemory {
     pub balloon_mib: Option<u64>,
     pub deflate_on_oom: Option<bool>,
     pub stats_interval_s: Option<u64>,
+    pub prefault: Option<bool>,
+    pub free_page_reporting: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -73,6 +73,9 @@ pub struct MemorySpec {
     /// `memory.balloon`: whether the VM gets a virtio-balloon device.
     pub balloon: BalloonMode,
     pub balloon_options: BalloonOptions,
+    /// `memory.prefault`: touch all guest RAM at start (the host backs it
+    /// at once, as QEMU's `-mem-prealloc`), so that RSS starts at the full size.
+    pub prefault: bool,
 }
 
 /// Whether a VM has a balloon.
@@ -94,6 +97,9 @@ pub struct BalloonOptions {
     /// `memory.stats_interval_s`: how often to ask the guest for its
     /// statistics when no budget needs them every tick; 0 = no statistics queue.
     pub stats_interval_s: u32,
+    /// `memory.free_page_reporting`: free pages the guest reports go back
+    /// to the host (VIRTIO_BALLOON_F_PAGE_REPORTING).
+    pub free_page_reporting: bool,
 }
 
 impl MemorySpec {
@@ -108,7 +114,9 @@ impl MemorySpec {
                 target_mib: None,
                 deflate_on_oom: true,
                 stats_interval_s: DEFAULT_STATS_INTERVAL_S,
+                free_page_reporting: true,
             },
+            prefault: false,
         }
     }
 

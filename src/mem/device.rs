@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{lock, Bus};
@@ -47,6 +47,18 @@ impl BalloonHandle {
     }
 }
 
+/// Touches every page of guest RAM so that the host backs it now.
+pub fn prefault(mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    for region in mem.iter() {
+        let start = region.start_addr().0;
+        for page in (0..region.len()).step_by(PAGE_SIZE as usize) {
+            mem.write_obj(0u8, GuestAddress(start + page))
+                .map_err(VmError::HostAddress)?;
+        }
+    }
+    Ok(())
+}
+
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Io { what, source }
 }
@@ -71,7 +83,7 @@ pub fn attach_balloon(
     let config = BalloonConfig {
         stats: options.stats_interval_s > 0,
         deflate_on_oom: options.deflate_on_oom,
-        reporting: true,
+        reporting: options.free_page_reporting,
     };
     let transport = MmioTransport::new(
         Balloon::new(config, Box::new(Madvise)),

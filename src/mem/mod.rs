@@ -6,5 +6,5 @@ pub mod device;
 pub mod policy;
 pub mod runtime;
 
-pub use device::{attach_balloon, BalloonHandle};
+pub use device::{attach_balloon, prefault, BalloonHandle};
 pub use runtime::{BalloonStats, MemoryManager};

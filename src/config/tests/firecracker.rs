@@ -120,7 +120,8 @@ fn the_balloon_is_mapped_onto_hearths() {
         BalloonOptions {
             target_mib: Some(64),
             deflate_on_oom: false,
-            stats_interval_s: 5
+            stats_interval_s: 5,
+            free_page_reporting: false,
         }
     );
     let spec = fx

@@ -35,7 +35,8 @@ fn defaults_and_values() {
         BalloonOptions {
             target_mib: Some(256),
             deflate_on_oom: false,
-            stats_interval_s: 0
+            stats_interval_s: 0,
+            free_page_reporting: true,
         }
     );
 }
