@@ -17,6 +17,7 @@ pub mod host;
 pub mod layout;
 pub mod lifecycle;
 pub mod logger;
+pub mod mem;
 pub mod monitor;
 pub mod output;
 pub mod sched;
@@ -24,6 +25,7 @@ pub mod seccomp;
 pub mod stats;
 pub mod vcpu;
 pub mod verifier;
+pub mod virtio;
 pub mod vm;
 
 use std::sync::OnceLock;

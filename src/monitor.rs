@@ -21,6 +21,7 @@ use crate::console::Console;
 use crate::devices::serial::SerialOut;
 use crate::host::{signal_name, RawTerminal, Signals};
 use crate::lifecycle::VmOutcome;
+use crate::mem::MemoryManager;
 use crate::output::{Prefixed, Stdout};
 use crate::sched::CpuScheduler;
 use crate::seccomp::{self, ThreadClass};
@@ -96,7 +97,10 @@ const TAG_SIGNAL: u32 = 0;
 const TAG_QUIT: u32 = 1;
 const TAG_SCHED: u32 = 2;
 const TAG_STATS: u32 = 3;
+const TAG_MEM: u32 = 4;
 const TAG_VM_EXIT: u32 = 16;
+/// Virtio queue notifications: `TAG_QUEUE + (vm << 8) + queue`.
+const TAG_QUEUE: u32 = 1 << 24;
 
 /// How often the statistics file is rewritten.
 const STATS_PERIOD: Duration = Duration::from_secs(1);
@@ -109,6 +113,7 @@ struct Monitor {
     quit: EventFd,
     signal: Option<i32>,
     sched: CpuScheduler,
+    mem: MemoryManager,
     stats_timer: TimerFd,
     stats_file: Option<PathBuf>,
     started: Instant,
@@ -137,6 +142,7 @@ impl Monitor {
         }
         let sched = self.sched.vm_stats(idx);
         self.sched.remove_vm(idx);
+        self.mem.remove_vm(idx);
         let mut report = vm.finish(VmOutcome::Error("exit event without a reason".into()));
         report.throttle_events = sched.throttle_events;
         let _ = ops.remove(Events::with_data(
@@ -187,6 +193,24 @@ impl Monitor {
         self.sched.on_tick(running);
     }
 
+    fn on_mem_tick(&mut self) {
+        let reports = &self.reports;
+        let running = self
+            .vms
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| reports[*i].is_none());
+        self.mem.on_tick(running);
+    }
+
+    fn on_queue(&mut self, tag: u32) {
+        let vm = ((tag - TAG_QUEUE) >> 8) as usize;
+        let queue = ((tag - TAG_QUEUE) & 0xff) as usize;
+        if let Some(b) = self.vms.get(vm).and_then(|v| v.balloon.as_ref()) {
+            b.on_notify(queue);
+        }
+    }
+
     /// The statistics of every VM now.
     fn stats(&self) -> Vec<VmStats> {
         self.vms
@@ -219,6 +243,7 @@ impl Monitor {
                     },
                     exits: report.map_or_else(|| vm.exit_stats(), |r| r.exits),
                     acl: report.map_or_else(|| vm.verifier.stats(), |r| r.acl.clone()),
+                    balloon: self.mem.stats(i, vm),
                 }
             })
             .collect()
@@ -241,13 +266,16 @@ impl Control for Monitor {
 
     fn stats_json(&self) -> serde_json::Value {
         let (ticks, cost) = self.sched.cost();
-        stats::to_json(
+        let mut value = stats::to_json(
             self.started.elapsed().as_secs_f64(),
             &self.stats(),
             ticks,
             cost,
             crate::host::current_thread_cpu_ns(),
-        )
+        );
+        let (mem_ticks, mem_cost) = self.mem.cost();
+        stats::add_memory(&mut value, self.mem.budget_mib(), mem_ticks, mem_cost);
+        value
     }
 
     fn is_running(&self, vm: usize) -> bool {
@@ -296,6 +324,35 @@ impl Control for Monitor {
         let vm = self.vms.get(vm).ok_or_else(|| "no such VM".to_string())?;
         Ok(vm.verifier.stats().to_json())
     }
+
+    fn set_memory(
+        &mut self,
+        vm: usize,
+        weight: Option<u64>,
+        floor_mib: Option<u64>,
+    ) -> Result<serde_json::Value, String> {
+        // The same range as memory.weight in a config file.
+        use crate::config::{
+            MAX_CPU_WEIGHT as MAX_MEMORY_WEIGHT, MIN_CPU_WEIGHT as MIN_MEMORY_WEIGHT,
+        };
+        let weight = match weight {
+            Some(w) => match u32::try_from(w) {
+                Ok(w) if (MIN_MEMORY_WEIGHT..=MAX_MEMORY_WEIGHT).contains(&w) => Some(w),
+                _ => {
+                    return Err(format!(
+                    "memory weight {w} is out of range ({MIN_MEMORY_WEIGHT}..={MAX_MEMORY_WEIGHT})"
+                ))
+                }
+            },
+            None => None,
+        };
+        let limits = self.mem.set_limits(vm, weight, floor_mib)?;
+        if let Some(v) = self.vms.get_mut(vm) {
+            v.memory.weight = limits.weight;
+            v.memory.floor_mib = limits.floor;
+        }
+        Ok(serde_json::json!({"weight": limits.weight, "floor_mib": limits.floor}))
+    }
 }
 
 impl MutEventSubscriber for Monitor {
@@ -312,6 +369,14 @@ impl MutEventSubscriber for Monitor {
             TAG_SCHED,
             EventSet::IN,
         ));
+        add(Events::with_data(self.mem.timer(), TAG_MEM, EventSet::IN));
+        for (i, vm) in self.vms.iter().enumerate() {
+            let Some(b) = &vm.balloon else { continue };
+            for (q, evt) in b.queue_evts.iter().enumerate() {
+                let tag = TAG_QUEUE + ((i as u32) << 8) + q as u32;
+                add(Events::with_data(evt, tag, EventSet::IN));
+            }
+        }
         if self.stats_file.is_some() {
             add(Events::with_data(
                 &self.stats_timer,
@@ -347,6 +412,8 @@ impl MutEventSubscriber for Monitor {
                 let _ = self.stats_timer.wait();
                 self.write_stats();
             }
+            TAG_MEM => self.on_mem_tick(),
+            tag if tag >= TAG_QUEUE => self.on_queue(tag),
             tag if tag >= TAG_VM_EXIT => self.vm_exited((tag - TAG_VM_EXIT) as usize, ops),
             other => log::warn!("monitor: unexpected event tag {other}"),
         }
@@ -430,14 +497,17 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         true => Some(Arc::new(seccomp::filter(ThreadClass::Vcpu)?)),
         false => None,
     };
+    let mut mem = MemoryManager::new(spec.host.memory).map_err(setup_err("memory timer"))?;
     for (i, vm) in vms.iter_mut().enumerate() {
         let name = vm.name.clone();
         vm.set_seccomp(vcpu_filter.clone());
         vm.start()
             .map_err(|source| MonitorError::Vm { name, source })?;
         sched.add_vm(i, vm);
+        mem.add_vm(i, vm);
     }
     sched.start().map_err(setup_err("scheduler timer"))?;
+    mem.start().map_err(setup_err("memory timer"))?;
 
     let count = vms.len();
     let monitor = Arc::new(Mutex::new(Monitor {
@@ -447,6 +517,7 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         quit,
         signal: None,
         sched,
+        mem,
         stats_timer,
         stats_file: opts.stats_file.clone(),
         started: Instant::now(),

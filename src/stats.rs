@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::mem::BalloonStats;
 use crate::sched::VmSchedStats;
 use crate::vcpu::VcpuStats;
 use crate::verifier::VerifierStats;
@@ -25,6 +26,47 @@ pub struct VmStats {
     pub exits: VcpuStats,
     /// The access verifier's counters.
     pub acl: VerifierStats,
+    pub balloon: Option<BalloonStats>,
+}
+
+fn balloon_json(b: &BalloonStats) -> Value {
+    json!({
+        "balloon_target_mib": b.balloon_target_mib,
+        "balloon_actual_mib": b.balloon_actual_mib,
+        "guest_mib": b.guest_mib,
+        "target_mib": b.alloc_target_mib,
+        "ideal_mib": b.alloc_ideal_mib,
+        "demand_mib": b.demand_mib,
+        "guest_free_mib": b.guest_free_mib,
+        "guest_available_mib": b.guest_available_mib,
+        "guest_total_mib": b.guest_total_mib,
+        "stats_updates": b.stats_updates,
+        "inflated_pages": b.inflated_pages,
+        "deflated_pages": b.deflated_pages,
+        "reported_mib": b.reported_mib,
+        "needs_reset": b.needs_reset,
+        "failures": b.failures,
+        "last_failure": b.last_failure,
+    })
+}
+
+/// The monitor's resident memory now (`VmRSS`), in KiB.
+fn current_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Adds the memory allocator's figures (budget, ticks, cost) to `value`.
+pub fn add_memory(value: &mut Value, budget_mib: Option<u64>, ticks: u64, cost_ns: u64) {
+    value["memory"] = json!({
+        "budget_mib": budget_mib,
+        "ticks": ticks,
+        "cost_ns": cost_ns,
+        "host_rss_kib": current_rss_kib(),
+    });
 }
 
 fn exits_json(e: &VcpuStats) -> Value {
@@ -67,6 +109,7 @@ pub fn to_json(
                 },
                 "exits": exits_json(&v.exits),
                 "acl": v.acl.to_json(),
+                "memory": v.balloon.as_ref().map(balloon_json),
             })
         })
         .collect();
@@ -115,6 +158,7 @@ mod tests {
                 ..Default::default()
             },
             acl: VerifierStats::default(),
+            balloon: None,
         }
     }
 

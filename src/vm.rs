@@ -88,6 +88,9 @@ pub struct Vm {
     last_cpu_ns: Vec<u64>,
     started: Option<Instant>,
     pub cpu: crate::config::CpuSpec,
+    pub memory: crate::config::MemorySpec,
+    /// The VM's virtio-balloon, when it has one.
+    pub balloon: Option<crate::mem::BalloonHandle>,
     // Kept last so it is dropped after the vCPUs.
     _fd: VmFd,
     _mem: GuestMemoryMmap,
@@ -147,13 +150,22 @@ impl Vm {
 
         let mem_bytes = spec.memory_mib * MIB;
         let mem = create_memory(&fd, mem_bytes)?;
-        let setup = boot::load(
-            &mem,
-            mem_bytes,
-            spec.vcpus,
-            &spec.kernel,
-            &spec.kernel.cmdline,
-        )?;
+        if spec.memory.prefault {
+            crate::mem::prefault(&mem)?;
+        }
+        // Virtio devices are announced on the command line.
+        let balloon_slot = (spec.memory.balloon == crate::config::BalloonMode::On)
+            .then(|| crate::virtio::mmio_slot(0))
+            .flatten();
+        let cmdline = match balloon_slot {
+            Some(slot) => format!(
+                "{} {}",
+                spec.kernel.cmdline,
+                crate::virtio::cmdline_token(slot)
+            ),
+            None => spec.kernel.cmdline.clone(),
+        };
+        let setup = boot::load(&mem, mem_bytes, spec.vcpus, &spec.kernel, &cmdline)?;
         cpu::setup_page_tables(&mem).map_err(|source| VmError::Cpu { id: 0, source })?;
 
         let shared = Arc::new(VmShared::new(&spec.name).map_err(|source| VmError::Io {
@@ -190,6 +202,17 @@ impl Vm {
             };
             bus.insert(&d.name, d.base, d.len, d.device)?;
         }
+        let balloon = match balloon_slot {
+            Some(slot) => Some(crate::mem::attach_balloon(
+                &fd,
+                &mem,
+                &mut mmio,
+                slot,
+                spec.memory_mib,
+                spec.memory.balloon_options,
+            )?),
+            None => None,
+        };
         let verifier = Arc::new(Verifier::new(
             &spec.name,
             &spec.acl,
@@ -263,6 +286,8 @@ impl Vm {
             handles: Vec::new(),
             started: None,
             cpu: spec.cpu.clone(),
+            memory: spec.memory,
+            balloon,
             _fd: fd,
             _mem: mem,
         })

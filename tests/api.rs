@@ -26,6 +26,11 @@ struct Monitor {
 impl Monitor {
     /// Starts two VMs ("web" spinning, "db" idle) with `acl` and mode `mode`.
     fn start(name: &str, mode: &str, acl: Value) -> Monitor {
+        Monitor::start_with(name, mode, acl, None)
+    }
+
+    /// The same, with a memory budget (`host.memory`) when given.
+    fn start_with(name: &str, mode: &str, acl: Value, memory: Option<Value>) -> Monitor {
         let dir = scratch_dir(name);
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let socket = dir.join("api.sock");
@@ -34,10 +39,13 @@ impl Monitor {
                    "cmdline": format!("hearth.scenario={scenario} hearth.spin_chunk=1000000")},
                    "memory": {"size_mib": 32}, "serial": {"output": "off", "stdin": false}})
         };
-        let config = json!({
+        let mut config = json!({
             "host": {"api": {"socket": socket, "mode": mode, "acl": acl}},
             "vms": [vm("web", "spin"), vm("db", "idle")]
         });
+        if let Some(memory) = memory {
+            config["host"]["memory"] = memory;
+        }
         let config = write_file(&dir, "monitor.json", &config.to_string());
         let stats = dir.join("stats.json");
         let child = Command::new(hearth())
@@ -153,9 +161,12 @@ fn an_admin_changes_a_weight_and_sees_it_in_the_stats() {
     let out = m.ctl(None, &["set-weight", "web", "0"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("weight 0 is out of range"));
-    // Not wired yet: a clear answer.
+    // No memory budget in this monitor: a clear answer.
     let reply = m.call(json!({"op": "set-memory", "vm": "db", "floor_mib": 16}));
-    assert_eq!(reply["error"], "not supported yet: no memory allocator");
+    assert_eq!(
+        reply["error"],
+        "not supported: this monitor has no memory budget (host.memory)"
+    );
     // The device access verifier's counters: the spinning guest's serial
     // output went through the implicit allow of its own serial port.
     let reply = m.call(json!({"op": "access-counters", "vm": "web"}));
@@ -365,4 +376,29 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn set_memory_changes_weight_and_floor_within_the_budget() {
+    let m = Monitor::start_with(
+        "memory",
+        "0600",
+        root_admin(),
+        Some(json!({"budget_mib": 40, "tick_ms": 100})),
+    );
+    let reply = m.call(json!({"op": "set-memory", "vm": "db", "weight": 300, "floor_mib": 16}));
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["result"], json!({"weight": 300, "floor_mib": 16}));
+    // Floors together beyond the budget: refused, nothing changes.
+    let reply = m.call(json!({"op": "set-memory", "vm": "web", "floor_mib": 32}));
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not fit"),
+        "{reply}"
+    );
+    let (code, err) = m.shutdown();
+    assert_eq!(code, Some(0), "{err}");
 }

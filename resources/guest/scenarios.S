@@ -20,6 +20,10 @@ scenario_table:
 	SCENARIO idle, scenario_idle
 	SCENARIO triple-fault, scenario_triple_fault
 	SCENARIO wild-jump, scenario_wild_jump
+	SCENARIO balloon, scenario_balloon
+	SCENARIO mem-grow, scenario_mem_grow
+	SCENARIO mem-idle, scenario_mem_idle
+	SCENARIO bad-virtio, scenario_bad_virtio
 	.quad	0, 0				/* end of the table */
 
 scenario_key:
@@ -73,6 +77,7 @@ run_scenario:
 	ret
 
 /* name_equals(name: rdi NUL-terminated, s: rsi, len: rdx) -> eax = 1 if equal */
+	.globl	name_equals
 name_equals:
 	xorl	%ecx, %ecx
 1:	cmpq	%rdx, %rcx

@@ -34,11 +34,57 @@ pub fn spec_to_json(spec: &MonitorSpec) -> Result<Value, ConfigErrors> {
         cpu.insert("cpus".into(), json!(cpus));
     }
     cpu.insert("tick_ms".into(), json!(spec.host.sched_tick_ms));
-    let mut host = json!({ "cpu": cpu, "seccomp": spec.host.seccomp });
+    let mut host = Map::new();
+    host.insert("cpu".into(), Value::Object(cpu));
+    host.insert("seccomp".into(), json!(spec.host.seccomp));
     if let Some(api) = &spec.host.api {
-        host["api"] = super::api::api_to_json(api);
+        host.insert("api".into(), super::api::api_to_json(api));
+    }
+    if let Some(m) = spec.host.memory {
+        host.insert(
+            "memory".into(),
+            json!({"budget_mib": m.budget_mib, "tick_ms": m.tick_ms}),
+        );
     }
     Ok(json!({ "host": host, "vms": vms }))
+}
+
+/// A VM's `memory` section: every field, so the file says what runs.
+fn memory_to_json(vm: &VmSpec) -> Value {
+    let m = &vm.memory;
+    let mut memory = Map::new();
+    memory.insert("size_mib".into(), json!(vm.memory_mib));
+    memory.insert("floor_mib".into(), json!(m.floor_mib));
+    memory.insert("ceiling_mib".into(), json!(m.ceiling_mib));
+    memory.insert("weight".into(), json!(m.weight));
+    match m.balloon {
+        BalloonMode::Auto => {}
+        BalloonMode::On => {
+            memory.insert("balloon".into(), json!(true));
+        }
+        BalloonMode::Off => {
+            memory.insert("balloon".into(), json!(false));
+        }
+    }
+    if let Some(target) = m.balloon_options.target_mib {
+        memory.insert("balloon_mib".into(), json!(target));
+    }
+    memory.insert(
+        "deflate_on_oom".into(),
+        json!(m.balloon_options.deflate_on_oom),
+    );
+    memory.insert(
+        "stats_interval_s".into(),
+        json!(m.balloon_options.stats_interval_s),
+    );
+    memory.insert(
+        "free_page_reporting".into(),
+        json!(m.balloon_options.free_page_reporting),
+    );
+    if m.prefault {
+        memory.insert("prefault".into(), json!(true));
+    }
+    Value::Object(memory)
 }
 
 /// All values, or every error of the failed ones.
@@ -116,7 +162,7 @@ fn vm_to_json(vm: &VmSpec, prefix: &str) -> Result<Value, ConfigErrors> {
         "name": vm.name,
         "kernel": kernel,
         "cpu": cpu,
-        "memory": { "size_mib": vm.memory_mib },
+        "memory": memory_to_json(vm),
         "serial": serial,
     });
     if let (Some(acl), Some(map)) = (super::acl::acl_to_json(&vm.acl), out.as_object_mut()) {

@@ -94,6 +94,7 @@ pub(crate) fn validate_host(
         Parsed::Absent => RawHost::default(),
         Parsed::Failed => return None,
     };
+    let memory = super::memory::validate_host_memory(raw.memory, errors);
     let cpu: Parsed<RawHostCpu> = parse_optional(raw.cpu, "host.cpu", errors);
     let cpu = match cpu {
         Parsed::Ok(cpu) => cpu,
@@ -117,13 +118,13 @@ pub(crate) fn validate_host(
             }
         },
     };
-    // `host.memory` (the memory budget) is validated here beside `cpu`.
     let api = super::api::validate_api(raw.api, errors);
     Some(HostSpec {
         cpus: cpus?,
         sched_tick_ms: tick?,
         api: api?,
         seccomp: raw.seccomp.unwrap_or(true),
+        memory: memory?,
     })
 }
 

@@ -66,6 +66,17 @@ struct RawMachineConfig {
     cpu_template: Option<CpuTemplate>,
 }
 
+/// `balloon`: Firecracker's balloon device. Its statistics are off unless
+/// `stats_polling_interval_s` is given (as in Firecracker).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBalloon {
+    amount_mib: Option<u64>,
+    deflate_on_oom: Option<bool>,
+    stats_polling_interval_s: Option<u64>,
+    free_page_reporting: Option<bool>,
+}
+
 /// `machine-config.huge_pages`, as Firecracker spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 enum HugePages {
@@ -96,6 +107,10 @@ pub(crate) fn field_name(field: &str) -> &str {
         "kernel.cmdline" => "boot-source.boot_args",
         "cpu.vcpus" => "machine-config.vcpu_count",
         "memory.size_mib" => "machine-config.mem_size_mib",
+        "memory.balloon_mib" => "balloon.amount_mib",
+        "memory.deflate_on_oom" => "balloon.deflate_on_oom",
+        "memory.stats_interval_s" => "balloon.stats_polling_interval_s",
+        "memory.free_page_reporting" => "balloon.free_page_reporting",
         other => other,
     }
 }
@@ -121,6 +136,7 @@ pub(crate) fn firecracker_cmdline(boot_args: Option<&str>) -> String {
 pub(crate) fn parse_firecracker(map: Map<String, Value>, errors: &mut Errors) -> ParsedVm {
     let mut boot = None;
     let mut machine = None;
+    let mut balloon = Parsed::Absent;
     for (key, value) in map {
         if value.is_null() && FIRECRACKER_KEYS.contains(&key.as_str()) {
             continue; // null is "not given", as in Firecracker
@@ -131,8 +147,7 @@ pub(crate) fn parse_firecracker(map: Map<String, Value>, errors: &mut Errors) ->
             "drives" => refuse_each(&key, value, describe_drive, errors),
             "network-interfaces" => refuse_each(&key, value, describe_interface, errors),
             "pmem" => refuse_each(&key, value, describe_pmem, errors),
-            // The balloon issue maps this onto Hearth's balloon instead.
-            "balloon" => refuse(&key, "a memory balloon (virtio-balloon)", errors),
+            "balloon" => balloon = parse_optional::<RawBalloon>(Some(value), "balloon", errors),
             "vsock" => refuse(&key, "a vsock device", errors),
             "entropy" => refuse(&key, "an entropy device (virtio-rng)", errors),
             "mmds-config" => refuse(&key, "the microVM metadata service (MMDS)", errors),
@@ -144,7 +159,18 @@ pub(crate) fn parse_firecracker(map: Map<String, Value>, errors: &mut Errors) ->
         }
     }
     let kernel = boot_source(boot, errors);
-    let (cpu, memory) = machine_config(machine, errors);
+    let (cpu, mut memory) = machine_config(machine, errors);
+    match (balloon, &mut memory) {
+        (Parsed::Ok(b), Parsed::Ok(memory)) => {
+            memory.balloon = Some(true);
+            memory.balloon_mib = b.amount_mib;
+            memory.deflate_on_oom = b.deflate_on_oom;
+            memory.stats_interval_s = Some(b.stats_polling_interval_s.unwrap_or(0));
+            memory.free_page_reporting = Some(b.free_page_reporting.unwrap_or(false));
+        }
+        (Parsed::Failed, _) => memory = Parsed::Failed,
+        _ => {}
+    }
     ParsedVm {
         name: Parsed::Absent,
         kernel,
@@ -367,6 +393,7 @@ fn machine_config(
         }
         Some(mib) => Parsed::Ok(RawMemory {
             size_mib: Some(mib),
+            ..Default::default()
         }),
     };
     (cpu, memory)

@@ -22,6 +22,7 @@ mod cpu;
 mod error;
 mod firecracker;
 pub mod kernel_probe;
+mod memory;
 mod raw;
 pub mod spec;
 #[cfg(test)]
@@ -121,6 +122,7 @@ pub fn from_flags(flags: &VmFlags) -> Result<MonitorSpec, ConfigErrors> {
         }),
         memory: Parsed::Ok(raw::RawMemory {
             size_mib: flags.memory_mib,
+            ..Default::default()
         }),
         serial: Parsed::Absent,
         acl: Parsed::Absent,
@@ -285,10 +287,9 @@ fn monitor(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Option
     if let (Some(host), Some(vms)) = (&host, &vms) {
         api::check_acl_vms(host.api.as_ref(), vms, errors);
     }
-    Some(MonitorSpec {
-        vms: vms?,
-        host: host?,
-    })
+    let (mut vms, host) = (vms?, host?);
+    memory::check_admission(&host, &mut vms, errors);
+    Some(MonitorSpec { vms, host })
 }
 
 /// The VMs of a monitor file: structure, cross-VM rules, then each VM.

@@ -36,6 +36,15 @@ pub(crate) struct RawHost {
     /// The control socket, parsed by `config/api.rs`.
     pub api: Option<Value>,
     pub seccomp: Option<bool>,
+    pub memory: Option<Value>,
+}
+
+/// `host.memory`: the memory budget and the allocator's tick.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHostMemory {
+    pub budget_mib: Option<u64>,
+    pub tick_ms: Option<u64>,
 }
 
 /// `host.cpu`: which host CPUs the vCPU threads may use, and the scheduler tick.
@@ -97,6 +106,15 @@ pub(crate) struct RawCpu {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMemory {
     pub size_mib: Option<u64>,
+    pub floor_mib: Option<u64>,
+    pub ceiling_mib: Option<u64>,
+    pub weight: Option<u64>,
+    pub balloon: Option<bool>,
+    pub balloon_mib: Option<u64>,
+    pub deflate_on_oom: Option<bool>,
+    pub stats_interval_s: Option<u64>,
+    pub prefault: Option<bool>,
+    pub free_page_reporting: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -470,7 +488,7 @@ mod tests {
         );
         assert_eq!(
             struct_fields::<RawHost>(),
-            Some(&["cpu", "api", "seccomp"][..])
+            Some(&["cpu", "api", "seccomp", "memory"][..])
         );
         assert_eq!(struct_fields::<RawMonitor>(), Some(&["host", "vms"][..]));
         assert_eq!(struct_fields::<String>(), None);

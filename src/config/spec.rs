@@ -22,6 +22,18 @@ pub struct HostSpec {
     pub api: Option<ApiSpec>,
     /// `host.seccomp`: per-thread system call filters (default on).
     pub seccomp: bool,
+    /// `host.memory`: the memory budget the ballooning allocator shares
+    /// between the VMs; `None` leaves every VM its whole RAM.
+    pub memory: Option<HostMemorySpec>,
+}
+
+/// `host.memory`: the host-wide memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMemorySpec {
+    /// `host.memory.budget_mib`: what all the VMs together may hold.
+    pub budget_mib: u64,
+    /// `host.memory.tick_ms`: how often the allocator looks at the guests.
+    pub tick_ms: u32,
 }
 
 impl Default for HostSpec {
@@ -31,6 +43,7 @@ impl Default for HostSpec {
             sched_tick_ms: DEFAULT_SCHED_TICK_MS,
             api: None,
             seccomp: true,
+            memory: None,
         }
     }
 }
@@ -123,6 +136,91 @@ impl Default for CpuSpec {
     }
 }
 
+/// A VM's memory policy (`memory` section, beside `memory.size_mib`), in MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySpec {
+    /// `memory.floor_mib`: the allocator never takes the VM below this.
+    pub floor_mib: u64,
+    /// `memory.ceiling_mib`: never above this (at most `size_mib`).
+    pub ceiling_mib: u64,
+    /// `memory.weight`: relative share of the budget above the floors.
+    pub weight: u32,
+    /// `memory.balloon`: whether the VM gets a virtio-balloon device.
+    pub balloon: BalloonMode,
+    pub balloon_options: BalloonOptions,
+    /// `memory.prefault`: touch all guest RAM at start (the host backs it
+    /// at once, as QEMU's `-mem-prealloc`), so that RSS starts at the full size.
+    pub prefault: bool,
+}
+
+/// Whether a VM has a balloon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalloonMode {
+    /// Not said: a balloon when the host has a memory budget.
+    Auto,
+    On,
+    Off,
+}
+
+/// How a VM's balloon behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalloonOptions {
+    /// `memory.balloon_mib`: a fixed balloon size (without a budget).
+    pub target_mib: Option<u64>,
+    /// `memory.deflate_on_oom`: the guest may deflate when it runs out of memory.
+    pub deflate_on_oom: bool,
+    /// `memory.stats_interval_s`: how often to ask the guest for its
+    /// statistics when no budget needs them every tick; 0 = no statistics queue.
+    pub stats_interval_s: u32,
+    /// `memory.free_page_reporting`: free pages the guest reports go back
+    /// to the host (VIRTIO_BALLOON_F_PAGE_REPORTING).
+    pub free_page_reporting: bool,
+}
+
+impl MemorySpec {
+    /// The policy of a VM of `size_mib` that says nothing about it.
+    pub fn defaults(size_mib: u64) -> Self {
+        MemorySpec {
+            floor_mib: default_floor_mib(size_mib),
+            ceiling_mib: size_mib,
+            weight: DEFAULT_MEMORY_WEIGHT,
+            balloon: BalloonMode::Auto,
+            balloon_options: BalloonOptions {
+                target_mib: None,
+                deflate_on_oom: true,
+                stats_interval_s: DEFAULT_STATS_INTERVAL_S,
+                free_page_reporting: true,
+            },
+            prefault: false,
+        }
+    }
+
+    /// Whether the VM gets a balloon device under `host`.
+    pub fn has_balloon(&self, host: &HostSpec) -> bool {
+        match self.balloon {
+            BalloonMode::On => true,
+            BalloonMode::Off => false,
+            BalloonMode::Auto => host.memory.is_some(),
+        }
+    }
+}
+
+/// `memory.floor_mib` when not given: a quarter of the ceiling, at least
+/// [`MIN_MEMORY_MIB`] (or the whole ceiling when it is smaller).
+pub fn default_floor_mib(ceiling_mib: u64) -> u64 {
+    (ceiling_mib / 4).max(MIN_MEMORY_MIB).min(ceiling_mib)
+}
+
+/// Default and range of `memory.weight`.
+pub const DEFAULT_MEMORY_WEIGHT: u32 = 100;
+/// Default and range of `host.memory.tick_ms`.
+pub const DEFAULT_MEMORY_TICK_MS: u32 = 1000;
+pub const MIN_MEMORY_TICK_MS: u32 = 10;
+pub const MAX_MEMORY_TICK_MS: u32 = 60_000;
+/// Default and largest `memory.stats_interval_s`.
+pub const DEFAULT_STATS_INTERVAL_S: u32 = 1;
+pub const MAX_STATS_INTERVAL_S: u32 = 3600;
+
 /// Default and range of `cpu.weight` (as cgroup v2's cpu.weight).
 pub const DEFAULT_CPU_WEIGHT: u32 = 100;
 pub const MIN_CPU_WEIGHT: u32 = 1;
@@ -141,6 +239,7 @@ pub struct VmSpec {
     pub vcpus: u8,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
+    pub memory: MemorySpec,
     pub kernel: KernelSpec,
     pub serial: SerialSpec,
     pub cpu: CpuSpec,

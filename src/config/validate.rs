@@ -130,6 +130,7 @@ pub(crate) fn validate_vm(
     Some(VmSpec {
         name: name?,
         memory_mib: memory?.mib,
+        memory: memory?.policy,
         kernel: kernel?.spec,
         serial: serial?,
         vcpus: cpu.as_ref()?.vcpus,
@@ -298,6 +299,7 @@ fn check_cmdline(cmdline: &str) -> Result<(), String> {
 struct CheckedMemory {
     mib: u64,
     defaulted: bool,
+    policy: MemorySpec,
 }
 
 fn validate_memory(
@@ -333,9 +335,11 @@ fn validate_memory(
         errors.push(field, format!("{mib} MiB is too large"));
         return None;
     }
+    let policy = super::memory::validate_vm_memory(&raw, mib, naming, errors)?;
     Some(CheckedMemory {
         mib,
         defaulted: raw.size_mib.is_none(),
+        policy,
     })
 }
 

@@ -63,6 +63,7 @@ fn firecracker_file_maps_onto_one_vm() {
                 name: "vm0".into(),
                 vcpus: 2,
                 memory_mib: 64,
+                memory: MemorySpec::defaults(64),
                 kernel: KernelSpec {
                     path: fx.path("vmlinux"),
                     format: KernelFormat::Elf { pvh_entry: None },
@@ -99,6 +100,51 @@ fn firecracker_defaults_boot_args_vcpus_and_memory() {
 }
 
 #[test]
+fn the_balloon_is_mapped_onto_hearths() {
+    let fx = Fixture::new("fc_balloon");
+    let cfg = |balloon: Value| {
+        json!({
+            "boot-source": {"kernel_image_path": "vmlinux"},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+            "balloon": balloon
+        })
+    };
+    let spec = fx
+        .parse(&cfg(
+            json!({"amount_mib": 64, "deflate_on_oom": false, "stats_polling_interval_s": 5}),
+        ))
+        .expect("valid");
+    let m = spec.vms[0].memory;
+    assert_eq!(m.balloon, BalloonMode::On);
+    assert_eq!(
+        m.balloon_options,
+        BalloonOptions {
+            target_mib: Some(64),
+            deflate_on_oom: false,
+            stats_interval_s: 5,
+            free_page_reporting: false,
+        }
+    );
+    let spec = fx
+        .parse(&cfg(json!({"amount_mib": 0, "deflate_on_oom": true})))
+        .expect("valid");
+    assert_eq!(
+        spec.vms[0].memory.balloon_options.stats_interval_s, 0,
+        "no statistics unless asked"
+    );
+    one_error(
+        fx.parse(&cfg(json!({"amount_mib": 250, "deflate_on_oom": true}))),
+        "balloon.amount_mib",
+        &["250 would leave the guest less than memory.floor_mib 64 of its 256 MiB"],
+    );
+    one_error(
+        fx.parse(&cfg(json!({"amount_mib": 1, "free_page_hinting": true}))),
+        "balloon",
+        &["unknown field \"free_page_hinting\""],
+    );
+}
+
+#[test]
 fn every_unsupported_section_is_refused_by_name() {
     let fx = Fixture::new("fc_refused");
     let not_yet = "is not supported by Hearth yet";
@@ -121,11 +167,6 @@ fn every_unsupported_section_is_refused_by_name() {
             json!({"pmem": [{"id": "p0", "path_on_host": "/img/p"}]}),
             "pmem[0]",
             vec!["pmem device \"p0\"", not_yet],
-        ),
-        (
-            json!({"balloon": {"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 0}}),
-            "balloon",
-            vec!["memory balloon", not_yet, "remove \"balloon\""],
         ),
         (
             json!({"vsock": {"guest_cid": 3, "uds_path": "/v.sock"}}),

@@ -10,6 +10,7 @@ use super::validate::HostInfo;
 use super::*;
 
 mod firecracker;
+mod memory;
 mod values;
 
 /// A host with 4 GiB of RAM and 2 CPUs, so "too large" and "not online"
@@ -102,6 +103,7 @@ fn valid_single_vm() {
                 name: "demo".into(),
                 vcpus: 2,
                 memory_mib: 128,
+                memory: MemorySpec::defaults(128),
                 kernel: KernelSpec {
                     path: fx.path("vmlinux"),
                     format: KernelFormat::Elf { pvh_entry: None },
@@ -230,7 +232,7 @@ fn unknown_nested_field() {
     one_error(
         fx.parse(&json!({"host": {"cpus": {}}, "vms": [{"kernel": {"path": "vmlinux"}}]})),
         "host",
-        &["unknown field \"cpus\" (expected one of: cpu, api, seccomp); did you mean \"cpu\"?"],
+        &["unknown field \"cpus\" (expected one of: cpu, api, seccomp, memory); did you mean \"cpu\"?"],
     );
 }
 
@@ -338,7 +340,7 @@ fn many_errors_are_reported_at_once() {
         .expect_err("invalid");
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let expected = [
-        "host: unknown field \"budget\" (expected one of: cpu, api, seccomp)",
+        "host: unknown field \"budget\" (expected one of: cpu, api, seccomp, memory)",
         "vms[1]: unknown field \"extra\" (expected one of: name, kernel, cpu, memory, serial, acl)",
         "vms[1].kernel: unknown field \"protocl\" (expected one of: path, initrd, cmdline, protocol); did you mean \"protocol\"?",
         "vms[1].cpu.vcpus: invalid type: string \"two\", expected a non-negative integer",

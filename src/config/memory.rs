@@ -1,0 +1,191 @@
+//! Memory policy: a VM's `memory` section beyond `size_mib` (floor,
+//! ceiling, weight, balloon) and the monitor file's `host.memory` (the
+//! budget the ballooning allocator shares), with the admission rule that
+//! the floors must fit the budget.
+
+use serde_json::Value;
+
+use super::error::Errors;
+use super::raw::{parse_optional, Parsed, RawHostMemory, RawMemory};
+use super::spec::*;
+use super::validate::Naming;
+
+/// Validates the policy fields of a VM's `memory` section, for a VM of
+/// `size_mib` MiB.
+pub(crate) fn validate_vm_memory(
+    raw: &RawMemory,
+    size_mib: u64,
+    naming: &Naming,
+    errors: &mut Errors,
+) -> Option<MemorySpec> {
+    let mut spec = MemorySpec::defaults(size_mib);
+    let mut ok = true;
+    let mut bad = |field: &str, message: String| {
+        errors.push(naming.at(field), message);
+        false
+    };
+    if let Some(ceiling) = raw.ceiling_mib {
+        if ceiling > size_mib {
+            ok &= bad(
+                "memory.ceiling_mib",
+                format!("{ceiling} exceeds memory.size_mib {size_mib} (the guest's RAM)"),
+            );
+        } else if ceiling < MIN_MEMORY_MIB {
+            ok &= bad(
+                "memory.ceiling_mib",
+                format!("{ceiling} is below the minimum of {MIN_MEMORY_MIB} MiB"),
+            );
+        } else {
+            spec.ceiling_mib = ceiling;
+            spec.floor_mib = default_floor_mib(ceiling);
+        }
+    }
+    if let Some(floor) = raw.floor_mib {
+        if floor > spec.ceiling_mib {
+            ok &= bad(
+                "memory.floor_mib",
+                format!("{floor} exceeds memory.ceiling_mib {}", spec.ceiling_mib),
+            );
+        } else {
+            spec.floor_mib = floor;
+        }
+    }
+    if let Some(weight) = raw.weight {
+        match u32::try_from(weight) {
+            Ok(w) if (MIN_CPU_WEIGHT..=MAX_CPU_WEIGHT).contains(&w) => spec.weight = w,
+            _ => {
+                ok &= bad(
+                    "memory.weight",
+                    format!("{weight} is out of range ({MIN_CPU_WEIGHT}..={MAX_CPU_WEIGHT})"),
+                )
+            }
+        }
+    }
+    spec.balloon = match raw.balloon {
+        None => BalloonMode::Auto,
+        Some(true) => BalloonMode::On,
+        Some(false) => BalloonMode::Off,
+    };
+    if let Some(target) = raw.balloon_mib {
+        if raw.balloon == Some(false) {
+            ok &= bad(
+                "memory.balloon_mib",
+                format!("{target} asks for a balloon but memory.balloon is false"),
+            );
+        } else if target > size_mib.saturating_sub(spec.floor_mib) {
+            ok &= bad(
+                "memory.balloon_mib",
+                format!(
+                    "{target} would leave the guest less than memory.floor_mib {} of its {size_mib} MiB",
+                    spec.floor_mib
+                ),
+            );
+        } else {
+            spec.balloon = BalloonMode::On;
+            spec.balloon_options.target_mib = Some(target);
+        }
+    }
+    if let Some(d) = raw.deflate_on_oom {
+        spec.balloon_options.deflate_on_oom = d;
+    }
+    if let Some(s) = raw.stats_interval_s {
+        match u32::try_from(s) {
+            Ok(s) if s <= MAX_STATS_INTERVAL_S => spec.balloon_options.stats_interval_s = s,
+            _ => {
+                ok &= bad(
+                    "memory.stats_interval_s",
+                    format!(
+                        "{s} is out of range (0..={MAX_STATS_INTERVAL_S}; 0 turns statistics off)"
+                    ),
+                )
+            }
+        }
+    }
+    spec.prefault = raw.prefault.unwrap_or(false);
+    if let Some(r) = raw.free_page_reporting {
+        spec.balloon_options.free_page_reporting = r;
+    }
+    ok.then_some(spec)
+}
+
+/// Validates `host.memory`; `Some(None)` when it is absent.
+pub(crate) fn validate_host_memory(
+    value: Option<Value>,
+    errors: &mut Errors,
+) -> Option<Option<HostMemorySpec>> {
+    let raw: RawHostMemory = match parse_optional(value, "host.memory", errors) {
+        Parsed::Ok(raw) => raw,
+        Parsed::Absent => return Some(None),
+        Parsed::Failed => return None,
+    };
+    let budget = match raw.budget_mib {
+        None => {
+            errors.push(
+                "host.memory.budget_mib",
+                "required: the MiB of host memory all the VMs together may hold",
+            );
+            None
+        }
+        Some(0) => {
+            errors.push("host.memory.budget_mib", "0 must be at least 1 MiB");
+            None
+        }
+        Some(b) => Some(b),
+    };
+    let tick = match raw.tick_ms {
+        None => Some(DEFAULT_MEMORY_TICK_MS),
+        Some(ms) => match u32::try_from(ms) {
+            Ok(t) if (MIN_MEMORY_TICK_MS..=MAX_MEMORY_TICK_MS).contains(&t) => Some(t),
+            _ => {
+                errors.push(
+                    "host.memory.tick_ms",
+                    format!("{ms} is out of range ({MIN_MEMORY_TICK_MS}..={MAX_MEMORY_TICK_MS})"),
+                );
+                None
+            }
+        },
+    };
+    Some(Some(HostMemorySpec {
+        budget_mib: budget?,
+        tick_ms: tick?,
+    }))
+}
+
+/// Admission under a budget: every VM has a balloon (a VM that did not
+/// say gets one), and the floors fit.
+pub(crate) fn check_admission(host: &HostSpec, vms: &mut [VmSpec], errors: &mut Errors) {
+    let Some(memory) = host.memory else { return };
+    for (i, vm) in vms.iter_mut().enumerate() {
+        if vm.memory.balloon == BalloonMode::Auto {
+            vm.memory.balloon = BalloonMode::On;
+        }
+        if vm.memory.balloon == BalloonMode::Off {
+            errors.push(
+                format!("vms[{i}].memory.balloon"),
+                "false, but host.memory.budget_mib is set: every VM under a memory budget needs a balloon",
+            );
+        }
+        if vm.memory.balloon_options.target_mib.is_some() {
+            errors.push(
+                format!("vms[{i}].memory.balloon_mib"),
+                "a fixed balloon size cannot be combined with host.memory.budget_mib (the allocator sizes the balloons)",
+            );
+        }
+    }
+    let floors: u64 = vms.iter().map(|v| v.memory.floor_mib).sum();
+    if floors > memory.budget_mib {
+        let list: Vec<String> = vms
+            .iter()
+            .map(|v| format!("{} {}", v.name, v.memory.floor_mib))
+            .collect();
+        errors.push(
+            "host.memory.budget_mib",
+            format!(
+                "{} is less than the sum of the VMs' memory.floor_mib ({floors}: {}); \
+                 raise the budget or lower the floors",
+                memory.budget_mib,
+                list.join(", ")
+            ),
+        );
+    }
+}

@@ -1,0 +1,232 @@
+//! The allocator's runtime: a timerfd tick in the event loop. Each tick it
+//! reads every balloon (its size and the guest's last statistics), asks
+//! the guests for fresh statistics, runs the policy and sets each
+//! balloon's target. Without a budget it only keeps fixed balloon sizes
+//! and polls statistics.
+
+use std::io;
+use std::time::Duration;
+
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::policy::{Decision, Limits, Observation, Params, Policy, VmId};
+use crate::bus::lock;
+use crate::config::{HostMemorySpec, DEFAULT_MEMORY_TICK_MS};
+use crate::layout::MIB;
+use crate::virtio::balloon::PAGE_SIZE;
+use crate::vm::Vm;
+
+/// A VM's balloon figures for the statistics file, in MiB unless named.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BalloonStats {
+    /// The balloon size asked of the guest, and what it holds.
+    pub balloon_target_mib: u64,
+    pub balloon_actual_mib: u64,
+    /// RAM less the balloon: what the guest has.
+    pub guest_mib: u64,
+    /// The allocator's view (with a budget): target allocation, ideal, demand.
+    pub alloc_target_mib: Option<u64>,
+    pub alloc_ideal_mib: Option<u64>,
+    pub demand_mib: Option<u64>,
+    /// The guest's own figures, from its last statistics.
+    pub guest_free_mib: Option<u64>,
+    pub guest_available_mib: Option<u64>,
+    pub guest_total_mib: Option<u64>,
+    pub stats_updates: u64,
+    pub inflated_pages: u64,
+    pub deflated_pages: u64,
+    pub reported_mib: u64,
+    pub needs_reset: bool,
+    pub failures: u64,
+    pub last_failure: Option<String>,
+}
+
+struct Tracked {
+    id: VmId,
+    /// Ask for statistics every this many ticks.
+    stats_every: u64,
+    decision: Option<Decision>,
+}
+
+pub struct MemoryManager {
+    policy: Option<Policy>,
+    timer: TimerFd,
+    tick: Duration,
+    ticks: u64,
+    cost_ns: u64,
+    vms: Vec<Tracked>,
+}
+
+fn pages_to_mib(pages: u32) -> u64 {
+    u64::from(pages) * PAGE_SIZE / MIB
+}
+
+impl MemoryManager {
+    /// An allocator for `host` (a budget), or only the balloons' upkeep.
+    pub fn new(host: Option<HostMemorySpec>) -> io::Result<Self> {
+        let tick_ms = host.map_or(DEFAULT_MEMORY_TICK_MS, |h| h.tick_ms);
+        Ok(MemoryManager {
+            policy: host.map(|h| Policy::new(Params::with_budget(h.budget_mib))),
+            timer: TimerFd::new().map_err(io::Error::from)?,
+            tick: Duration::from_millis(u64::from(tick_ms.max(1))),
+            ticks: 0,
+            cost_ns: 0,
+            vms: Vec::new(),
+        })
+    }
+
+    pub fn timer(&self) -> &TimerFd {
+        &self.timer
+    }
+
+    /// Takes charge of `vm`'s balloon, if it has one.
+    pub fn add_vm(&mut self, id: VmId, vm: &Vm) {
+        let Some(b) = &vm.balloon else { return };
+        let stats_every = match &self.policy {
+            Some(_) => 1,
+            None => {
+                let ms = u64::from(b.options.stats_interval_s) * 1000;
+                (ms / self.tick.as_millis().max(1) as u64).max(1)
+            }
+        };
+        match &mut self.policy {
+            Some(policy) => policy.add_vm(
+                id,
+                Limits {
+                    floor: vm.memory.floor_mib,
+                    ceiling: vm.memory.ceiling_mib,
+                    weight: vm.memory.weight,
+                },
+                b.size_mib,
+            ),
+            None => b.set_balloon_mib(b.options.target_mib.unwrap_or(0)),
+        }
+        self.vms.push(Tracked {
+            id,
+            stats_every,
+            decision: None,
+        });
+    }
+
+    /// Changes a VM's memory weight and floor (the control socket's
+    /// `set-memory`).
+    pub fn set_limits(
+        &mut self,
+        id: VmId,
+        weight: Option<u32>,
+        floor_mib: Option<u64>,
+    ) -> Result<Limits, String> {
+        match &mut self.policy {
+            Some(policy) => policy.set_limits(id, weight, floor_mib),
+            None => Err("not supported: this monitor has no memory budget (host.memory)".into()),
+        }
+    }
+
+    pub fn remove_vm(&mut self, id: VmId) {
+        self.vms.retain(|t| t.id != id);
+        if let Some(p) = &mut self.policy {
+            p.remove_vm(id);
+        }
+    }
+
+    /// Arms the periodic tick when some VM has a balloon.
+    pub fn start(&mut self) -> io::Result<()> {
+        if self.vms.is_empty() {
+            return Ok(());
+        }
+        self.timer
+            .reset(self.tick, Some(self.tick))
+            .map_err(io::Error::from)
+    }
+
+    /// One tick over the running VMs.
+    pub fn on_tick<'a>(&mut self, vms: impl Iterator<Item = (VmId, &'a Vm)>) {
+        let start = crate::host::current_thread_cpu_ns();
+        let _ = self.timer.wait();
+        self.ticks += 1;
+        let vms: Vec<(VmId, &Vm)> = vms.collect();
+        let mut obs = Vec::with_capacity(vms.len());
+        for t in &self.vms {
+            let Some(b) = vms
+                .iter()
+                .find(|(id, _)| *id == t.id)
+                .and_then(|(_, vm)| vm.balloon.as_ref())
+            else {
+                continue;
+            };
+            let mut dev = lock(&b.device);
+            let balloon = dev.device();
+            let stats = balloon.stats();
+            let current = b
+                .size_mib
+                .saturating_sub(pages_to_mib(balloon.actual_pages()));
+            let available = (stats.updates > 0)
+                .then(|| stats.available.or(stats.free))
+                .flatten()
+                .map(|bytes| bytes / MIB);
+            obs.push((t.id, Observation { current, available }));
+            if self.ticks % t.stats_every == 0 {
+                dev.request_stats();
+            }
+        }
+        if let Some(policy) = &mut self.policy {
+            for d in policy.tick(&obs) {
+                let Some(t) = self.vms.iter_mut().find(|t| t.id == d.vm) else {
+                    continue;
+                };
+                t.decision = Some(d);
+                if let Some(b) = vms
+                    .iter()
+                    .find(|(id, _)| *id == d.vm)
+                    .and_then(|(_, vm)| vm.balloon.as_ref())
+                {
+                    b.set_balloon_mib(b.size_mib.saturating_sub(d.target));
+                }
+            }
+        }
+        self.cost_ns += crate::host::current_thread_cpu_ns().saturating_sub(start);
+    }
+
+    /// Ticks so far and their cost to the event loop, in ns.
+    pub fn cost(&self) -> (u64, u64) {
+        (self.ticks, self.cost_ns)
+    }
+
+    pub fn budget_mib(&self) -> Option<u64> {
+        self.policy.as_ref().map(|p| p.params().budget)
+    }
+
+    /// `vm`'s balloon figures, if it has a balloon.
+    pub fn stats(&self, id: VmId, vm: &Vm) -> Option<BalloonStats> {
+        let b = vm.balloon.as_ref()?;
+        let dev = lock(&b.device);
+        let balloon = dev.device();
+        let s = balloon.stats();
+        let c = balloon.counters();
+        let (failures, last) = dev.failures();
+        let decision = self
+            .vms
+            .iter()
+            .find(|t| t.id == id)
+            .and_then(|t| t.decision);
+        let actual = pages_to_mib(balloon.actual_pages());
+        Some(BalloonStats {
+            balloon_target_mib: pages_to_mib(balloon.target_pages()),
+            balloon_actual_mib: actual,
+            guest_mib: b.size_mib.saturating_sub(actual),
+            alloc_target_mib: decision.map(|d| d.target),
+            alloc_ideal_mib: decision.map(|d| d.ideal),
+            demand_mib: decision.map(|d| d.demand),
+            guest_free_mib: s.free.map(|v| v / MIB),
+            guest_available_mib: s.available.map(|v| v / MIB),
+            guest_total_mib: s.total.map(|v| v / MIB),
+            stats_updates: s.updates,
+            inflated_pages: c.inflated_pages,
+            deflated_pages: c.deflated_pages,
+            reported_mib: c.reported_bytes / MIB,
+            needs_reset: dev.needs_reset(),
+            failures,
+            last_failure: last.map(str::to_string),
+        })
+    }
+}
