@@ -419,6 +419,7 @@ impl BenchVm {
             name: name.to_string(),
             vcpus: 1,
             memory_mib: 32,
+            memory: hearth::config::MemorySpec::defaults(32),
             kernel: KernelSpec {
                 path: write_elf(name, code),
                 format: KernelFormat::Elf { pvh_entry: None },

@@ -506,7 +506,11 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         sched.add_vm(i, vm);
         mem.add_vm(i, vm);
     }
-    sched.start().map_err(setup_err("scheduler timer"))?;
+    if spec.host.scheduler {
+        sched.start().map_err(setup_err("scheduler timer"))?;
+    } else {
+        log::info!("the CPU scheduler is off (host.cpu.scheduler): the host's scheduler alone shares the CPUs");
+    }
     mem.start().map_err(setup_err("memory timer"))?;
 
     let count = vms.len();

@@ -34,6 +34,7 @@ pub fn spec_to_json(spec: &MonitorSpec) -> Result<Value, ConfigErrors> {
         cpu.insert("cpus".into(), json!(cpus));
     }
     cpu.insert("tick_ms".into(), json!(spec.host.sched_tick_ms));
+    cpu.insert("scheduler".into(), json!(spec.host.scheduler));
     let mut host = Map::new();
     host.insert("cpu".into(), Value::Object(cpu));
     host.insert("seccomp".into(), json!(spec.host.seccomp));

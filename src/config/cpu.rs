@@ -122,6 +122,7 @@ pub(crate) fn validate_host(
     Some(HostSpec {
         cpus: cpus?,
         sched_tick_ms: tick?,
+        scheduler: cpu.scheduler.unwrap_or(true),
         api: api?,
         seccomp: raw.seccomp.unwrap_or(true),
         memory: memory?,
@@ -306,7 +307,7 @@ mod tests {
             Some(HostSpec::default())
         );
         let spec = validate_host(
-            host(serde_json::json!({"cpus": [1, 0], "tick_ms": 1000})),
+            host(serde_json::json!({"cpus": [1, 0], "tick_ms": 1000, "scheduler": false})),
             &TWO_CPUS,
             &mut errors,
         );
@@ -315,6 +316,7 @@ mod tests {
             Some(HostSpec {
                 cpus: Some(vec![1, 0]),
                 sched_tick_ms: 1000,
+                scheduler: false,
                 ..HostSpec::default()
             })
         );
@@ -356,7 +358,7 @@ mod tests {
             ),
             (
                 serde_json::json!({"tickms": 5}),
-                vec!["host.cpu: unknown field \"tickms\" (expected one of: cpus, tick_ms); did you mean \"tick_ms\"?"],
+                vec!["host.cpu: unknown field \"tickms\" (expected one of: cpus, tick_ms, scheduler); did you mean \"tick_ms\"?"],
             ),
             (
                 serde_json::json!([0, 1]),

@@ -54,6 +54,7 @@ pub(crate) struct RawHostCpu {
     /// Wider than `usize` needs, so that a huge number is "not online", not a type error.
     pub cpus: Option<Vec<u64>>,
     pub tick_ms: Option<u64>,
+    pub scheduler: Option<bool>,
 }
 
 /// One VM definition: the top level of a single-VM file or an entry of `vms`.

@@ -18,6 +18,10 @@ pub struct HostSpec {
     pub cpus: Option<Vec<usize>>,
     /// `host.cpu.tick_ms`: how often the CPU scheduler looks at usage.
     pub sched_tick_ms: u32,
+    /// `host.cpu.scheduler`: whether the proportional scheduler runs
+    /// (default true); off, the host's scheduler alone shares the CPUs, for
+    /// comparison.
+    pub scheduler: bool,
     /// `host.api`: the control socket and who may use it; `None`: no socket.
     pub api: Option<ApiSpec>,
     /// `host.seccomp`: per-thread system call filters (default on).
@@ -41,6 +45,7 @@ impl Default for HostSpec {
         HostSpec {
             cpus: None,
             sched_tick_ms: DEFAULT_SCHED_TICK_MS,
+            scheduler: true,
             api: None,
             seccomp: true,
             memory: None,
