@@ -7,7 +7,7 @@ against its entitlement w_i / sum(w), the relative error, Jain's fairness
 index over the normalised shares, and the scheduler's own CPU cost. It writes
 docs/scheduler-shares.png (share over time) and prints a Markdown table.
 
-    cargo build --release && benches/fairness.py [--seconds 10]   (Debian python3 + python3-matplotlib)
+    cargo build --release && benches/fairness.py [--seconds 10] [--compare]   (Debian python3 + python3-matplotlib)
 """
 import argparse
 import glob
@@ -44,6 +44,51 @@ def config(elf):
     return {"host": {"cpu": {"cpus": [0], "tick_ms": 10}}, "vms": vms}
 
 
+def run_pair(hearth, elf, vms, scheduler, seconds):
+    """Runs `vms` [(name, vcpus, weight)] on host CPU 0 for `seconds` with the
+    scheduler on or off; returns each VM's CPU seconds."""
+    work = tempfile.mkdtemp(prefix="hearth-pair-")
+    cfg = {
+        "host": {"cpu": {"cpus": [0], "scheduler": scheduler}},
+        "vms": [
+            {
+                "name": name,
+                "kernel": {"path": elf, "cmdline": "hearth.scenario=spin hearth.spin_chunk=1000000"},
+                "cpu": {"vcpus": vcpus, "weight": weight},
+                "memory": {"size_mib": 32},
+                "serial": {"output": "off", "stdin": False},
+            }
+            for name, vcpus, weight in vms
+        ],
+    }
+    path = os.path.join(work, "monitor.json")
+    stats_path = os.path.join(work, "stats.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    proc = subprocess.Popen([hearth, "run", "--config", path, "--stats-file", stats_path],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    final = read_stats(stats_path)
+    return {v["name"]: v["cpu"]["used_ns"] / 1e9 for v in final["vms"]}
+
+
+def compare(hearth, elf, seconds):
+    """The same two-VM runs with Hearth's scheduler and with the host's alone."""
+    cases = [
+        ("weights 100:300, 1 vCPU each", [("a", 1, 100), ("b", 1, 300)], ("b", "a"), 3.0),
+        ("4 vCPUs vs 1 vCPU, weights 100:100", [("a", 4, 100), ("b", 1, 100)], ("a", "b"), 1.0),
+    ]
+    print("| run (one host CPU) | entitled ratio | Hearth's scheduler | host scheduler alone |")
+    print("|---|---|---|---|")
+    for label, vms, (num, den), want in cases:
+        on = run_pair(hearth, elf, vms, True, seconds)
+        off = run_pair(hearth, elf, vms, False, seconds)
+        print(f"| {label} | {want:.2f} | {on[num] / on[den]:.2f} ({on[num]:.2f} s / {on[den]:.2f} s) "
+              f"| {off[num] / off[den]:.2f} ({off[num]:.2f} s / {off[den]:.2f} s) |")
+
+
 def read_stats(path):
     try:
         with open(path) as f:
@@ -62,9 +107,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--png", default=os.path.join(ROOT, "docs/scheduler-shares.png"))
+    ap.add_argument("--compare", action="store_true",
+                    help="also run two VMs with the scheduler on and off (host.cpu.scheduler)")
     args = ap.parse_args()
 
     hearth = os.path.join(ROOT, "target/release/hearth")
+    if args.compare:
+        compare(hearth, guest_elf(), 5)
+        print()
     work = tempfile.mkdtemp(prefix="hearth-fairness-")
     cfg = os.path.join(work, "monitor.json")
     stats_path = os.path.join(work, "stats.json")
