@@ -42,6 +42,7 @@ use hearth::config::{
     BootProtocol, CpuSpec, KernelFormat, KernelSpec, SerialOutput, SerialSpec, VmSpec,
 };
 use hearth::lifecycle::VmOutcome;
+use hearth::vcpu::VcpuCommand;
 use hearth::vm::{ExtraDevice, Vm};
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -511,12 +512,90 @@ fn hearth_exits(c: &mut Criterion) {
     group.finish();
 }
 
+/// Floor and Hearth alternated: for each kind, both VMs exist at once and
+/// `PAIRED_ROUNDS` rounds each run `PAIRED_EXITS` raw exits (Hearth's vCPU
+/// paused) then `PAIRED_EXITS` Hearth exits, so that drifting host load hits
+/// both halves of a round alike; the per-round ratio Hearth / floor is the
+/// figure to trust on a busy machine. Printed, and written to
+/// `target/criterion/paired.json`. `HEARTH_BENCH_PAIRED=0` skips it.
+fn paired(_: &mut Criterion) {
+    const PAIRED_ROUNDS: usize = 25;
+    const PAIRED_EXITS: u64 = 20_000;
+    if std::env::var("HEARTH_BENCH_PAIRED").as_deref() == Ok("0") {
+        return;
+    }
+    pin_process();
+    let kvm = Kvm::new().expect("open /dev/kvm");
+    let mut json = Vec::new();
+    for (name, code) in [
+        ("pio-write", LOOP_PIO_WRITE),
+        ("pio-read", LOOP_PIO_READ),
+        ("mmio-write", LOOP_MMIO_WRITE),
+        ("mmio-read", LOOP_MMIO_READ),
+    ] {
+        let mut raw = raw_long(&kvm, code);
+        raw_exits(&mut raw.vcpu, 100);
+        let vm = BenchVm::start(&kvm, &format!("paired-{name}"), code);
+        let (mut floor_ns, mut hearth_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..PAIRED_ROUNDS {
+            vm.vm.command(VcpuCommand::Pause);
+            // Paused once the count stops moving.
+            loop {
+                let before = vm.counts.count.load(Ordering::Acquire);
+                std::thread::sleep(Duration::from_millis(2));
+                if vm.counts.count.load(Ordering::Acquire) == before {
+                    break;
+                }
+            }
+            let start = Instant::now();
+            raw_exits(&mut raw.vcpu, PAIRED_EXITS);
+            let f = start.elapsed().as_nanos() as f64 / PAIRED_EXITS as f64;
+            vm.vm.command(VcpuCommand::Resume);
+            let h = vm.counts.time(PAIRED_EXITS).as_nanos() as f64 / PAIRED_EXITS as f64;
+            floor_ns.push(f);
+            hearth_ns.push(h);
+            ratios.push(h / f);
+        }
+        vm.stop();
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        println!(
+            "paired/{name}: floor {:.0} ns, Hearth {:.0} ns per exit; Hearth / floor median {:.3} (min {lo:.3}, max {hi:.3}) over {PAIRED_ROUNDS} rounds of {PAIRED_EXITS} exits",
+            median(&floor_ns),
+            median(&hearth_ns),
+            median(&ratios)
+        );
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.4}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        json.push(format!(
+            "\"{name}\":{{\"floor_ns\":[{}],\"hearth_ns\":[{}],\"ratio\":[{}]}}",
+            list(&floor_ns),
+            list(&hearth_ns),
+            list(&ratios)
+        ));
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/criterion");
+    let _ = std::fs::create_dir_all(&dir);
+    std::fs::write(dir.join("paired.json"), format!("{{{}}}\n", json.join(",")))
+        .expect("write paired.json");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = floor, hearth_exits
+    targets = floor, hearth_exits, paired
 }
 criterion_main!(benches);
