@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -380,21 +380,9 @@ fn malformed_descriptors_need_reset_and_the_monitor_and_other_vms_run_on() {
     assert_eq!(good["inflated_pages"], 4096, "{good}");
 }
 
-fn kit() -> PathBuf {
-    let dir = std::env::var_os("HEARTH_KIT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/hearth/kit"));
-    assert!(
-        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio").is_file(),
-        "the Linux guest kit is missing in {}: run resources/linux/build-kit.sh",
-        dir.display()
-    );
-    dir
-}
-
 #[test]
 fn linux_probes_the_balloon_inflates_it_and_sends_statistics() {
-    let kit = kit();
+    let kit = linux_kit();
     let dir = scratch_dir("balloon-linux");
     let stats = dir.join("stats.json");
     let cmdline = std::fs::read_to_string(concat!(

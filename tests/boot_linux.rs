@@ -10,32 +10,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 
 const DEADLINE: Duration = Duration::from_secs(600);
-
-fn kit() -> PathBuf {
-    let dir = std::env::var_os("HEARTH_KIT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/hearth/kit"));
-    assert!(
-        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio").is_file(),
-        "the Linux guest kit is missing in {}: run resources/linux/build-kit.sh",
-        dir.display()
-    );
-    dir
-}
-
-fn base_cmdline() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/linux/cmdline.txt");
-    std::fs::read_to_string(path)
-        .expect("resources/linux/cmdline.txt")
-        .trim()
-        .to_string()
-}
 
 /// "Memory: 240820K/261752K available": the total, in KiB.
 fn linux_total_memory_kib(log: &str) -> Option<u64> {
@@ -46,9 +25,9 @@ fn linux_total_memory_kib(log: &str) -> Option<u64> {
 
 #[test]
 fn linux_boots_to_init_with_two_cpus_and_exits_zero_on_reset() {
-    let kit = kit();
+    let kit = linux_kit();
     let token = format!("hearth.test_token={}", std::process::id());
-    let cmdline = format!("{} {token}", base_cmdline());
+    let cmdline = format!("{} {token}", linux_cmdline());
     let vmlinux = kit.join("vmlinux");
     let initrd = kit.join("initramfs.cpio");
     let run = run_hearth(

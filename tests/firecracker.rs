@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -167,19 +166,9 @@ fn converted_file_validates_and_boots() {
     assert_hello(&run_hearth(&["run", "--config", &out], DEADLINE));
 }
 
-fn kit() -> Option<PathBuf> {
-    let dir = std::env::var_os("HEARTH_KIT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/hearth/kit"));
-    (dir.join("vmlinux").is_file() && dir.join("initramfs.cpio").is_file()).then_some(dir)
-}
-
 #[test]
 fn firecracker_config_boots_linux_to_init() {
-    let Some(kit) = kit() else {
-        eprintln!("skipped: no Linux kit (resources/linux/build-kit.sh)");
-        return;
-    };
+    let kit = linux_kit();
     let cmdline_path = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/linux/cmdline.txt");
     let cmdline = std::fs::read_to_string(cmdline_path).expect("resources/linux/cmdline.txt");
     let config = serde_json::json!({

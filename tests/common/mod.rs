@@ -128,3 +128,27 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
 pub fn expected_ram_kib(mib: u64) -> u64 {
     mib * 1024 - (0x10_0000 - 0x9_fc00) / 1024
 }
+
+/// The Linux guest kit (`resources/linux/build-kit.sh`, which the test
+/// command runs first): HEARTH_KIT_DIR or /var/cache/hearth/kit. A missing
+/// kit fails the test that needs it.
+pub fn linux_kit() -> PathBuf {
+    let dir = std::env::var_os("HEARTH_KIT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hearth/kit"));
+    assert!(
+        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio").is_file(),
+        "the Linux guest kit is missing in {}: run resources/linux/build-kit.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// The command line the kit's kernel needs on these machines.
+pub fn linux_cmdline() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/linux/cmdline.txt");
+    std::fs::read_to_string(path)
+        .expect("resources/linux/cmdline.txt")
+        .trim()
+        .to_string()
+}
