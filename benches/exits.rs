@@ -434,6 +434,11 @@ impl BenchVm {
             },
             cpu: CpuSpec::default(),
             acl: hearth::config::AclSpec::default(),
+            drives: Vec::new(),
+            net: Vec::new(),
+            vsock: None,
+            io: hearth::config::ShareSpec::default(),
+            net_share: hearth::config::ShareSpec::default(),
         };
         let counts = Counts::new();
         let probe: hearth::bus::SharedDevice = Arc::new(Mutex::new(Probe(counts.clone())));

@@ -95,6 +95,38 @@ pub fn e820_map(mem_bytes: u64) -> Vec<E820Entry> {
     map
 }
 
+/// Where a virtio-mmio device sits: its 4 KiB window and its IRQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioSlot {
+    pub base: u64,
+    pub irq: u32,
+}
+
+/// Size of one virtio-mmio window.
+pub const MMIO_WINDOW: u64 = 0x1000;
+/// First virtio-mmio window, at the start of the part of the MMIO gap
+/// Hearth gives to devices (the gap starts at 3 GiB; the IOAPIC, LAPIC and
+/// KVM's TSS sit near its top).
+pub const MMIO_BASE: u64 = 0xd000_0000;
+/// IRQs for virtio-mmio devices: ISA IRQs the MP table routes through the
+/// IOAPIC (0-15), skipping the timer, the cascade, the keyboard, COM1/COM2,
+/// the RTC and the PS/2 mouse.
+pub const MMIO_IRQS: &[u32] = &[5, 6, 7, 9, 10, 11, 14, 15];
+
+/// The `index`th virtio-mmio slot of a VM, if there is one.
+pub fn mmio_slot(index: usize) -> Option<MmioSlot> {
+    let irq = *MMIO_IRQS.get(index)?;
+    Some(MmioSlot {
+        base: MMIO_BASE + index as u64 * MMIO_WINDOW,
+        irq,
+    })
+}
+
+/// The kernel command-line token announcing a device in `slot`.
+pub fn cmdline_token(slot: MmioSlot) -> String {
+    format!("virtio_mmio.device=4K@{:#x}:{}", slot.base, slot.irq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +182,25 @@ mod tests {
             );
         }
         const { assert!(BOOT_STACK_POINTER < PML4_ADDR && BOOT_STACK_POINTER > ZERO_PAGE_ADDR + 0x1000) };
+    }
+
+    #[test]
+    fn slots_are_in_the_gap_with_isa_irqs() {
+        let first = mmio_slot(0).expect("a first slot");
+        assert_eq!(
+            first,
+            MmioSlot {
+                base: 0xd000_0000,
+                irq: 5
+            }
+        );
+        assert_eq!(cmdline_token(first), "virtio_mmio.device=4K@0xd0000000:5");
+        for i in 0..MMIO_IRQS.len() {
+            let s = mmio_slot(i).expect("slot");
+            assert!(s.irq < 16 && s.irq != 4 && s.irq != 8 && s.irq != 12);
+            assert!(s.base >= MMIO_GAP_START);
+            assert!(s.base + MMIO_WINDOW <= IOAPIC_ADDR);
+        }
+        assert!(mmio_slot(MMIO_IRQS.len()).is_none());
     }
 }

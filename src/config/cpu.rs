@@ -126,6 +126,7 @@ pub(crate) fn validate_host(
         api: api?,
         seccomp: raw.seccomp.unwrap_or(true),
         memory: memory?,
+        ..HostSpec::default()
     })
 }
 

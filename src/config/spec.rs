@@ -29,6 +29,12 @@ pub struct HostSpec {
     /// `host.memory`: the memory budget the ballooning allocator shares
     /// between the VMs; `None` leaves every VM its whole RAM.
     pub memory: Option<HostMemorySpec>,
+    /// `host.io`: the disk bandwidth/IOPS budget shared by `io.weight`.
+    pub io: Option<HostShareSpec>,
+    /// `host.net`: the network budget shared by `net.weight`.
+    pub net: Option<HostShareSpec>,
+    /// `host.sandbox` (or `--sandbox`): jail the monitor after start-up.
+    pub sandbox: Option<SandboxSpec>,
 }
 
 /// `host.memory`: the host-wide memory budget.
@@ -49,6 +55,9 @@ impl Default for HostSpec {
             api: None,
             seccomp: true,
             memory: None,
+            io: None,
+            net: None,
+            sandbox: None,
         }
     }
 }
@@ -250,6 +259,17 @@ pub struct VmSpec {
     pub cpu: CpuSpec,
     /// `acl`: the device access control list (see `config/acl.rs`).
     pub acl: super::AclSpec,
+    /// `drives`: virtio-blk devices, in the order the guest sees them
+    /// (the root drive first).
+    pub drives: Vec<DriveSpec>,
+    /// `net`: virtio-net interfaces.
+    pub net: Vec<NetSpec>,
+    /// `vsock`: the virtio-vsock device.
+    pub vsock: Option<VsockSpec>,
+    /// `io.weight`: the VM's share of `host.io`.
+    pub io: ShareSpec,
+    /// `net.weight`: the VM's share of `host.net`.
+    pub net_share: ShareSpec,
 }
 
 /// How to load and enter the kernel.
@@ -319,3 +339,134 @@ pub const DEFAULT_VM_NAME: &str = "vm0";
 /// An initrd must end below this many MiB (the Linux boot protocol's default
 /// `initrd_addr_max`, 0x37ffffff); it is placed at the top of the RAM below it.
 pub const INITRD_LIMIT_MIB: u64 = (crate::layout::INITRD_ADDR_MAX + 1) / crate::layout::MIB;
+
+// ---------------------------------------------------------------------------
+// Disks, network, vsock, I/O shares and the sandbox (the spec types the
+// builder and the devices read; parsing, defaults and validation are in
+// the config modules).
+// ---------------------------------------------------------------------------
+
+/// One token bucket (Firecracker's `TokenBucket`): `size` tokens refill
+/// over `refill_time_ms`; `one_time_burst` extra tokens are spent first and
+/// never refill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucketSpec {
+    /// Bucket capacity (bytes for bandwidth, operations for ops). > 0.
+    pub size: u64,
+    /// An initial burst beyond `size` that does not refill (0 = none).
+    pub one_time_burst: u64,
+    /// Time to refill an empty bucket completely, in ms. > 0.
+    pub refill_time_ms: u64,
+}
+
+/// A rate limiter: a bandwidth bucket (bytes) and/or an ops bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimiterSpec {
+    pub bandwidth: Option<TokenBucketSpec>,
+    pub ops: Option<TokenBucketSpec>,
+}
+
+/// `drives[].cache`: what a guest's flush means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Flush requests succeed without syncing (Firecracker's `Unsafe`, its default).
+    Unsafe,
+    /// Flush requests `fdatasync` the backing file (Firecracker's `Writeback`).
+    Writeback,
+}
+
+/// `drives[].engine`: how the device does its I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoEngine {
+    /// `pread`/`pwrite` on the VM's device thread (Firecracker's `Sync`).
+    Sync,
+    /// io_uring, completions through an eventfd (Firecracker's `Async`).
+    IoUring,
+}
+
+/// One virtio-blk drive (`drives[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveSpec {
+    /// Unique within the VM: `[A-Za-z0-9_-]{1,32}`; also the virtio-blk
+    /// serial the guest reads with GET_ID (truncated to 20 bytes).
+    pub id: String,
+    /// Absolute path of a raw image file or a host block device.
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// `root`: the guest's root device (`root=/dev/vdX`, or
+    /// `root=PARTUUID=...` with `partuuid`); at most one per VM, and it
+    /// gets the first block slot (so it is `/dev/vda`).
+    pub root: bool,
+    pub partuuid: Option<String>,
+    pub cache: CacheMode,
+    pub engine: IoEngine,
+    pub rate_limiter: RateLimiterSpec,
+}
+
+/// One virtio-net interface (`net[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    /// Unique within the VM: `[A-Za-z0-9_-]{1,32}`.
+    pub id: String,
+    /// `tap`: the host tap device's name (Firecracker's `host_dev_name`);
+    /// it must exist (it is opened with TUNSETIFF, IFF_TAP|IFF_NO_PI|IFF_VNET_HDR).
+    pub tap: String,
+    /// The guest's MAC; when not configured, a locally administered one
+    /// derived from the VM name and the interface id (stable across runs).
+    pub mac: [u8; 6],
+    /// `VIRTIO_NET_F_MTU` when set (68..=65535).
+    pub mtu: Option<u16>,
+    pub rx_rate_limiter: RateLimiterSpec,
+    pub tx_rate_limiter: RateLimiterSpec,
+}
+
+/// The VM's vsock device (`vsock`), Firecracker's hybrid design.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    /// The guest's context id, >= 3 (0-2 are reserved).
+    pub guest_cid: u32,
+    /// Absolute path of the host-side Unix socket (created by the monitor).
+    pub uds_path: PathBuf,
+}
+
+/// A VM's share of host-wide I/O (`io` or `net` section of a VM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShareSpec {
+    /// Relative share under contention, 1..=10000 (default 100).
+    pub weight: u32,
+}
+
+impl Default for ShareSpec {
+    fn default() -> Self {
+        ShareSpec {
+            weight: DEFAULT_IO_WEIGHT,
+        }
+    }
+}
+
+/// A host-wide budget shared by weight (`host.io` for disks, `host.net`
+/// for network interfaces). At least one of the two limits is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostShareSpec {
+    /// Bytes per second all VMs together may move.
+    pub bytes_per_s: Option<u64>,
+    /// Operations (requests or frames) per second all VMs together may do.
+    pub ops_per_s: Option<u64>,
+    /// How often the share policy re-divides the budget.
+    pub tick_ms: u32,
+}
+
+/// Default and range of `io.weight` and `net.weight`.
+pub const DEFAULT_IO_WEIGHT: u32 = 100;
+pub const MIN_IO_WEIGHT: u32 = 1;
+pub const MAX_IO_WEIGHT: u32 = 10_000;
+/// Default `host.io.tick_ms` / `host.net.tick_ms`.
+pub const DEFAULT_SHARE_TICK_MS: u32 = 10;
+
+/// `host.sandbox`: what the monitor drops to once everything is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// The uid and gid to drop to (default: the `nobody` user's).
+    pub uid: u32,
+    pub gid: u32,
+}

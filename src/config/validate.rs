@@ -136,6 +136,11 @@ pub(crate) fn validate_vm(
         vcpus: cpu.as_ref()?.vcpus,
         cpu: cpu?.policy,
         acl: acl?,
+        drives: Vec::new(),
+        net: Vec::new(),
+        vsock: None,
+        io: ShareSpec::default(),
+        net_share: ShareSpec::default(),
     })
 }
 

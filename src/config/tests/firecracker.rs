@@ -77,6 +77,11 @@ fn firecracker_file_maps_onto_one_vm() {
                 },
                 cpu: CpuSpec::default(),
                 acl: AclSpec::default(),
+                drives: Vec::new(),
+                net: Vec::new(),
+                vsock: None,
+                io: ShareSpec::default(),
+                net_share: ShareSpec::default(),
             }],
             host: HostSpec::default(),
         }

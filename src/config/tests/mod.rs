@@ -117,6 +117,11 @@ fn valid_single_vm() {
                 },
                 cpu: CpuSpec::default(),
                 acl: AclSpec::default(),
+                drives: Vec::new(),
+                net: Vec::new(),
+                vsock: None,
+                io: ShareSpec::default(),
+                net_share: ShareSpec::default(),
             }],
             host: HostSpec::default(),
         }
