@@ -13,7 +13,7 @@
 //!   `mmio-write`, `mmio-read` run, in long mode set up by hand, the very
 //!   loops the `hearth/*` guests run. The cost of KVM_RUN itself, per kind.
 //! - `hearth/pio-write`, `pio-read`, `mmio-write`, `mmio-read`: a real
-//!   Hearth VM (`Vm::build_with`, its own vCPU thread, exit loop and bus)
+//!   Hearth VM (`build_vm`, its own vCPU thread, exit loop and bus)
 //!   whose guest loops on one access to a device the bench adds (port
 //!   0x510, MMIO 0xd800_0000); the device counts accesses in an AtomicU64
 //!   and `iter_custom` waits for the count to advance by `iters`.
@@ -43,7 +43,7 @@ use hearth::config::{
 };
 use hearth::lifecycle::VmOutcome;
 use hearth::vcpu::VcpuCommand;
-use hearth::vm::{ExtraDevice, Vm};
+use hearth::vm::{build_vm, BuildOptions, ExtraDevice, Vm};
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
@@ -458,8 +458,11 @@ impl BenchVm {
                 device: probe,
             },
         ];
-        let mut vm = Vm::build_with(kvm, &spec, Box::new(std::io::sink()), extra)
-            .expect("build the bench VM");
+        let opts = BuildOptions {
+            extra,
+            ..BuildOptions::default()
+        };
+        let mut vm = build_vm(kvm, &spec, opts).expect("build the bench VM");
         vm.start().expect("start the bench VM");
         let bench = BenchVm { vm, counts };
         // The guest works: 100 accesses arrive within a few seconds.
@@ -475,7 +478,7 @@ impl BenchVm {
         bench
     }
 
-    fn stop(mut self) {
+    fn stop(self) {
         let report = self.vm.finish(VmOutcome::Stopped("bench done".into()));
         assert!(
             matches!(report.outcome, VmOutcome::Stopped(_)),

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod boot;
+pub mod builder;
 pub mod bus;
 pub mod config;
 pub mod console;

@@ -30,8 +30,10 @@ pub enum ThreadClass {
     /// A vCPU thread: KVM_RUN and the exit handling (devices, logging).
     Vcpu,
     /// The main thread's event loop: signals, timers, the console, the
-    /// control socket, statistics, VM teardown.
+    /// control socket, statistics; and the tear-down threads it starts.
     EventLoop,
+    /// A VM's device thread: its virtio devices' queues and back ends.
+    Device,
 }
 
 impl ThreadClass {
@@ -39,6 +41,7 @@ impl ThreadClass {
         match self {
             ThreadClass::Vcpu => "vcpu",
             ThreadClass::EventLoop => "event-loop",
+            ThreadClass::Device => "device",
         }
     }
 }
@@ -113,6 +116,50 @@ const EVENT_LOOP: &[i64] = &[
     // The terminal restored, the monitor's exit.
     libc::SYS_ioctl,
     libc::SYS_exit_group,
+    // Tear-down threads (a stopped VM's vCPUs joined, its memory unmapped
+    // and its fds closed off the loop): thread creation and naming.
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_prctl,
+    libc::SYS_sched_getaffinity,
+];
+
+/// A device thread, beyond COMMON: its epoll loop, the queue and timer
+/// eventfds, and the back ends' I/O.
+const DEVICE: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_read,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_timerfd_settime,
+    // Disks: the sync engine, flushes, and the io_uring engine.
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_fallocate,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    // vsock's host side: Unix sockets accepted and connected.
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_accept4,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_exit_group,
 ];
 
 fn ioctl_rule(cmds: &[u64]) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
@@ -135,6 +182,7 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
     let extra = match class {
         ThreadClass::Vcpu => VCPU,
         ThreadClass::EventLoop => EVENT_LOOP,
+        ThreadClass::Device => DEVICE,
     };
     for &nr in COMMON.iter().chain(extra) {
         map.insert(nr, Vec::new());
@@ -144,6 +192,8 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
         // TCGETS, TCSETS (the raw terminal restored), FIONBIO (sockets
         // made non-blocking).
         ThreadClass::EventLoop => &[libc::TCGETS, libc::TCSETS, libc::FIONBIO],
+        // Sockets made non-blocking.
+        ThreadClass::Device => &[libc::FIONBIO],
     };
     map.insert(libc::SYS_ioctl, ioctl_rule(ioctls)?);
     if class == ThreadClass::Vcpu {
@@ -201,7 +251,11 @@ mod tests {
 
     #[test]
     fn every_class_compiles() {
-        for class in [ThreadClass::Vcpu, ThreadClass::EventLoop] {
+        for class in [
+            ThreadClass::Vcpu,
+            ThreadClass::EventLoop,
+            ThreadClass::Device,
+        ] {
             assert!(!filter(class).expect("compiles").is_empty());
         }
     }

@@ -6,5 +6,5 @@ pub mod device;
 pub mod policy;
 pub mod runtime;
 
-pub use device::{attach_balloon, prefault, BalloonHandle};
+pub use device::{new_balloon, prefault, BalloonHandle};
 pub use runtime::{BalloonStats, MemoryManager};

@@ -1,8 +1,14 @@
 //! The allocator's runtime: a timerfd tick in the event loop. Each tick it
-//! reads every balloon (its size and the guest's last statistics), asks
-//! the guests for fresh statistics, runs the policy and sets each
-//! balloon's target. Without a budget it only keeps fixed balloon sizes
-//! and polls statistics.
+//! reads every balloon (what the device counted in it and the guest's last
+//! statistics), asks the guests for fresh statistics, runs the policy and
+//! sets each balloon's target. Without a budget it only keeps fixed
+//! balloon sizes and polls statistics.
+//!
+//! What a VM holds is its RAM less the pages the device saw inflated (not
+//! the `actual` the driver claims), so a guest that claims a full balloon
+//! while keeping its pages gets no more memory; one that lags its target
+//! by more than [`LAG_PAGES`] for [`LAG_TICKS`] ticks is reported as over
+//! its target (statistics, control socket, a warning).
 
 use std::io;
 use std::time::Duration;
@@ -11,10 +17,16 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::policy::{Decision, Limits, Observation, Params, Policy, VmId};
 use crate::bus::lock;
+use crate::config::MemorySpec;
 use crate::config::{HostMemorySpec, DEFAULT_MEMORY_TICK_MS};
 use crate::layout::MIB;
+use crate::mem::BalloonHandle;
 use crate::virtio::balloon::PAGE_SIZE;
-use crate::vm::Vm;
+
+/// How far below its target (in pages) a balloon may stay...
+pub const LAG_PAGES: u64 = 256;
+/// ...for how many ticks before the VM is reported as over its target.
+pub const LAG_TICKS: u32 = 10;
 
 /// A VM's balloon figures for the statistics file, in MiB unless named.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,6 +48,11 @@ pub struct BalloonStats {
     pub inflated_pages: u64,
     pub deflated_pages: u64,
     pub reported_mib: u64,
+    /// What the device counted in the balloon (`balloon_actual_mib` is
+    /// the driver's claim).
+    pub balloon_held_mib: u64,
+    /// The guest has kept more than its target for a while.
+    pub over_target: bool,
     pub needs_reset: bool,
     pub failures: u64,
     pub last_failure: Option<String>,
@@ -46,6 +63,8 @@ struct Tracked {
     /// Ask for statistics every this many ticks.
     stats_every: u64,
     decision: Option<Decision>,
+    /// Consecutive ticks the balloon lagged its target.
+    lagging: u32,
 }
 
 pub struct MemoryManager {
@@ -79,9 +98,8 @@ impl MemoryManager {
         &self.timer
     }
 
-    /// Takes charge of `vm`'s balloon, if it has one.
-    pub fn add_vm(&mut self, id: VmId, vm: &Vm) {
-        let Some(b) = &vm.balloon else { return };
+    /// Takes charge of a VM's balloon.
+    pub fn add_vm(&mut self, id: VmId, b: &BalloonHandle, memory: &MemorySpec) {
         let stats_every = match &self.policy {
             Some(_) => 1,
             None => {
@@ -93,9 +111,9 @@ impl MemoryManager {
             Some(policy) => policy.add_vm(
                 id,
                 Limits {
-                    floor: vm.memory.floor_mib,
-                    ceiling: vm.memory.ceiling_mib,
-                    weight: vm.memory.weight,
+                    floor: memory.floor_mib,
+                    ceiling: memory.ceiling_mib,
+                    weight: memory.weight,
                 },
                 b.size_mib,
             ),
@@ -105,6 +123,7 @@ impl MemoryManager {
             id,
             stats_every,
             decision: None,
+            lagging: 0,
         });
     }
 
@@ -139,34 +158,35 @@ impl MemoryManager {
             .map_err(io::Error::from)
     }
 
-    /// One tick over the running VMs.
-    pub fn on_tick<'a>(&mut self, vms: impl Iterator<Item = (VmId, &'a Vm)>) {
+    /// One tick over the running VMs' balloons.
+    pub fn on_tick<'a>(&mut self, vms: impl Iterator<Item = (VmId, &'a BalloonHandle)>) {
         let start = crate::host::current_thread_cpu_ns();
         let _ = self.timer.wait();
         self.ticks += 1;
-        let vms: Vec<(VmId, &Vm)> = vms.collect();
+        let vms: Vec<(VmId, &BalloonHandle)> = vms.collect();
+        let find = |id: VmId| vms.iter().find(|(v, _)| *v == id).map(|(_, b)| *b);
         let mut obs = Vec::with_capacity(vms.len());
-        for t in &self.vms {
-            let Some(b) = vms
-                .iter()
-                .find(|(id, _)| *id == t.id)
-                .and_then(|(_, vm)| vm.balloon.as_ref())
-            else {
-                continue;
-            };
-            let mut dev = lock(&b.device);
+        for t in &mut self.vms {
+            let Some(b) = find(t.id) else { continue };
+            let dev = lock(&b.device);
             let balloon = dev.device();
+            let held = balloon.held_pages();
+            let current = b.size_mib.saturating_sub(held * PAGE_SIZE / MIB);
+            // The guest's own figures cannot say it has more to give than it holds.
             let stats = balloon.stats();
-            let current = b
-                .size_mib
-                .saturating_sub(pages_to_mib(balloon.actual_pages()));
             let available = (stats.updates > 0)
                 .then(|| stats.available.or(stats.free))
                 .flatten()
-                .map(|bytes| bytes / MIB);
+                .map(|bytes| (bytes / MIB).min(current));
             obs.push((t.id, Observation { current, available }));
+            track_lag(
+                t,
+                u64::from(balloon.target_pages()),
+                held,
+                &dev.state().name,
+            );
             if self.ticks % t.stats_every == 0 {
-                dev.request_stats();
+                balloon.request_stats();
             }
         }
         if let Some(policy) = &mut self.policy {
@@ -175,11 +195,7 @@ impl MemoryManager {
                     continue;
                 };
                 t.decision = Some(d);
-                if let Some(b) = vms
-                    .iter()
-                    .find(|(id, _)| *id == d.vm)
-                    .and_then(|(_, vm)| vm.balloon.as_ref())
-                {
+                if let Some(b) = find(d.vm) {
                     b.set_balloon_mib(b.size_mib.saturating_sub(d.target));
                 }
             }
@@ -196,24 +212,23 @@ impl MemoryManager {
         self.policy.as_ref().map(|p| p.params().budget)
     }
 
-    /// `vm`'s balloon figures, if it has a balloon.
-    pub fn stats(&self, id: VmId, vm: &Vm) -> Option<BalloonStats> {
-        let b = vm.balloon.as_ref()?;
+    /// A VM's balloon figures.
+    pub fn stats(&self, id: VmId, b: &BalloonHandle) -> BalloonStats {
         let dev = lock(&b.device);
         let balloon = dev.device();
         let s = balloon.stats();
         let c = balloon.counters();
-        let (failures, last) = dev.failures();
-        let decision = self
-            .vms
-            .iter()
-            .find(|t| t.id == id)
-            .and_then(|t| t.decision);
+        let (failures, last) = dev.state().failures();
+        let tracked = self.vms.iter().find(|t| t.id == id);
+        let decision = tracked.and_then(|t| t.decision);
         let actual = pages_to_mib(balloon.actual_pages());
-        Some(BalloonStats {
+        let held_mib = balloon.held_pages() * PAGE_SIZE / MIB;
+        BalloonStats {
             balloon_target_mib: pages_to_mib(balloon.target_pages()),
             balloon_actual_mib: actual,
-            guest_mib: b.size_mib.saturating_sub(actual),
+            guest_mib: b.size_mib.saturating_sub(held_mib),
+            balloon_held_mib: held_mib,
+            over_target: tracked.is_some_and(|t| t.lagging >= LAG_TICKS),
             alloc_target_mib: decision.map(|d| d.target),
             alloc_ideal_mib: decision.map(|d| d.ideal),
             demand_mib: decision.map(|d| d.demand),
@@ -224,9 +239,28 @@ impl MemoryManager {
             inflated_pages: c.inflated_pages,
             deflated_pages: c.deflated_pages,
             reported_mib: c.reported_bytes / MIB,
-            needs_reset: dev.needs_reset(),
+            needs_reset: dev.state().needs_reset(),
             failures,
-            last_failure: last.map(str::to_string),
-        })
+            last_failure: last,
+        }
+    }
+}
+
+/// Counts ticks a balloon lags its target by more than [`LAG_PAGES`];
+/// warns once when the lag becomes long enough to report.
+fn track_lag(t: &mut Tracked, target_pages: u64, held_pages: u64, name: &str) {
+    if target_pages > held_pages + LAG_PAGES {
+        t.lagging = t.lagging.saturating_add(1);
+        if t.lagging == LAG_TICKS {
+            log::warn!(
+                "{name}: the guest keeps {} MiB more than its target for {LAG_TICKS} ticks \
+                 (asked for a balloon of {} MiB, it holds {} MiB)",
+                (target_pages - held_pages) * PAGE_SIZE / MIB,
+                target_pages * PAGE_SIZE / MIB,
+                held_pages * PAGE_SIZE / MIB
+            );
+        }
+    } else {
+        t.lagging = 0;
     }
 }

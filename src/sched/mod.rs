@@ -3,14 +3,19 @@
 //! thread's CPU-time clock (which counts time inside KVM_RUN) and run
 //! state, asks the policy how many vCPUs each VM may run, and parks or
 //! releases vCPUs through their handles (Throttle/Unthrottle + kick).
+//! The per-VM state of that (which vCPUs are parked, each one's CPU time
+//! at the last tick) lives here, keyed by the monitor's VM id.
 
 pub mod policy;
 
+use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::config::CpuSpec;
+use crate::vcpu::{VcpuCommand, VcpuHandle};
 use crate::vm::Vm;
 use policy::{Policy, Sample, VmId};
 
@@ -23,8 +28,18 @@ pub struct VmSchedStats {
     pub throttle_events: u64,
 }
 
+/// What the scheduler keeps of one VM between ticks.
+#[derive(Default)]
+struct VmSched {
+    /// Whether each vCPU is parked.
+    parked: Vec<bool>,
+    /// Each vCPU's CPU time at the last tick.
+    last_cpu_ns: Vec<u64>,
+}
+
 pub struct CpuScheduler {
     policy: Policy,
+    vms: HashMap<VmId, VmSched>,
     tick: Duration,
     timer: TimerFd,
     rotation: usize,
@@ -38,6 +53,7 @@ impl CpuScheduler {
         let tick = Duration::from_millis(u64::from(tick_ms.max(1)));
         Ok(CpuScheduler {
             policy: Policy::new(cpus as u32, tick.as_nanos() as u64),
+            vms: HashMap::new(),
             tick,
             timer: TimerFd::new().map_err(io::Error::from)?,
             rotation: 0,
@@ -57,18 +73,29 @@ impl CpuScheduler {
             .map_err(io::Error::from)
     }
 
-    pub fn add_vm(&mut self, id: VmId, vm: &Vm) {
-        self.policy.add_vm(
+    pub fn add_vm(&mut self, id: VmId, vm: &Vm, cpu: &CpuSpec) {
+        let n = vm.vcpu_count();
+        self.policy
+            .add_vm(id, cpu.weight, cpu.max, n as u32, vm.cpu_ns());
+        self.vms.insert(
             id,
-            vm.cpu.weight,
-            vm.cpu.max,
-            vm.vcpu_count() as u32,
-            vm.cpu_ns(),
+            VmSched {
+                parked: vec![false; n],
+                last_cpu_ns: vec![0; n],
+            },
         );
     }
 
     pub fn remove_vm(&mut self, id: VmId) {
         self.policy.remove_vm(id);
+        self.vms.remove(&id);
+    }
+
+    /// How many of the VM's vCPUs are parked now.
+    pub fn parked_vcpus(&self, id: VmId) -> usize {
+        self.vms
+            .get(&id)
+            .map_or(0, |v| v.parked.iter().filter(|p| **p).count())
     }
 
     pub fn set_weight(&mut self, id: VmId, weight: u32) {
@@ -80,20 +107,24 @@ impl CpuScheduler {
     }
 
     /// One tick over the running VMs (`(id, vm)` pairs).
-    pub fn on_tick<'a>(&mut self, vms: impl Iterator<Item = (VmId, &'a mut Vm)>) {
+    pub fn on_tick<'a>(&mut self, vms: impl Iterator<Item = (VmId, &'a Vm)>) {
         let start = crate::host::current_thread_cpu_ns();
         let _ = self.timer.wait();
         let tick_ns = self.tick.as_nanos() as u64;
-        let mut vms: Vec<(VmId, &mut Vm)> = vms.collect();
+        let vms: Vec<(VmId, &Vm)> = vms.collect();
         let samples: Vec<(VmId, Sample)> = vms
-            .iter_mut()
-            .map(|(id, vm)| (*id, vm.sample(tick_ns)))
+            .iter()
+            .filter_map(|(id, vm)| {
+                let state = self.vms.get_mut(id)?;
+                Some((*id, sample(state, vm, tick_ns)))
+            })
             .collect();
         let allowances = self.policy.tick(&samples);
         self.rotation = self.rotation.wrapping_add(1);
         for a in allowances {
-            if let Some((_, vm)) = vms.iter_mut().find(|(id, _)| *id == a.vm) {
-                vm.allow_vcpus(a.vcpus as usize, self.rotation);
+            let found = vms.iter().find(|(id, _)| *id == a.vm);
+            if let (Some((_, vm)), Some(state)) = (found, self.vms.get_mut(&a.vm)) {
+                allow_vcpus(state, vm.vcpus(), a.vcpus as usize, self.rotation);
             }
         }
         self.ticks += 1;
@@ -113,5 +144,50 @@ impl CpuScheduler {
     /// Ticks so far and the CPU time they cost the event loop, in ns.
     pub fn cost(&self) -> (u64, u64) {
         (self.ticks, self.cost_ns)
+    }
+}
+
+/// Samples CPU use: the VM's total CPU time, and how many unparked vCPUs
+/// want CPU (runnable now, or used at least a quarter of the last tick).
+fn sample(state: &mut VmSched, vm: &Vm, tick_ns: u64) -> Sample {
+    let mut busy = 0;
+    for (i, h) in vm.vcpus().iter().enumerate() {
+        let now = h.cpu_ns();
+        let last = state.last_cpu_ns.get(i).copied().unwrap_or(0);
+        if let Some(slot) = state.last_cpu_ns.get_mut(i) {
+            *slot = now;
+        }
+        let parked = state.parked.get(i).copied().unwrap_or(false);
+        if !parked && (now.saturating_sub(last) >= tick_ns / 4 || h.runnable()) {
+            busy += 1;
+        }
+    }
+    Sample {
+        used_ns: vm.cpu_ns(),
+        busy_vcpus: busy,
+    }
+}
+
+/// Lets `allowed` vCPUs run and parks the rest. Which ones are parked
+/// rotates with `rotation`, so every vCPU makes progress (a guest whose
+/// parked vCPU holds a lock is not stuck behind it for long).
+fn allow_vcpus(state: &mut VmSched, vcpus: &[VcpuHandle], allowed: usize, rotation: usize) {
+    let n = vcpus.len();
+    if n == 0 {
+        return;
+    }
+    for (i, h) in vcpus.iter().enumerate() {
+        let slot = (i + n - rotation % n) % n;
+        let park = slot >= allowed;
+        if let Some(parked) = state.parked.get_mut(i) {
+            if park != *parked {
+                *parked = park;
+                h.command(if park {
+                    VcpuCommand::Throttle
+                } else {
+                    VcpuCommand::Unthrottle
+                });
+            }
+        }
     }
 }

@@ -301,6 +301,13 @@ impl Verifier {
             .unwrap_or(AclAction::Deny)
     }
 
+    /// Whether an access would be allowed, without counting it (the
+    /// builder asks this before letting KVM serve a doorbell with an
+    /// ioeventfd, which never reaches [`Verifier::check`]).
+    pub fn would_allow(&self, space: AddressSpace, addr: u64, len: usize, op: Op) -> bool {
+        self.rule_action(self.decide(space, addr, len, op)) == AclAction::Allow
+    }
+
     /// Checks one access. The hot path: a binary search over the compiled
     /// ranges and a relaxed atomic add; a violation also takes the rate
     /// limiter's atomics and, when admitted, writes a log line.

@@ -1,5 +1,5 @@
 //! The transport and the balloon driven as a guest driver would, on guest
-//! memory in a test mapping (no KVM).
+//! memory in a test mapping, with a real device thread (no KVM).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -8,13 +8,15 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::bus::BusDevice;
-use crate::virtio::chain::testing::*;
+use crate::virtio::mmio::MmioTransport;
+use crate::virtio::queue::testing::*;
+use crate::virtio::thread::DeviceThread;
 use crate::virtio::*;
 
 #[derive(Clone, Default)]
 struct Counter(Arc<AtomicU32>);
 
-impl Interrupt for Counter {
+impl Trigger for Counter {
     fn trigger(&self) -> io::Result<()> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -33,11 +35,17 @@ const ALL: BalloonConfig = BalloonConfig {
     reporting: true,
 };
 
+fn madvise() -> Box<dyn Reclaim> {
+    Box::new(Madvise)
+}
+
 struct Driver {
     dev: MmioTransport<Balloon>,
     mem: GuestMemoryMmap,
     irq: Counter,
     rings: Vec<Ring>,
+    // Dropped after `dev`.
+    _thread: DeviceThread,
 }
 
 fn r32(dev: &mut MmioTransport<Balloon>, off: u64) -> u32 {
@@ -50,12 +58,25 @@ fn w32(dev: &mut MmioTransport<Balloon>, off: u64, v: u32) {
     dev.write(off, &v.to_le_bytes());
 }
 
+fn transport(
+    config: BalloonConfig,
+    mem: GuestMemoryMmap,
+) -> (MmioTransport<Balloon>, Counter, DeviceThread) {
+    let irq = Counter::default();
+    let thread = DeviceThread::spawn("test-dev".into(), None).expect("device thread");
+    let state = Arc::new(DeviceState::new(
+        "balloon0",
+        InterruptLine::new(Box::new(irq.clone())),
+    ));
+    let balloon = Balloon::new(config, madvise).expect("balloon");
+    let dev = MmioTransport::new(balloon, mem, state, thread.handle()).expect("transport");
+    (dev, irq, thread)
+}
+
 /// A device with `features` (low word) acked and `queues` queues set up.
 fn driver(config: BalloonConfig, features: u32, queues: u16) -> Driver {
     let mem = memory(8);
-    let irq = Counter::default();
-    let balloon = Balloon::new(config, Box::new(Madvise));
-    let mut dev = MmioTransport::new(balloon, mem.clone(), Box::new(irq.clone()));
+    let (mut dev, irq, thread) = transport(config, mem.clone());
     assert_eq!(r32(&mut dev, 0x0), 0x7472_6976);
     assert_eq!(r32(&mut dev, 0x4), 2);
     assert_eq!(r32(&mut dev, 0x8), 5);
@@ -88,12 +109,50 @@ fn driver(config: BalloonConfig, features: u32, queues: u16) -> Driver {
         mem,
         irq,
         rings,
+        _thread: thread,
     }
 }
 
 const BUF: u64 = 0x40_000;
 
 impl Driver {
+    /// Notifies queue `q` as the driver does, and waits until the device
+    /// thread has handled it (or the device has failed).
+    fn notify(&mut self, q: u32) {
+        let before = self.dev.state().notifications();
+        w32(&mut self.dev, 0x50, q);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.dev.state().notifications() == before && !self.dev.state().needs_reset() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue {q} never served"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// Waits (up to 10 s) until `cond` holds.
+    fn until(&mut self, what: &str, cond: impl Fn(&mut Driver) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cond(self) {
+            assert!(std::time::Instant::now() < deadline, "{what}: timed out");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Asks for statistics and waits until the handler has served it.
+    fn request_stats(&mut self) {
+        let before = self.dev.device().stats_requests_served();
+        self.dev.device().request_stats();
+        self.until("stats request served", |d| {
+            d.dev.device().stats_requests_served() > before
+        });
+    }
+
+    fn needs_reset(&mut self) -> bool {
+        r32(&mut self.dev, 0x70) & STATUS_NEEDS_RESET != 0
+    }
+
     /// Posts a chain of one readable buffer holding `bytes` on queue `q`.
     fn post(&mut self, q: usize, bytes: &[u8], flags: u16) {
         let at = BUF + q as u64 * 0x1000;
@@ -133,7 +192,7 @@ fn inflated_pages_go_back_to_the_host_and_deflated_ones_are_counted() {
     w32(&mut d.dev, 0x64, INT_CONFIG);
     assert_eq!(r32(&mut d.dev, 0x100), 3, "num_pages");
     d.pfns(0, &[0x100, 0x101, 0x200]);
-    d.dev.notify(0);
+    d.notify(0);
     assert_eq!(d.rings[0].used_idx(&d.mem), 1);
     assert_eq!(r32(&mut d.dev, 0x60), INT_USED_RING);
     assert_eq!(d.byte(0x100_000), 0, "discarded pages read as zero");
@@ -143,13 +202,13 @@ fn inflated_pages_go_back_to_the_host_and_deflated_ones_are_counted() {
     w32(&mut d.dev, 0x104, 3);
     assert_eq!(d.dev.device().actual_pages(), 3);
     d.pfns(1, &[0x100]);
-    d.dev.notify(1);
+    d.notify(1);
     let c = d.dev.device().counters();
     assert_eq!(
         (c.inflated_pages, c.deflated_pages, c.discard_errors),
         (3, 1, 0)
     );
-    assert!(!d.dev.needs_reset());
+    assert!(!d.needs_reset());
 }
 
 #[test]
@@ -158,8 +217,8 @@ fn a_pfn_outside_guest_ram_needs_reset_and_nothing_is_discarded() {
     d.fill(0x100_000, 0x1000);
     // 8 MiB of RAM: PFN 0x800 is the first page past its end.
     d.pfns(0, &[0x100, 0x800]);
-    d.dev.notify(0);
-    assert!(d.dev.needs_reset());
+    d.notify(0);
+    assert!(d.needs_reset());
     assert_eq!(
         r32(&mut d.dev, 0x70) & STATUS_NEEDS_RESET,
         STATUS_NEEDS_RESET
@@ -169,12 +228,12 @@ fn a_pfn_outside_guest_ram_needs_reset_and_nothing_is_discarded() {
     assert_eq!(d.rings[0].used_idx(&d.mem), 0);
     // The queue is not processed until a reset.
     d.pfns(0, &[0x100]);
-    d.dev.notify(0);
+    d.notify(0);
     assert_eq!(d.dev.device().counters().inflated_pages, 0);
-    assert_eq!(d.dev.failures().0, 1);
+    assert_eq!(d.dev.state().failures().0, 1);
     w32(&mut d.dev, 0x70, 0);
     assert_eq!(r32(&mut d.dev, 0x70), 0);
-    assert!(!d.dev.needs_reset());
+    assert!(!d.needs_reset());
 }
 
 #[test]
@@ -185,14 +244,14 @@ fn malformed_buffers_need_reset_without_panicking() {
     ] {
         let mut d = driver(ALL, 0, 2);
         d.post(0, &bytes, flags);
-        d.dev.notify(0);
-        assert!(d.dev.needs_reset(), "{what}");
+        d.notify(0);
+        assert!(d.needs_reset(), "{what}");
     }
     let mut d = driver(ALL, 0, 2);
     d.rings[0].set_desc(&d.mem, 0, 0x7f_f000, 0x2000, 0, 0);
     d.rings[0].publish(&d.mem, 0);
-    d.dev.notify(0);
-    assert!(d.dev.needs_reset(), "a buffer running past the end of RAM");
+    d.notify(0);
+    assert!(d.needs_reset(), "a buffer running past the end of RAM");
 }
 
 fn stat(tag: u16, val: u64) -> Vec<u8> {
@@ -209,25 +268,25 @@ fn statistics_are_read_and_requested_again() {
     s.extend(stat(TAG_AVAIL, 300 << 20));
     s.extend(stat(1, 7)); // swap-out: ignored
     d.post(2, &s, 0);
-    d.dev.notify(2);
+    d.notify(2);
     let st = d.dev.device().stats();
     assert_eq!(
         (st.free, st.total, st.available, st.updates),
         (Some(100 << 20), Some(500 << 20), Some(300 << 20), 1)
     );
     assert_eq!(d.rings[2].used_idx(&d.mem), 0, "the buffer is held");
-    d.dev.request_stats();
+    d.request_stats();
     assert_eq!(d.rings[2].used_idx(&d.mem), 1, "given back to ask for more");
     assert_eq!(d.irq.get(), 1);
-    d.dev.request_stats();
+    d.request_stats();
     assert_eq!(
         d.rings[2].used_idx(&d.mem),
         1,
         "nothing held, nothing to return"
     );
     d.post(2, &stat(TAG_MEMFREE, 1)[..9], 0);
-    d.dev.notify(2);
-    assert!(d.dev.needs_reset(), "a 9-byte statistics buffer");
+    d.notify(2);
+    assert!(d.needs_reset(), "a 9-byte statistics buffer");
 }
 
 #[test]
@@ -237,32 +296,25 @@ fn reported_free_pages_are_discarded_on_the_queue_after_the_others() {
     d.fill(0x300_000, 0x2000);
     d.rings[2].set_desc(&d.mem, 0, 0x300_000, 0x2000, DESC_F_WRITE, 0);
     d.rings[2].publish(&d.mem, 0);
-    d.dev.notify(2);
+    d.notify(2);
     assert_eq!(d.byte(0x301_000), 0);
     assert_eq!(d.dev.device().counters().reported_bytes, 0x2000);
     assert_eq!(d.rings[2].used_idx(&d.mem), 1);
     // With it, index 3; a readable report is malformed.
     let mut d = driver(ALL, (1 << F_REPORTING) | (1 << F_STATS_VQ), 4);
     d.post(3, &[0u8; 4096], 0);
-    d.dev.notify(3);
-    assert!(d.dev.needs_reset());
+    d.notify(3);
+    assert!(d.needs_reset());
 }
 
 #[test]
 fn feature_negotiation_and_status_rules() {
-    let mem = memory(1);
-    let mut dev = MmioTransport::new(
-        Balloon::new(
-            BalloonConfig {
-                stats: false,
-                deflate_on_oom: true,
-                reporting: false,
-            },
-            Box::new(Madvise),
-        ),
-        mem,
-        Box::new(Counter::default()),
-    );
+    let config = BalloonConfig {
+        stats: false,
+        deflate_on_oom: true,
+        reporting: false,
+    };
+    let (mut dev, _irq, _thread) = transport(config, memory(1));
     assert_eq!(r32(&mut dev, 0x10), 1 << F_DEFLATE_ON_OOM);
     w32(&mut dev, 0x14, 1);
     assert_eq!(r32(&mut dev, 0x10), 1, "VERSION_1 in the high word");
@@ -293,17 +345,12 @@ fn feature_negotiation_and_status_rules() {
     assert_eq!(r32(&mut dev, 0x34), 256);
     w32(&mut dev, 0x30, 9);
     assert_eq!(r32(&mut dev, 0x34), 0, "no queue 9");
-    dev.notify(9);
+    w32(&mut dev, 0x50, 9);
 }
 
 #[test]
 fn rings_outside_ram_need_reset_at_driver_ok() {
-    let mem = memory(1);
-    let mut dev = MmioTransport::new(
-        Balloon::new(ALL, Box::new(Madvise)),
-        mem,
-        Box::new(Counter::default()),
-    );
+    let (mut dev, _irq, _thread) = transport(ALL, memory(1));
     w32(&mut dev, 0x70, 3);
     w32(&mut dev, 0x24, 1);
     w32(&mut dev, 0x20, 1);
@@ -314,5 +361,64 @@ fn rings_outside_ram_need_reset_at_driver_ok() {
     w32(&mut dev, 0xa0, 0x2000);
     w32(&mut dev, 0x44, 1);
     w32(&mut dev, 0x70, 15);
-    assert!(dev.needs_reset());
+    assert_eq!(r32(&mut dev, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+}
+
+#[test]
+fn the_device_counts_what_the_balloon_holds_not_the_driver() {
+    let mut d = driver(ALL, 0, 2);
+    // The driver claims 1000 pages but gives none.
+    w32(&mut d.dev, 0x104, 1000);
+    assert_eq!(d.dev.device().actual_pages(), 1000);
+    assert_eq!(d.dev.device().held_pages(), 0);
+    // Inflating a page twice counts it once; deflating one never inflated counts nothing.
+    d.pfns(0, &[0x100, 0x101, 0x100]);
+    d.notify(0);
+    d.pfns(1, &[0x300]);
+    d.notify(1);
+    assert_eq!(d.dev.device().held_pages(), 2);
+    let c = d.dev.device().counters();
+    assert_eq!((c.inflated_pages, c.deflated_pages), (2, 0));
+    // A reset gives every page back to the guest.
+    w32(&mut d.dev, 0x70, 0);
+    assert_eq!(d.dev.device().held_pages(), 0);
+}
+
+#[test]
+fn pfn_buffers_over_256_entries_and_indirect_chains_need_reset() {
+    let mut d = driver(ALL, 0, 2);
+    d.pfns(0, &[0x100; 257]);
+    d.notify(0);
+    assert!(d.needs_reset(), "257 PFNs in one buffer");
+    assert_eq!(d.dev.device().counters().inflated_pages, 0);
+    let mut d = driver(ALL, 0, 2);
+    d.rings[0].set_desc(&d.mem, 0, 0x40_000, 16, DESC_F_INDIRECT, 0);
+    d.rings[0].publish(&d.mem, 0);
+    d.notify(0);
+    assert!(d.needs_reset(), "an indirect chain (not negotiated)");
+}
+
+#[test]
+fn buffers_posted_before_driver_ok_are_taken_on_the_device_thread() {
+    let mem = memory(8);
+    let (mut dev, _irq, _thread) = transport(ALL, mem.clone());
+    w32(&mut dev, 0x70, 3);
+    w32(&mut dev, 0x24, 1);
+    w32(&mut dev, 0x20, 1);
+    w32(&mut dev, 0x70, 11);
+    let mut ring = Ring::new(0x10_000, 16);
+    w32(&mut dev, 0x30, 0);
+    w32(&mut dev, 0x38, 16);
+    w32(&mut dev, 0x80, ring.desc() as u32);
+    w32(&mut dev, 0x90, ring.avail() as u32);
+    w32(&mut dev, 0xa0, ring.used() as u32);
+    w32(&mut dev, 0x44, 1);
+    mem.write_slice(&0x100u32.to_le_bytes(), GuestAddress(0x40_000))
+        .expect("pfn");
+    ring.set_desc(&mem, 0, 0x40_000, 4, 0, 0);
+    ring.publish(&mem, 0);
+    w32(&mut dev, 0x70, 15);
+    // DRIVER_OK returns once the handler has started (and taken the buffer).
+    assert_eq!(ring.used_idx(&mem), 1);
+    assert_eq!(dev.device().held_pages(), 1);
 }
