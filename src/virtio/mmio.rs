@@ -32,7 +32,7 @@ pub struct MmioTransport<D> {
     state: Arc<DeviceState>,
     /// `notify[i]` is signalled when the driver notifies queue `i` (by KVM
     /// through an ioeventfd in a VM, or by [`BusDevice::write`] here).
-    notify: Vec<EventFd>,
+    notify: Arc<Vec<EventFd>>,
     thread: DeviceThreadHandle,
     /// The handler serving the queues while the device is active.
     active: Option<SubscriberId>,
@@ -59,10 +59,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .iter()
             .filter_map(|&n| Queue::new(n).ok())
             .collect();
-        let notify = queues
-            .iter()
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-            .collect::<std::io::Result<_>>()?;
+        let notify = Arc::new(
+            queues
+                .iter()
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+                .collect::<std::io::Result<_>>()?,
+        );
         Ok(MmioTransport {
             device,
             mem,
@@ -168,20 +170,16 @@ impl<D: VirtioDevice> MmioTransport<D> {
             Ok(h) => h,
             Err(e) => return self.fail(format!("cannot activate: {e}")),
         };
-        let queues = self
+        // No system call on this path but the hand-over itself: it runs
+        // on a vCPU thread, under that thread's seccomp filter.
+        let queues = match self
             .queues
             .iter()
             .map(|q| Queue::try_from(q.state()))
-            .collect::<Result<Vec<_>, _>>();
-        let notify = self
-            .notify
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<std::io::Result<Vec<_>>>();
-        let (queues, notify) = match (queues, notify) {
-            (Ok(q), Ok(n)) => (q, n),
-            (Err(e), _) => return self.fail(format!("cannot hand over its queues: {e}")),
-            (_, Err(e)) => return self.fail(format!("cannot hand over its queues: {e}")),
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(q) => q,
+            Err(e) => return self.fail(format!("cannot hand over its queues: {e}")),
         };
         let queues = Queues::new(
             queues,
@@ -192,7 +190,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         );
         match self
             .thread
-            .add(Box::new(Active::new(handler, queues, notify)))
+            .add(Box::new(Active::new(handler, queues, self.notify.clone())))
         {
             Ok(id) => self.active = Some(id),
             Err(e) => self.fail(format!("its device thread is gone: {e}")),

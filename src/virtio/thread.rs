@@ -69,14 +69,14 @@ impl DeviceThread {
                     return;
                 }
             };
+            let ids = crate::host::current_thread_ids()
+                .map(|(tid, cpu_clock)| ThreadIds { tid, cpu_clock });
             if let Some(filter) = &seccomp {
                 if let Err(e) = crate::seccomp::apply(filter) {
                     let _ = tx.send(Err(io::Error::other(e.to_string())));
                     return;
                 }
             }
-            let ids = crate::host::current_thread_ids()
-                .map(|(tid, cpu_clock)| ThreadIds { tid, cpu_clock });
             let handle = DeviceThreadHandle {
                 endpoint: em.remote_endpoint(),
             };
@@ -143,7 +143,7 @@ impl Drop for DeviceThread {
 pub(crate) struct Active {
     handler: Box<dyn QueueHandler>,
     queues: Queues,
-    notify: Vec<EventFd>,
+    notify: Arc<Vec<EventFd>>,
     failed: bool,
 }
 
@@ -151,7 +151,7 @@ impl Active {
     pub(crate) fn new(
         handler: Box<dyn QueueHandler>,
         queues: Queues,
-        notify: Vec<EventFd>,
+        notify: Arc<Vec<EventFd>>,
     ) -> Self {
         Active {
             handler,
