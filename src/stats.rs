@@ -33,6 +33,8 @@ fn balloon_json(b: &BalloonStats) -> Value {
     json!({
         "balloon_target_mib": b.balloon_target_mib,
         "balloon_actual_mib": b.balloon_actual_mib,
+        "balloon_held_mib": b.balloon_held_mib,
+        "over_target": b.over_target,
         "guest_mib": b.guest_mib,
         "target_mib": b.alloc_target_mib,
         "ideal_mib": b.alloc_ideal_mib,
