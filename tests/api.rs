@@ -402,3 +402,68 @@ fn set_memory_changes_weight_and_floor_within_the_budget() {
     let (code, err) = m.shutdown();
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// Set in the child that holds connections as an unlisted user.
+const HOLD: &str = "HEARTH_API_HOLD_SOCKET";
+
+/// In the child (this test binary re-run as another uid): opens 80
+/// connections to the socket and keeps them open for a while.
+#[test]
+fn hold_connections_child() {
+    let Some(socket) = std::env::var_os(HOLD) else {
+        return;
+    };
+    let held: Vec<UnixStream> = (0..80)
+        .filter_map(|_| UnixStream::connect(&socket).ok())
+        .collect();
+    println!("connected {}", held.len());
+    std::thread::sleep(Duration::from_secs(3));
+}
+
+#[test]
+fn unlisted_users_take_no_slot_and_one_user_cannot_take_them_all() {
+    let m = Monitor::start("slots", "0666", root_admin());
+    // 80 connections from a user no ACL entry names are refused at once...
+    let holder = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "hold_connections_child", "--nocapture"])
+        .env(HOLD, &m.socket)
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the holder");
+    std::thread::sleep(Duration::from_millis(500));
+    // ...so the admin still gets in while they are open.
+    assert_eq!(m.call(json!({"op": "list"}))["ok"], true);
+    // One user may hold 16 connections; the 17th is told why.
+    let mut mine: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&m.socket).expect("connect"))
+        .collect();
+    for s in &mut mine {
+        s.write_all(b"{\"op\": \"list\"}\n").expect("send");
+        let reply = read_reply(&mut BufReader::new(s.try_clone().expect("clone")));
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    let extra = UnixStream::connect(&m.socket).expect("connect");
+    extra.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let reply = read_reply(&mut BufReader::new(extra));
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too many connections from uid 0"),
+        "{reply}"
+    );
+    // Unknown fields are refused on every request.
+    let reply = m.call(json!({"op": "list", "extra": 1}));
+    assert_eq!(reply["ok"], false, "{reply}");
+    drop(mine);
+    let out = holder.wait_with_output().expect("holder");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("connected"),
+        "the holder ran"
+    );
+    let (code, err) = m.shutdown();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("not in the access list"), "{err}");
+}

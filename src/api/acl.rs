@@ -31,6 +31,11 @@ impl Acl {
         })
     }
 
+    /// Whether any entry names `peer` (checked when it connects).
+    pub fn knows(&self, peer: &Peer) -> bool {
+        self.matching(peer).next().is_some()
+    }
+
     /// Whether `peer` holds `grant` on `vm` (on the whole monitor for `None`).
     pub fn allows(&self, peer: &Peer, grant: Grant, vm: Option<&str>) -> bool {
         self.matching(peer).any(|e| {
@@ -115,10 +120,10 @@ mod tests {
         assert!(acl.allows(&alice, Grant::Read, Some("web")));
         assert!(!acl.allows(&alice, Grant::Read, Some("db")));
         assert_eq!(
-            acl.check(&alice, &Request::Shutdown),
+            acl.check(&alice, &Request::Shutdown {}),
             Err("permission denied: uid 1000 has no admin grant".into())
         );
-        assert_eq!(acl.check(&peer(0, 0), &Request::Shutdown), Ok(()));
+        assert_eq!(acl.check(&peer(0, 0), &Request::Shutdown {}), Ok(()));
     }
 
     #[test]
@@ -130,7 +135,7 @@ mod tests {
             .check(&staff, &Request::Stop { vm: "db".into() })
             .is_err());
         assert_eq!(
-            acl.check(&peer(65534, 65534), &Request::List),
+            acl.check(&peer(65534, 65534), &Request::List {}),
             Err("permission denied: uid 65534 (gid 65534) is not in the access list".into())
         );
     }

@@ -88,7 +88,7 @@ pub fn execute(
     request: Request,
 ) -> Result<Value, String> {
     match request {
-        Request::List => {
+        Request::List {} => {
             let doc = readable_stats(ctl, acl, peer);
             let vms: Vec<Value> = doc["vms"]
                 .as_array()
@@ -146,7 +146,7 @@ pub fn execute(
             let idx = find(ctl, &vm)?;
             ctl.access_counters(idx)
         }
-        Request::Shutdown => {
+        Request::Shutdown {} => {
             ctl.shutdown("shutdown through the control socket");
             Ok(json!({ "state": "stopping" }))
         }

@@ -10,8 +10,10 @@ use crate::config::Grant;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
-    /// The VMs the client may read: name, state, vCPUs.
-    List,
+    /// The VMs the client may read: name, state, vCPUs. (An empty struct
+    /// variant, not a unit one: serde's `deny_unknown_fields` does not
+    /// apply to unit variants of an internally tagged enum.)
+    List {},
     /// Statistics (the `--stats-file` document) of one VM, or of every VM
     /// the client may read.
     Stats {
@@ -44,7 +46,7 @@ pub enum Request {
         vm: String,
     },
     /// Stop every VM (the monitor then exits).
-    Shutdown,
+    Shutdown {},
 }
 
 /// `Some(x)` for a field that is present (even as `null`), `None` if absent.
@@ -62,7 +64,7 @@ impl Request {
     /// filtered per VM, see [`Request::filtered`]).
     pub fn needs(&self) -> (Grant, Option<&str>) {
         match self {
-            Request::List | Request::Stats { vm: None } => (Grant::Read, None),
+            Request::List {} | Request::Stats { vm: None } => (Grant::Read, None),
             Request::Stats { vm: Some(vm) } | Request::AccessCounters { vm } => {
                 (Grant::Read, Some(vm))
             }
@@ -71,14 +73,14 @@ impl Request {
             | Request::Stop { vm }
             | Request::SetCpu { vm, .. }
             | Request::SetMemory { vm, .. } => (Grant::Control, Some(vm)),
-            Request::Shutdown => (Grant::Admin, None),
+            Request::Shutdown {} => (Grant::Admin, None),
         }
     }
 
     /// Whether the reply lists only the VMs the client may read, rather
     /// than needing a grant for the whole monitor.
     pub fn filtered(&self) -> bool {
-        matches!(self, Request::List | Request::Stats { vm: None })
+        matches!(self, Request::List {} | Request::Stats { vm: None })
     }
 }
 
@@ -105,7 +107,7 @@ mod tests {
 
     #[test]
     fn requests_parse_by_op() {
-        assert_eq!(Request::parse(br#"{"op":"list"}"#), Ok(Request::List));
+        assert_eq!(Request::parse(br#"{"op":"list"}"#), Ok(Request::List {}));
         assert_eq!(
             Request::parse(br#"{"op":"set-cpu","vm":"a","weight":300}"#),
             Ok(Request::SetCpu {
@@ -135,13 +137,15 @@ mod tests {
         assert!(e(br#"{"op":"reboot"}"#).contains("unknown variant `reboot`"));
         assert!(e(br#"{"op":"pause"}"#).contains("missing field `vm`"));
         assert!(e(br#"{"op":"pause","vm":"a","x":1}"#).contains("unknown field `x`"));
+        assert!(e(br#"{"op":"list","extra":1}"#).contains("unknown field `extra`"));
+        assert!(e(br#"{"op":"shutdown","now":true}"#).contains("unknown field `now`"));
     }
 
     #[test]
     fn grants_needed() {
         let pause = Request::Pause { vm: "a".into() };
         assert_eq!(pause.needs(), (Grant::Control, Some("a")));
-        assert_eq!(Request::Shutdown.needs(), (Grant::Admin, None));
-        assert!(Request::List.filtered());
+        assert_eq!(Request::Shutdown {}.needs(), (Grant::Admin, None));
+        assert!(Request::List {}.filtered());
     }
 }

@@ -24,6 +24,10 @@ use super::protocol::{self, Request};
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Most connections open at once; more are told so and closed.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections one uid may hold, so one client cannot hold them all.
+pub const MAX_CONNECTIONS_PER_UID: usize = 16;
+/// Longest reply to one request; a longer one is replaced by an error.
+pub const MAX_REPLY: usize = 1 << 20;
 /// A connection with no traffic for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Replies a client has not read beyond this stop its requests being read.
@@ -245,20 +249,26 @@ impl<C: Control + Send> ApiServer<C> {
                     return;
                 }
             };
-            let Some(slot) = self.conns.iter().position(Option::is_none) else {
-                let _ = stream.set_nonblocking(true);
-                let reply = protocol::error(format!(
-                    "too many connections (at most {MAX_CONNECTIONS}); try again later"
-                ));
-                let _ = (&stream).write(&protocol::line(&reply));
-                continue;
-            };
-            let peer = match stream.set_nonblocking(true).and_then(|()| peer_of(&stream)) {
+            let _ = stream.set_nonblocking(true);
+            let peer = match peer_of(&stream) {
                 Ok(peer) => peer,
                 Err(e) => {
                     log::warn!("control socket: a new connection failed: {e}");
                     continue;
                 }
+            };
+            // Credentials first: a client no ACL entry names never takes a slot.
+            if let Err(why) = self.admit(&peer) {
+                self.note_refusal(&peer, &why);
+                let _ = (&stream).write(&protocol::line(&protocol::error(why)));
+                continue;
+            }
+            let Some(slot) = self.conns.iter().position(Option::is_none) else {
+                let reply = protocol::error(format!(
+                    "too many connections (at most {MAX_CONNECTIONS}); try again later"
+                ));
+                let _ = (&stream).write(&protocol::line(&reply));
+                continue;
             };
             let tag = TAG_CONN + slot as u32;
             if let Err(e) = ops.add(Events::with_data(&stream, tag, EventSet::IN)) {
@@ -283,6 +293,39 @@ impl<C: Control + Send> ApiServer<C> {
         }
     }
 
+    /// Whether a new connection from `peer` may be served.
+    fn admit(&self, peer: &Peer) -> Result<(), String> {
+        if !self.listener.acl.knows(peer) {
+            return Err(format!(
+                "permission denied: uid {} (gid {}) is not in the access list",
+                peer.uid, peer.gid
+            ));
+        }
+        let held = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| c.peer.uid == peer.uid)
+            .count();
+        if held >= MAX_CONNECTIONS_PER_UID {
+            return Err(format!(
+                "too many connections from uid {} (at most {MAX_CONNECTIONS_PER_UID})",
+                peer.uid
+            ));
+        }
+        Ok(())
+    }
+
+    /// Logs a refusal, at most [`REFUSALS_LOGGED`] per sweep period.
+    fn note_refusal(&mut self, peer: &Peer, why: &str) {
+        if self.refusals_logged < REFUSALS_LOGGED {
+            self.refusals_logged += 1;
+            log::warn!("control socket: refused pid {}: {why}", peer.pid);
+        } else {
+            self.refusals_quiet += 1;
+        }
+    }
+
     fn close(&mut self, slot: usize, ops: &mut EventOps) {
         if let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) {
             let tag = TAG_CONN + slot as u32;
@@ -297,15 +340,7 @@ impl<C: Control + Send> ApiServer<C> {
             Err(e) => return protocol::error(e),
         };
         if let Err(refusal) = self.listener.acl.check(peer, &request) {
-            if self.refusals_logged < REFUSALS_LOGGED {
-                self.refusals_logged += 1;
-                log::warn!(
-                    "control socket: refused {request:?} from pid {}: {refusal}",
-                    peer.pid
-                );
-            } else {
-                self.refusals_quiet += 1;
-            }
+            self.note_refusal(peer, &format!("{request:?}: {refusal}"));
             return protocol::error(refusal);
         }
         let (grant, _) = request.needs();
@@ -361,7 +396,7 @@ impl<C: Control + Send> ApiServer<C> {
                 let line = std::mem::take(&mut conn.input);
                 let peer = conn.peer;
                 let reply = self.answer(&peer, trim(&line));
-                conn.output.extend(protocol::line(&reply));
+                conn.output.extend(capped(&reply));
             }
             conn.closing = true;
         }
@@ -377,7 +412,7 @@ impl<C: Control + Send> ApiServer<C> {
             }
             let peer = conn.peer;
             let reply = self.answer(&peer, line);
-            conn.output.extend(protocol::line(&reply));
+            conn.output.extend(capped(&reply));
         }
         if conn.input.len() > MAX_REQUEST {
             log::warn!(
@@ -419,6 +454,20 @@ impl<C: Control + Send> ApiServer<C> {
             self.close(slot, ops);
         }
     }
+}
+
+/// One reply as a line, or an error line when it exceeds [`MAX_REPLY`]
+/// (so what one request makes the monitor buffer is bounded).
+fn capped(reply: &serde_json::Value) -> Vec<u8> {
+    let line = protocol::line(reply);
+    if line.len() <= MAX_REPLY {
+        return line;
+    }
+    protocol::line(&protocol::error(format!(
+        "the reply would be {} bytes, more than the {MAX_REPLY} a reply may be; ask for less \
+         (one VM's statistics, say)",
+        line.len()
+    )))
 }
 
 /// A line without its line ending.
@@ -476,5 +525,25 @@ impl<C: Control + Send> MutEventSubscriber for ApiServer<C> {
             }
             other => log::warn!("control socket: unexpected event tag {other}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_over_the_cap_becomes_an_error() {
+        let small = serde_json::json!({"ok": true, "result": "x"});
+        assert_eq!(capped(&small), protocol::line(&small));
+        let big = protocol::ok(serde_json::json!("y".repeat(MAX_REPLY)));
+        let line = capped(&big);
+        assert!(line.len() < 1024);
+        let reply: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
+        assert_eq!(reply["ok"], false);
+        assert!(reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("more than the 1048576 bytes"));
     }
 }
