@@ -464,7 +464,7 @@ fn capped(reply: &serde_json::Value) -> Vec<u8> {
         return line;
     }
     protocol::line(&protocol::error(format!(
-        "the reply would be {} bytes, more than the {MAX_REPLY} a reply may be; ask for less \
+        "the reply would be {} bytes, more than the {MAX_REPLY} bytes a reply may be; ask for less \
          (one VM's statistics, say)",
         line.len()
     )))
