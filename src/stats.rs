@@ -27,6 +27,9 @@ pub struct VmStats {
     /// The access verifier's counters.
     pub acl: VerifierStats,
     pub balloon: Option<BalloonStats>,
+    /// Serial output: bytes written out, and bytes dropped because the
+    /// output ring was full (a destination that does not drain).
+    pub serial: Option<(u64, u64)>,
 }
 
 fn balloon_json(b: &BalloonStats) -> Value {
@@ -112,6 +115,10 @@ pub fn to_json(
                 "exits": exits_json(&v.exits),
                 "acl": v.acl.to_json(),
                 "memory": v.balloon.as_ref().map(balloon_json),
+                "serial": v.serial.map(|(written, dropped)| json!({
+                    "written_bytes": written,
+                    "dropped_bytes": dropped,
+                })),
             })
         })
         .collect();
@@ -161,6 +168,7 @@ mod tests {
             },
             acl: VerifierStats::default(),
             balloon: None,
+            serial: None,
         }
     }
 

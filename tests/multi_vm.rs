@@ -136,3 +136,92 @@ fn serial_output_can_go_to_a_log_file_per_vm() {
         "{b}"
     );
 }
+
+/// A VM printing fast to a stdout nobody drains (a full pipe) beside a VM
+/// that logs to a file: the second runs on, SIGTERM stops the monitor at
+/// once, and the dropped bytes are counted.
+#[test]
+fn a_console_nobody_reads_blocks_neither_the_monitor_nor_its_neighbour() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let dir = scratch_dir("blocked-console");
+    let log = dir.join("quiet.log");
+    let config = write_file(
+        &dir,
+        "monitor.json",
+        &format!(
+            r#"{{"host": {{}}, "vms": [{}, {}]}}"#,
+            vm(
+                "loud",
+                "hearth.scenario=spin hearth.spin_chunk=50",
+                1,
+                TERMINAL
+            ),
+            vm(
+                "quiet",
+                "hearth.scenario=spin hearth.spin_chunk=20000",
+                1,
+                &format!(
+                    r#"{{"output": "file", "path": "{}", "stdin": false}}"#,
+                    log.display()
+                )
+            )
+        ),
+    );
+    let stats = dir.join("stats.json");
+    let mut child = Command::new(hearth())
+        .args(["run", "--config", &config, "--stats-file"])
+        .arg(&stats)
+        .stdin(Stdio::null())
+        // A pipe nobody reads: it fills after 64 KiB.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hearth");
+    std::thread::sleep(Duration::from_secs(4));
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("spin apic="))
+            .count()
+    };
+    let before = lines(&log);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = lines(&log);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
+            .unwrap_or_default();
+    // SAFETY: signals the child we started; its pid is valid until we wait.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if sent.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("hearth still runs 10 s after SIGTERM with a blocked console");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "SIGTERM took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(
+        after > before,
+        "the quiet VM runs on while the loud one's console is blocked ({before} -> {after})"
+    );
+    let loud = doc["vms"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "loud"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        loud["serial"]["dropped_bytes"].as_u64() > Some(0),
+        "the loud VM's dropped output is counted: {loud}"
+    );
+}

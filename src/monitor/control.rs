@@ -24,6 +24,7 @@ impl Monitor {
             exits: Default::default(),
             acl: Default::default(),
             balloon: e.last_balloon.clone(),
+            serial: e.output.as_ref().map(|r| (r.written(), r.dropped())),
         };
         match &e.state {
             VmState::Running(vm) => VmStats {

@@ -16,12 +16,12 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::{Monitor, VmEntry, VmState};
 use crate::api::ApiServer;
 use crate::bus::lock;
-use crate::config::{MonitorSpec, SerialOutput, VmSpec};
+use crate::config::{MonitorSpec, SerialOutput};
 use crate::console::Console;
 use crate::devices::serial::SerialOut;
 use crate::host::{RawTerminal, Signals};
 use crate::mem::MemoryManager;
-use crate::output::{Prefixed, Stdout};
+use crate::output::{OutputRing, OutputWriter, RingWriter, Sink};
 use crate::sched::CpuScheduler;
 use crate::seccomp::{self, ThreadClass};
 use crate::vm::{build_vm, BuildOptions, VmError, VmReport};
@@ -74,32 +74,61 @@ pub struct MonitorReport {
 /// How often the statistics file is rewritten.
 const STATS_PERIOD: Duration = Duration::from_secs(1);
 
-/// Where each VM's serial output goes. When several VMs write to the
-/// terminal, each line is prefixed with the VM's name.
-fn serial_out(spec: &VmSpec, shared_terminal: bool) -> Result<SerialOut, MonitorError> {
-    Ok(match &spec.serial.output {
-        SerialOutput::Stdout if shared_terminal => Box::new(Prefixed::new(&spec.name, Stdout)),
-        SerialOutput::Stdout => Box::new(Stdout),
-        SerialOutput::Off => Box::new(io::sink()),
-        SerialOutput::File(path) => {
-            Box::new(
-                File::create(path).map_err(|source| MonitorError::SerialFile {
-                    name: spec.name.clone(),
-                    path: path.display().to_string(),
-                    source,
-                })?,
-            )
-        }
-    })
+/// The serial output of every VM: one writer thread for the terminal
+/// (each line prefixed with the VM's name when several VMs share it), one
+/// per log file; each VM writes into a bounded ring of its own.
+struct Outputs {
+    writers: Vec<OutputWriter>,
+    rings: Vec<Option<Arc<OutputRing>>>,
 }
 
-/// Builds every VM of `spec` (nothing runs yet).
-fn build_all(kvm: &Kvm, spec: &MonitorSpec) -> Result<BTreeMap<usize, VmEntry>, MonitorError> {
+fn open_outputs(spec: &MonitorSpec) -> Result<Outputs, MonitorError> {
     let on_terminal = spec
         .vms
         .iter()
         .filter(|v| v.serial.output == SerialOutput::Stdout)
         .count();
+    let mut stdout = (on_terminal > 0).then(|| OutputWriter::new(Sink::Stdout));
+    let mut writers = Vec::new();
+    let mut rings = Vec::new();
+    for vm in &spec.vms {
+        let ring = match &vm.serial.output {
+            SerialOutput::Stdout => stdout
+                .as_mut()
+                .map(|w| w.ring((on_terminal > 1).then_some(vm.name.as_str()))),
+            SerialOutput::Off => None,
+            SerialOutput::File(path) => {
+                let file = File::create(path).map_err(|source| MonitorError::SerialFile {
+                    name: vm.name.clone(),
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let mut w = OutputWriter::new(Sink::File(file));
+                let ring = w.ring(None);
+                writers.push(w);
+                Some(ring)
+            }
+        };
+        rings.push(ring);
+    }
+    writers.extend(stdout);
+    let filter = match spec.host.seccomp {
+        true => Some(Arc::new(seccomp::filter(ThreadClass::Output)?)),
+        false => None,
+    };
+    for w in &mut writers {
+        w.start(filter.clone())
+            .map_err(setup_err("start a serial output writer"))?;
+    }
+    Ok(Outputs { writers, rings })
+}
+
+/// Builds every VM of `spec` (nothing runs yet).
+fn build_all(
+    kvm: &Kvm,
+    spec: &MonitorSpec,
+    rings: &[Option<Arc<OutputRing>>],
+) -> Result<BTreeMap<usize, VmEntry>, MonitorError> {
     let filter = |class| -> Result<_, MonitorError> {
         Ok(match spec.host.seccomp {
             true => Some(Arc::new(seccomp::filter(class)?)),
@@ -110,7 +139,11 @@ fn build_all(kvm: &Kvm, spec: &MonitorSpec) -> Result<BTreeMap<usize, VmEntry>, 
     let mut vms = BTreeMap::new();
     for (id, vm_spec) in spec.vms.iter().enumerate() {
         let opts = BuildOptions {
-            serial_out: Some(serial_out(vm_spec, on_terminal > 1)?),
+            serial_out: rings
+                .get(id)
+                .cloned()
+                .flatten()
+                .map(|r| Box::new(RingWriter(r)) as SerialOut),
             affinity: spec.host.cpus.clone(),
             vcpu_seccomp: vcpu_filter.clone(),
             device_seccomp: device_filter.clone(),
@@ -130,6 +163,7 @@ fn build_all(kvm: &Kvm, spec: &MonitorSpec) -> Result<BTreeMap<usize, VmEntry>, 
                 cpu: vm_spec.cpu.clone(),
                 memory: vm_spec.memory,
                 last_balloon: None,
+                output: rings.get(id).cloned().flatten(),
             },
         );
     }
@@ -141,9 +175,10 @@ fn start_monitor(
     spec: &MonitorSpec,
     opts: &RunOptions,
     kvm: &Kvm,
+    signals: Signals,
+    rings: &[Option<Arc<OutputRing>>],
 ) -> Result<Monitor, MonitorError> {
-    let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
-    let mut vms = build_all(kvm, spec)?;
+    let mut vms = build_all(kvm, spec, rings)?;
     let allowed_cpus = spec
         .host
         .cpus
@@ -198,7 +233,9 @@ type Loop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 /// Runs every VM of `spec` until the last one stops.
 pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, MonitorError> {
-    // Before any thread exists, so every thread inherits the blocked mask.
+    // Before any thread exists, so every thread inherits the blocked mask
+    // and SIGINT/SIGTERM only ever arrive through the signalfd.
+    let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
     crate::vcpu::install_kick_handler().map_err(|e| MonitorError::Setup {
         what: "install the vCPU kick handler",
         source: io::Error::from_raw_os_error(e.errno()),
@@ -212,7 +249,8 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         .map(crate::api::Listener::bind)
         .transpose()?;
     let mut em: Loop = EventManager::new().map_err(MonitorError::EventLoop)?;
-    let monitor = start_monitor(spec, opts, &kvm)?;
+    let mut outputs = open_outputs(spec)?;
+    let monitor = start_monitor(spec, opts, &kvm, signals, &outputs.rings)?;
     let console_vm = spec.vms.iter().position(|v| v.serial.stdin);
     let _raw_terminal = match console_vm {
         Some(_) => {
@@ -244,6 +282,12 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         seccomp::install(ThreadClass::EventLoop)?;
     }
     event_loop(&mut em, &monitor)?;
+    // The guests are gone; give their last output a moment to reach its
+    // destination, but never wait on a reader that does not drain.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for w in &mut outputs.writers {
+        w.finish(deadline.saturating_duration_since(Instant::now()));
+    }
     let mut m = lock(&monitor);
     let vms = std::mem::take(&mut m.vms)
         .into_values()
