@@ -235,10 +235,8 @@ mod tests {
         let signals = Signals::block_and_open().unwrap();
         assert_eq!(signals.read(), None, "nothing pending yet");
         // SAFETY: sends SIGTERM to this thread, which blocks it, so it stays pending.
-        assert_eq!(
-            unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) },
-            0
-        );
+        let rc = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) };
+        assert_eq!(rc, 0);
         assert_eq!(signals.read(), Some(libc::SIGTERM));
         assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
         assert_eq!(
