@@ -19,6 +19,8 @@ const COMMAND: u64 = 4;
 const STATUS_OUTPUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM_FLAG: u8 = 0x04;
 const STATUS_LAST_WAS_COMMAND: u8 = 0x08;
+/// The keyboard is not inhibited (without it Linux warns "Keylock active").
+const STATUS_UNLOCKED: u8 = 0x10;
 
 const CMD_READ_CTR: u8 = 0x20;
 const CMD_WRITE_CTR: u8 = 0x60;
@@ -51,7 +53,7 @@ impl<R: ResetLine> I8042<R> {
     pub fn new(reset: R) -> Self {
         I8042 {
             reset,
-            status: STATUS_SYSTEM_FLAG,
+            status: STATUS_SYSTEM_FLAG | STATUS_UNLOCKED,
             control: 0,
             output: None,
             expecting_ctr: false,
@@ -200,6 +202,11 @@ mod tests {
     #[test]
     fn linux_probe_finds_this_controller() {
         let (mut dev, resets) = controller();
+        assert_ne!(
+            read(&mut dev, COMMAND) & STATUS_UNLOCKED,
+            0,
+            "no keylock warning"
+        );
         assert_eq!(linux_probe(&mut dev), Some(0));
         dev.write(COMMAND, &[CMD_READ_CTR]);
         assert_eq!(
