@@ -5,6 +5,8 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use vmm_sys_util::signal::create_sigset;
+
 /// Puts a terminal in raw mode and restores its exact previous settings
 /// when dropped (on every exit path, including unwinding).
 pub struct RawTerminal {
@@ -56,18 +58,7 @@ impl Signals {
     /// Blocks the signals in the calling thread (threads spawned later
     /// inherit the mask) and opens the signalfd. Call before any thread starts.
     pub fn block_and_open() -> io::Result<Signals> {
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: sigemptyset initialises the set; sigaddset adds valid
-        // signal numbers to it; results are checked.
-        let set = unsafe {
-            if libc::sigemptyset(set.as_mut_ptr()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut set = set.assume_init();
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            set
-        };
+        let set = create_sigset(&[libc::SIGINT, libc::SIGTERM]).map_err(io::Error::from)?;
         // SAFETY: `set` is a valid sigset; a null old-set pointer is allowed.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         if rc != 0 {
@@ -236,5 +227,86 @@ mod tests {
     fn raw_mode_is_a_no_op_off_a_terminal() {
         let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
         assert!(RawTerminal::enter(r.as_raw_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn sigterm_arrives_through_the_signalfd() {
+        // The mask is per thread: only this test's thread blocks the signals.
+        let signals = Signals::block_and_open().unwrap();
+        assert_eq!(signals.read(), None, "nothing pending yet");
+        // SAFETY: sends SIGTERM to this thread, which blocks it, so it stays pending.
+        let rc = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        assert_eq!(signals.read(), Some(libc::SIGTERM));
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(
+            signal_name(libc::SIGHUP),
+            format!("signal {}", libc::SIGHUP)
+        );
+    }
+
+    /// The terminal side of a fresh pseudo-terminal.
+    fn pty() -> (OwnedFd, OwnedFd) {
+        // SAFETY: plain calls on descriptors this test owns; results checked.
+        unsafe {
+            let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(master >= 0);
+            let master = OwnedFd::from_raw_fd(master);
+            assert_eq!(libc::grantpt(master.as_raw_fd()), 0);
+            assert_eq!(libc::unlockpt(master.as_raw_fd()), 0);
+            let name = libc::ptsname(master.as_raw_fd());
+            assert!(!name.is_null());
+            let tty = libc::open(name, libc::O_RDWR | libc::O_NOCTTY);
+            assert!(tty >= 0);
+            (master, OwnedFd::from_raw_fd(tty))
+        }
+    }
+
+    fn termios(fd: RawFd) -> libc::termios {
+        let mut t = MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: tcgetattr fills `t` on success, asserted before use.
+        unsafe {
+            assert_eq!(libc::tcgetattr(fd, t.as_mut_ptr()), 0);
+            t.assume_init()
+        }
+    }
+
+    #[test]
+    fn raw_mode_passes_every_key_and_restores_the_exact_settings() {
+        let (_master, tty) = pty();
+        let fd = tty.as_raw_fd();
+        // A user setting that a generic "canonical mode" reset would undo.
+        let mut before = termios(fd);
+        before.c_lflag &= !libc::ECHO;
+        // SAFETY: a valid termios for this descriptor; checked.
+        assert_eq!(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &before) }, 0);
+        let before = termios(fd);
+        {
+            let _raw = RawTerminal::enter(fd)
+                .unwrap()
+                .expect("a pty is a terminal");
+            let raw = termios(fd);
+            assert_eq!(
+                raw.c_lflag & (libc::ICANON | libc::ECHO | libc::ISIG | libc::IEXTEN),
+                0
+            );
+            // Ctrl-S/Ctrl-Q and CR reach the guest unchanged.
+            assert_eq!(raw.c_iflag & (libc::IXON | libc::ICRNL), 0);
+            assert_ne!(
+                raw.c_oflag & libc::OPOST,
+                0,
+                "monitor messages stay readable"
+            );
+        }
+        let after = termios(fd);
+        assert_eq!(
+            (after.c_iflag, after.c_oflag, after.c_cflag, after.c_lflag),
+            (
+                before.c_iflag,
+                before.c_oflag,
+                before.c_cflag,
+                before.c_lflag
+            )
+        );
     }
 }

@@ -10,11 +10,17 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, E820_MAX_ENTRIES_ZEROPAGE};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult, PvhBootCapability};
+use linux_loader::loader::{
+    load_cmdline, BzImage, Elf, KernelLoader, KernelLoaderResult, PvhBootCapability,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::config::{BootProtocol, KernelFormat, KernelSpec};
@@ -52,10 +58,18 @@ pub enum BootError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the command line is {0} bytes; at most {1} fit")]
-    CmdlineTooLong(usize, usize),
+    #[error("the command line ({len} bytes, at most {max}) was refused: {source}")]
+    Cmdline {
+        len: usize,
+        max: usize,
+        source: linux_loader::cmdline::Error,
+    },
+    #[error("cannot write the command line at {CMDLINE_ADDR:#x}: {0}")]
+    WriteCmdline(linux_loader::loader::Error),
     #[error("the e820 map has {0} entries, more than boot_params holds")]
     E820TooLarge(usize),
+    #[error("cannot write the boot structures: {}", configurator_detail(.0))]
+    Configure(linux_loader::configurator::Error),
     #[error("cannot write boot structures to guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
     #[error(transparent)]
@@ -145,7 +159,8 @@ pub fn load(
         Some(p) => Some(load_initrd(mem, mem_bytes, loaded.kernel_end, p)?),
         None => None,
     };
-    write_cmdline(mem, cmdline)?;
+    let (cmdline, cmdline_len) = kernel_cmdline(cmdline)?;
+    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cmdline).map_err(BootError::WriteCmdline)?;
     mptable::setup(mem, usize::from(vcpus))?;
 
     let entry = match path {
@@ -153,14 +168,14 @@ pub fn load(
             let PvhBootCapability::PvhEntryPresent(rip) = loaded.pvh_boot_cap else {
                 return Err(BootError::NoPvhEntry(kernel.path.clone()));
             };
-            write_pvh_start_info(mem, mem_bytes, cmdline, initrd)?;
+            write_pvh_start_info(mem, mem_bytes, cmdline_len, initrd)?;
             EntryPoint::Pvh {
                 rip: rip.0,
                 start_info: PVH_INFO_ADDR,
             }
         }
         BootPath::Linux64 | BootPath::BzImage => {
-            write_zero_page(mem, mem_bytes, &loaded, cmdline, initrd)?;
+            write_zero_page(mem, mem_bytes, &loaded, cmdline_len, initrd)?;
             let rip = match path {
                 BootPath::BzImage => loaded.kernel_load.0 + BZIMAGE_ENTRY64_OFFSET,
                 _ => loaded.kernel_load.0,
@@ -207,24 +222,25 @@ fn load_initrd(
     Ok((addr, size))
 }
 
-fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
-    if cmdline.len() >= CMDLINE_CAPACITY {
-        return Err(BootError::CmdlineTooLong(
-            cmdline.len(),
-            CMDLINE_CAPACITY - 1,
-        ));
-    }
-    let mut bytes = cmdline.as_bytes().to_vec();
-    bytes.push(0);
-    mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR))?;
-    Ok(())
+/// The command line as linux-loader's [`Cmdline`] (printable ASCII that
+/// fits in [`CMDLINE_CAPACITY`] with its NUL) and its length without the NUL.
+fn kernel_cmdline(cmdline: &str) -> Result<(Cmdline, usize), BootError> {
+    let refused = |source| BootError::Cmdline {
+        len: cmdline.len(),
+        max: CMDLINE_CAPACITY - 1,
+        source,
+    };
+    let mut line = Cmdline::new(CMDLINE_CAPACITY).map_err(refused)?;
+    line.insert_str(cmdline).map_err(refused)?;
+    let len = line.as_cstring().map_err(refused)?.as_bytes().len();
+    Ok((line, len))
 }
 
 fn write_zero_page(
     mem: &GuestMemoryMmap,
     mem_bytes: u64,
     loaded: &KernelLoaderResult,
-    cmdline: &str,
+    cmdline_len: usize,
     initrd: Option<(u64, u64)>,
 ) -> Result<(), BootError> {
     let mut params = boot_params::default();
@@ -237,64 +253,184 @@ fn write_zero_page(
     }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
-    params.hdr.cmdline_size = cmdline.len() as u32;
+    params.hdr.cmdline_size = cmdline_len as u32;
     if let Some((addr, size)) = initrd {
+        // The initrd ends below INITRD_ADDR_MAX (< 4 GiB), so both fit in u32.
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
     }
     let map = e820_map(mem_bytes);
-    if map.len() > params.e820_table.len() {
+    if map.len() > E820_MAX_ENTRIES_ZEROPAGE {
         return Err(BootError::E820TooLarge(map.len()));
     }
-    for (slot, (addr, size, type_)) in params.e820_table.iter_mut().zip(&map) {
+    for (slot, &(addr, size, type_)) in params.e820_table.iter_mut().zip(&map) {
         *slot = boot_e820_entry {
-            addr: *addr,
-            size: *size,
-            r#type: *type_,
+            addr,
+            size,
+            r#type: type_,
         };
     }
     params.e820_entries = map.len() as u8;
-    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))?;
-    Ok(())
+    let zero_page = BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR));
+    LinuxBootConfigurator::write_bootparams(&zero_page, mem).map_err(BootError::Configure)
 }
 
 fn write_pvh_start_info(
     mem: &GuestMemoryMmap,
     mem_bytes: u64,
-    cmdline: &str,
+    cmdline_len: usize,
     initrd: Option<(u64, u64)>,
 ) -> Result<(), BootError> {
-    let map = e820_map(mem_bytes);
-    for (i, (addr, size, type_)) in map.iter().enumerate() {
-        let entry = hvm_memmap_table_entry {
-            addr: *addr,
-            size: *size,
-            type_: *type_,
+    let memmap: Vec<hvm_memmap_table_entry> = e820_map(mem_bytes)
+        .into_iter()
+        .map(|(addr, size, type_)| hvm_memmap_table_entry {
+            addr,
+            size,
+            type_,
             reserved: 0,
-        };
-        let at = PVH_MEMMAP_ADDR + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
-        mem.write_obj(entry, GuestAddress(at))?;
-    }
+        })
+        .collect();
     let mut info = hvm_start_info {
         magic: PVH_MAGIC,
         version: 1,
-        cmdline_paddr: if cmdline.is_empty() { 0 } else { CMDLINE_ADDR },
+        cmdline_paddr: if cmdline_len == 0 { 0 } else { CMDLINE_ADDR },
         memmap_paddr: PVH_MEMMAP_ADDR,
-        memmap_entries: map.len() as u32,
+        memmap_entries: memmap.len() as u32,
         ..Default::default()
     };
-    if let Some((paddr, size)) = initrd {
-        let modlist =
-            PVH_MEMMAP_ADDR + (map.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
-        let module = hvm_modlist_entry {
-            paddr,
-            size,
-            ..Default::default()
-        };
-        mem.write_obj(module, GuestAddress(modlist))?;
+    // The module list follows the memory map.
+    let modlist =
+        PVH_MEMMAP_ADDR + (memmap.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
+    let module = initrd.map(|(paddr, size)| hvm_modlist_entry {
+        paddr,
+        size,
+        ..Default::default()
+    });
+    if module.is_some() {
         info.nr_modules = 1;
         info.modlist_paddr = modlist;
     }
-    mem.write_obj(info, GuestAddress(PVH_INFO_ADDR))?;
-    Ok(())
+    let mut params = BootParams::new(&info, GuestAddress(PVH_INFO_ADDR));
+    params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_ADDR));
+    if let Some(module) = module {
+        params.set_modules(&[module], GuestAddress(modlist));
+    }
+    PvhBootConfigurator::write_bootparams(&params, mem).map_err(BootError::Configure)
+}
+
+/// A configurator error with the detail its own message leaves out (which
+/// structure, and whether it did not fit or could not be written).
+fn configurator_detail(e: &linux_loader::configurator::Error) -> String {
+    std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{E820_RAM, E820_RESERVED, MIB};
+    use vm_memory::GuestMemoryBackend;
+
+    const MEM: u64 = 64 * MIB;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).expect("64 MiB of memory")
+    }
+
+    #[test]
+    fn zero_page_carries_the_cmdline_initrd_and_memory_map() {
+        let mem = memory();
+        let (line, len) = kernel_cmdline("console=ttyS0 reboot=k").unwrap();
+        load_cmdline(&mem, GuestAddress(CMDLINE_ADDR), &line).unwrap();
+        let loaded = KernelLoaderResult::default();
+        write_zero_page(&mem, MEM, &loaded, len, Some((0x200_0000, 0x1234))).unwrap();
+
+        let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+        let hdr = params.hdr;
+        assert_eq!({ hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
+        assert_eq!({ hdr.header }, KERNEL_HDR_MAGIC);
+        assert_eq!({ hdr.type_of_loader }, KERNEL_LOADER_OTHER);
+        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_ADDR as u32);
+        assert_eq!({ hdr.cmdline_size }, 22);
+        assert_eq!(
+            ({ hdr.ramdisk_image }, { hdr.ramdisk_size }),
+            (0x200_0000, 0x1234)
+        );
+        let mut text = [0u8; 23];
+        mem.read_slice(&mut text, GuestAddress(CMDLINE_ADDR))
+            .unwrap();
+        assert_eq!(&text, b"console=ttyS0 reboot=k\0");
+
+        let map = e820_map(MEM);
+        assert_eq!(usize::from(params.e820_entries), map.len());
+        let table = params.e820_table;
+        for (entry, &(addr, size, type_)) in table.iter().zip(&map) {
+            assert_eq!(
+                ({ entry.addr }, { entry.size }, { entry.r#type }),
+                (addr, size, type_)
+            );
+        }
+    }
+
+    #[test]
+    fn pvh_start_info_points_at_the_memory_map_and_the_initrd() {
+        let mem = memory();
+        write_pvh_start_info(&mem, MEM, 5, Some((0x300_0000, 0x800))).unwrap();
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
+        assert_eq!(info.magic, PVH_MAGIC);
+        assert_eq!(info.cmdline_paddr, CMDLINE_ADDR);
+        assert_eq!(info.memmap_paddr, PVH_MEMMAP_ADDR);
+        let map = e820_map(MEM);
+        assert_eq!(info.memmap_entries as usize, map.len());
+        let entry_len = std::mem::size_of::<hvm_memmap_table_entry>() as u64;
+        for (i, &(addr, size, type_)) in map.iter().enumerate() {
+            let at = GuestAddress(PVH_MEMMAP_ADDR + i as u64 * entry_len);
+            let e: hvm_memmap_table_entry = mem.read_obj(at).unwrap();
+            assert_eq!((e.addr, e.size, e.type_), (addr, size, type_));
+        }
+        assert!(map.iter().any(|e| e.2 == E820_RAM) && map.iter().any(|e| e.2 == E820_RESERVED));
+        assert_eq!(info.nr_modules, 1);
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        assert_eq!((module.paddr, module.size), (0x300_0000, 0x800));
+        assert!(info.modlist_paddr >= PVH_MEMMAP_ADDR + map.len() as u64 * entry_len);
+    }
+
+    #[test]
+    fn pvh_without_cmdline_or_initrd_says_so() {
+        let mem = memory();
+        write_pvh_start_info(&mem, MEM, 0, None).unwrap();
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
+        assert_eq!(
+            (info.cmdline_paddr, info.nr_modules, info.modlist_paddr),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn an_overlong_cmdline_is_refused_with_its_length() {
+        let long = "x".repeat(CMDLINE_CAPACITY);
+        let err = kernel_cmdline(&long).expect_err("must not fit").to_string();
+        assert!(
+            err.starts_with(&format!(
+                "the command line ({} bytes, at most {}) was refused",
+                CMDLINE_CAPACITY,
+                CMDLINE_CAPACITY - 1
+            )),
+            "{err}"
+        );
+        let (_, len) = kernel_cmdline(&long[1..]).expect("the maximum fits");
+        assert_eq!(len, CMDLINE_CAPACITY - 1);
+    }
+
+    #[test]
+    fn boot_structures_past_the_end_of_memory_are_an_error() {
+        let small = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x6010)]).unwrap();
+        let err = write_pvh_start_info(&small, 0x6010, 0, None)
+            .expect_err("the memory map does not fit")
+            .to_string();
+        assert!(
+            err.contains("memory map table extends past the end"),
+            "{err}"
+        );
+        assert!(small.last_addr().0 < PVH_MEMMAP_ADDR);
+    }
 }

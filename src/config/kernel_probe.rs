@@ -8,9 +8,16 @@ use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use linux_loader::bootparam::{setup_header, LOADED_HIGH, XLF_KERNEL_64};
+use linux_loader::elf::{
+    Elf64_Ehdr, Elf64_Nhdr, Elf64_Phdr, EI_CLASS, EI_DATA, ELFCLASS32, ELFCLASS64, ELFDATA2LSB,
+    EM_X86_64, ET_EXEC, PT_LOAD, PT_NOTE,
+};
 use thiserror::Error;
+use vm_memory::ByteValued;
 
 use super::spec::KernelFormat;
+use crate::layout::HIMEM_START;
 
 /// What probing a kernel image found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,25 +64,24 @@ impl From<io::Error> for ProbeError {
 /// Bytes read from the start of the file: the ELF header or the bzImage setup header.
 const HEAD_LEN: u64 = 4096;
 /// ELF64 program header size.
-const PHDR_LEN: usize = 56;
+const PHDR_LEN: usize = std::mem::size_of::<Elf64_Phdr>();
 /// Most program headers read (a vmlinux has about five).
 const MAX_PHDRS: usize = 256;
 /// Most bytes read from one PT_NOTE segment, and most note segments read.
 const MAX_NOTE_LEN: u64 = 64 * 1024;
 const MAX_NOTE_SEGMENTS: usize = 16;
-
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-const ET_EXEC: u16 = 2;
-const EM_X86_64: u16 = 62;
+/// Xen's note type for the 32-bit PVH entry point (linux-loader keeps its
+/// copy private to its loader).
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
-use crate::layout::HIMEM_START;
-/// `loadflags` bit: the protected-mode code is loaded at 1 MiB.
-const LOADED_HIGH: u8 = 1;
+/// Where the setup header sits in a bzImage, and where its fields up to
+/// `init_size` (the last one read) end.
+const SETUP_HEADER_OFFSET: usize = 0x1f1;
+const SETUP_HEADER_NEEDED: u64 = 0x264;
+const BOOT_SECTOR_MAGIC: u16 = 0xaa55;
+const SETUP_HEADER_MAGIC: u32 = 0x5372_6448; // "HdrS"
 /// Boot protocol 2.12: the first with `xloadflags` and a 64-bit entry.
 const MIN_BOOT_PROTOCOL: u16 = 0x020c;
-const XLF_KERNEL_64: u16 = 1;
 
 /// Opens `path` only if it is a non-empty regular file; `what` names the
 /// expected content in the "is a directory" message (e.g. "a kernel image").
@@ -133,8 +139,8 @@ pub fn probe_kernel(path: &Path) -> Result<KernelImage, ProbeError> {
     let head = read_at(&file, 0, len.min(HEAD_LEN))?;
     if head.starts_with(b"\x7fELF") {
         probe_elf(&file, len, &head)
-    } else if is_bzimage(&head) {
-        probe_bzimage(len, &head)
+    } else if let Some(hdr) = bzimage_header(&head) {
+        probe_bzimage(len, &head, &hdr)
     } else {
         Err(ProbeError::Unrecognized)
     }
@@ -147,19 +153,20 @@ fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn u16_at(buf: &[u8], offset: usize) -> Option<u16> {
-    let bytes = buf.get(offset..offset.checked_add(2)?)?;
-    Some(u16::from_le_bytes(bytes.try_into().ok()?))
+/// A header struct from the start of `bytes`, or `None` if too few bytes.
+/// The structs are linux-loader's `repr(C)` copies of the ELF and boot
+/// protocol headers; both formats are little-endian, like the x86_64 host.
+fn header<T: ByteValued + Default>(bytes: &[u8]) -> Option<T> {
+    let mut value = T::default();
+    value
+        .as_mut_slice()
+        .copy_from_slice(bytes.get(..std::mem::size_of::<T>())?);
+    Some(value)
 }
 
 fn u32_at(buf: &[u8], offset: usize) -> Option<u32> {
     let bytes = buf.get(offset..offset.checked_add(4)?)?;
     Some(u32::from_le_bytes(bytes.try_into().ok()?))
-}
-
-fn u64_at(buf: &[u8], offset: usize) -> Option<u64> {
-    let bytes = buf.get(offset..offset.checked_add(8)?)?;
-    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
 fn invalid(message: impl Into<String>) -> ProbeError {
@@ -172,13 +179,12 @@ fn truncated(what: &str, needed: u64, len: u64) -> ProbeError {
     ))
 }
 
-fn probe_elf(file: &File, len: u64, head: &[u8]) -> Result<KernelImage, ProbeError> {
-    if head.len() < 64 {
-        return Err(truncated("the ELF header", 64, len));
-    }
-    match head[4] {
-        2 => {}
-        1 => {
+/// Checks the ELF header's identification, machine, type, entry and
+/// program header geometry.
+fn check_elf_header(ehdr: &Elf64_Ehdr) -> Result<(), ProbeError> {
+    match ehdr.e_ident[EI_CLASS] {
+        ELFCLASS64 => {}
+        ELFCLASS32 => {
             return Err(invalid(
                 "is a 32-bit ELF file; Hearth needs an ELF64 x86_64 vmlinux",
             ))
@@ -189,82 +195,72 @@ fn probe_elf(file: &File, len: u64, head: &[u8]) -> Result<KernelImage, ProbeErr
             )))
         }
     }
-    if head[5] != 1 {
+    if ehdr.e_ident[EI_DATA] != ELFDATA2LSB {
         return Err(invalid(
             "is a big-endian ELF file; Hearth needs an ELF64 x86_64 vmlinux",
         ));
     }
-    let field = |v: Option<u64>| v.ok_or_else(|| truncated("the ELF header", 64, len));
-    let e_type = field(u16_at(head, 16).map(u64::from))?;
-    let e_machine = field(u16_at(head, 18).map(u64::from))?;
-    let e_entry = field(u64_at(head, 24))?;
-    let e_phoff = field(u64_at(head, 32))?;
-    let e_phentsize = field(u16_at(head, 54).map(u64::from))?;
-    let e_phnum = field(u16_at(head, 56).map(u64::from))?;
-    if e_machine != u64::from(EM_X86_64) {
+    let (machine, type_, entry) = (ehdr.e_machine, ehdr.e_type, ehdr.e_entry);
+    if machine != EM_X86_64 {
         return Err(invalid(format!(
-            "is an ELF64 file for machine {e_machine}, not x86_64 ({EM_X86_64})"
+            "is an ELF64 file for machine {machine}, not x86_64 ({EM_X86_64})"
         )));
     }
-    if e_type != u64::from(ET_EXEC) {
+    if type_ != ET_EXEC {
         return Err(invalid(format!(
-            "is an ELF64 x86_64 file of type {e_type}, not an executable (ET_EXEC = {ET_EXEC}); a vmlinux is an executable"
+            "is an ELF64 x86_64 file of type {type_}, not an executable (ET_EXEC = {ET_EXEC}); a vmlinux is an executable"
         )));
     }
-    if e_entry < HIMEM_START {
+    if entry < HIMEM_START {
         return Err(invalid(format!(
-            "has its entry point at {e_entry:#x}, below 1 MiB where Hearth keeps the boot structures"
+            "has its entry point at {entry:#x}, below 1 MiB where Hearth keeps the boot structures"
         )));
     }
-    if e_phentsize != PHDR_LEN as u64 {
+    let (phentsize, phnum) = (ehdr.e_phentsize, ehdr.e_phnum);
+    if usize::from(phentsize) != PHDR_LEN {
         return Err(invalid(format!(
-            "has program headers of {e_phentsize} bytes; ELF64 uses {PHDR_LEN}"
+            "has program headers of {phentsize} bytes; ELF64 uses {PHDR_LEN}"
         )));
     }
-    if e_phnum == 0 {
+    if phnum == 0 {
         return Err(invalid("has no program headers"));
     }
-    if e_phnum > MAX_PHDRS as u64 {
+    if usize::from(phnum) > MAX_PHDRS {
         return Err(invalid(format!(
-            "has {e_phnum} program headers, more than the {MAX_PHDRS} Hearth reads"
+            "has {phnum} program headers, more than the {MAX_PHDRS} Hearth reads"
         )));
     }
-    let table_len = e_phnum * PHDR_LEN as u64;
-    let table_end = e_phoff
+    Ok(())
+}
+
+fn probe_elf(file: &File, len: u64, head: &[u8]) -> Result<KernelImage, ProbeError> {
+    let ehdr_len = std::mem::size_of::<Elf64_Ehdr>() as u64;
+    let ehdr: Elf64_Ehdr =
+        header(head).ok_or_else(|| truncated("the ELF header", ehdr_len, len))?;
+    check_elf_header(&ehdr)?;
+    let phoff = ehdr.e_phoff;
+    let table_len = u64::from(ehdr.e_phnum) * PHDR_LEN as u64;
+    let table_end = phoff
         .checked_add(table_len)
-        .ok_or_else(|| invalid(format!("has an invalid program header offset {e_phoff:#x}")))?;
+        .ok_or_else(|| invalid(format!("has an invalid program header offset {phoff:#x}")))?;
     if table_end > len {
         return Err(truncated("the program header table", table_end, len));
     }
-    let table = read_at(file, e_phoff, table_len)?;
+    let table = read_at(file, phoff, table_len)?;
 
     let mut load_end: Option<u64> = None;
     let mut pvh_entry = None;
     let mut notes_read = 0;
-    for (index, phdr) in table.chunks_exact(PHDR_LEN).enumerate() {
-        let bad = || truncated("a program header", table_end, len);
-        let p_type = u32_at(phdr, 0).ok_or_else(bad)?;
-        let p_offset = u64_at(phdr, 8).ok_or_else(bad)?;
-        let p_paddr = u64_at(phdr, 24).ok_or_else(bad)?;
-        let p_filesz = u64_at(phdr, 32).ok_or_else(bad)?;
-        let p_memsz = u64_at(phdr, 40).ok_or_else(bad)?;
-        let p_align = u64_at(phdr, 48).ok_or_else(bad)?;
-        let file_end = p_offset.saturating_add(p_filesz);
-        match p_type {
+    for (index, bytes) in table.chunks_exact(PHDR_LEN).enumerate() {
+        let phdr: Elf64_Phdr =
+            header(bytes).ok_or_else(|| truncated("a program header", table_end, len))?;
+        let file_end = phdr.p_offset.saturating_add(phdr.p_filesz);
+        match phdr.p_type {
             PT_LOAD => {
                 if file_end > len {
                     return Err(truncated(&format!("segment {index}"), file_end, len));
                 }
-                if p_filesz > p_memsz {
-                    return Err(invalid(format!(
-                        "has segment {index} with more file bytes ({p_filesz}) than memory bytes ({p_memsz})"
-                    )));
-                }
-                let end = p_paddr.checked_add(p_memsz).ok_or_else(|| {
-                    invalid(format!(
-                        "has segment {index} at {p_paddr:#x} + {p_memsz:#x} bytes, past the end of the address space"
-                    ))
-                })?;
+                let end = segment_end(index, &phdr)?;
                 load_end = Some(load_end.map_or(end, |e| e.max(end)));
             }
             PT_NOTE if notes_read < MAX_NOTE_SEGMENTS && pvh_entry.is_none() => {
@@ -272,8 +268,8 @@ fn probe_elf(file: &File, len: u64, head: &[u8]) -> Result<KernelImage, ProbeErr
                 if file_end > len {
                     return Err(truncated(&format!("note segment {index}"), file_end, len));
                 }
-                let notes = read_at(file, p_offset, p_filesz.min(MAX_NOTE_LEN))?;
-                let align = if p_align == 8 { 8 } else { 4 };
+                let notes = read_at(file, phdr.p_offset, phdr.p_filesz.min(MAX_NOTE_LEN))?;
+                let align = if phdr.p_align == 8 { 8 } else { 4 };
                 pvh_entry = find_pvh_entry(&notes, align)?;
             }
             _ => {}
@@ -286,30 +282,43 @@ fn probe_elf(file: &File, len: u64, head: &[u8]) -> Result<KernelImage, ProbeErr
     })
 }
 
+/// Exclusive end of loadable segment `index` in guest-physical memory.
+fn segment_end(index: usize, phdr: &Elf64_Phdr) -> Result<u64, ProbeError> {
+    let (paddr, filesz, memsz) = (phdr.p_paddr, phdr.p_filesz, phdr.p_memsz);
+    if filesz > memsz {
+        return Err(invalid(format!(
+            "has segment {index} with more file bytes ({filesz}) than memory bytes ({memsz})"
+        )));
+    }
+    paddr.checked_add(memsz).ok_or_else(|| {
+        invalid(format!(
+            "has segment {index} at {paddr:#x} + {memsz:#x} bytes, past the end of the address space"
+        ))
+    })
+}
+
 /// Scans ELF notes for Xen's `XEN_ELFNOTE_PHYS32_ENTRY`, whose descriptor is
 /// the 32-bit PVH entry (Linux stores it as a 64-bit value; the high half must be 0).
 fn find_pvh_entry(notes: &[u8], align: usize) -> Result<Option<u32>, ProbeError> {
     let round = |n: usize| n.checked_add(align - 1).map(|n| n & !(align - 1));
     let mut pos = 0usize;
-    while let (Some(namesz), Some(descsz), Some(n_type)) = (
-        u32_at(notes, pos),
-        u32_at(notes, pos + 4),
-        u32_at(notes, pos + 8),
-    ) {
-        let name_start = pos + 12;
-        let Some(desc_start) = name_start.checked_add(namesz as usize).and_then(round) else {
+    while let Some(nhdr) = notes.get(pos..).and_then(header::<Elf64_Nhdr>) {
+        let (namesz, descsz) = (nhdr.n_namesz as usize, nhdr.n_descsz as usize);
+        let name_start = pos + std::mem::size_of::<Elf64_Nhdr>();
+        let Some(desc_start) = name_start.checked_add(namesz).and_then(round) else {
             break;
         };
-        let Some(desc_end) = desc_start.checked_add(descsz as usize) else {
+        let Some(desc_end) = desc_start.checked_add(descsz) else {
             break;
         };
         let (Some(name), Some(desc)) = (
-            notes.get(name_start..name_start + namesz as usize),
+            notes.get(name_start..name_start + namesz),
             notes.get(desc_start..desc_end),
         ) else {
             break;
         };
-        if n_type == XEN_ELFNOTE_PHYS32_ENTRY && name.strip_suffix(b"\0").unwrap_or(name) == b"Xen"
+        if nhdr.n_type == XEN_ELFNOTE_PHYS32_ENTRY
+            && name.strip_suffix(b"\0").unwrap_or(name) == b"Xen"
         {
             let entry = u32_at(desc, 0).ok_or_else(|| {
                 invalid(format!(
@@ -329,17 +338,22 @@ fn find_pvh_entry(notes: &[u8], align: usize) -> Result<Option<u32>, ProbeError>
     Ok(None)
 }
 
-fn is_bzimage(head: &[u8]) -> bool {
-    u16_at(head, 0x1fe) == Some(0xaa55) && head.get(0x202..0x206) == Some(b"HdrS")
+/// The setup header of a bzImage: the boot sector signature and "HdrS".
+fn bzimage_header(head: &[u8]) -> Option<setup_header> {
+    // A short file leaves the fields past its end zero; the checks below
+    // either refuse those zeros or ask for the bytes.
+    let bytes = head.get(SETUP_HEADER_OFFSET..)?;
+    let mut hdr = setup_header::default();
+    let n = bytes.len().min(std::mem::size_of::<setup_header>());
+    hdr.as_mut_slice()[..n].copy_from_slice(&bytes[..n]);
+    (hdr.boot_flag == BOOT_SECTOR_MAGIC && hdr.header == SETUP_HEADER_MAGIC).then_some(hdr)
 }
 
 /// Checks a bzImage's setup header. Its protected-mode code is copied to
 /// `code32_start`; a 64-bit kernel then decompresses itself to its runtime
 /// address (at least `pref_address`) and needs `init_size` bytes from there.
-fn probe_bzimage(len: u64, head: &[u8]) -> Result<KernelImage, ProbeError> {
-    let header =
-        |v: Option<u64>| v.ok_or_else(|| truncated("the bzImage setup header", 0x264, len));
-    let version = u16_at(head, 0x206).unwrap_or(0);
+fn probe_bzimage(len: u64, head: &[u8], hdr: &setup_header) -> Result<KernelImage, ProbeError> {
+    let version = hdr.version;
     if version < MIN_BOOT_PROTOCOL {
         return Err(invalid(format!(
             "is a bzImage with boot protocol {}.{:02}, but Hearth needs 2.12 or later (a 64-bit kernel)",
@@ -347,27 +361,31 @@ fn probe_bzimage(len: u64, head: &[u8]) -> Result<KernelImage, ProbeError> {
             version & 0xff
         )));
     }
-    let xloadflags = u16_at(head, 0x236).unwrap_or(0);
-    if xloadflags & XLF_KERNEL_64 == 0 {
+    if hdr.xloadflags & XLF_KERNEL_64 == 0 {
         return Err(invalid(
             "is a bzImage without a 64-bit entry point (XLF_KERNEL_64 is not set); Hearth needs a 64-bit kernel",
         ));
     }
-    let loadflags = head.get(0x211).copied().unwrap_or(0);
-    if loadflags & LOADED_HIGH == 0 {
+    if hdr.loadflags & LOADED_HIGH == 0 {
         return Err(invalid(
             "is a bzImage that does not load at 1 MiB (LOADED_HIGH is not set in loadflags)",
         ));
     }
-    let code32_start = header(u32_at(head, 0x214).map(u64::from))?;
+    if (head.len() as u64) < SETUP_HEADER_NEEDED {
+        return Err(truncated(
+            "the bzImage setup header",
+            SETUP_HEADER_NEEDED,
+            len,
+        ));
+    }
+    let code32_start = u64::from(hdr.code32_start);
     if code32_start < HIMEM_START {
         return Err(invalid(format!(
             "is a bzImage with code32_start {code32_start:#x}, below 1 MiB"
         )));
     }
-    let pref_address = header(u64_at(head, 0x258))?;
-    let init_size = header(u32_at(head, 0x260).map(u64::from))?;
-    let setup_sects = match head.get(0x1f1).copied().unwrap_or(0) {
+    let (pref_address, init_size) = (hdr.pref_address, u64::from(hdr.init_size));
+    let setup_sects = match hdr.setup_sects {
         0 => 4,
         n => u64::from(n),
     };
@@ -519,5 +537,20 @@ mod tests {
             .expect_err("must fail")
             .to_string();
         assert_eq!(err, "is not a regular file (it is a character device)");
+    }
+
+    #[test]
+    fn the_test_guest_images_probe_as_built() {
+        let elf = probe_kernel(Path::new(env!("HEARTH_TEST_GUEST_ELF"))).expect("guest ELF");
+        let KernelFormat::Elf {
+            pvh_entry: Some(entry),
+        } = elf.format
+        else {
+            panic!("the guest ELF carries a PVH note: {elf:?}");
+        };
+        assert!(u64::from(entry) >= HIMEM_START && u64::from(entry) < elf.load_end);
+        let bz = probe_kernel(Path::new(env!("HEARTH_TEST_GUEST_BZIMAGE"))).expect("bzImage");
+        assert_eq!(bz.format, KernelFormat::BzImage);
+        assert_eq!(bz.load_end, elf.load_end, "the same image, loaded at 1 MiB");
     }
 }

@@ -1,5 +1,11 @@
 //! A minimal i8042 keyboard controller: enough for Linux to probe it and
 //! for `reboot=k` (command 0xFE, pulse the reset line) to reset the VM.
+//!
+//! Not `vm_superio::I8042Device`: that device answers every read with 0, so
+//! its output buffer never fills and a kernel built with the i8042 driver
+//! (Firecracker's guest kernels are) waits out 10,000 status polls and gives
+//! up on the controller; see docs/design.md, "What the kept crates do", and
+//! the `linux_probe` tests below.
 
 use crate::bus::BusDevice;
 
@@ -13,6 +19,8 @@ const COMMAND: u64 = 4;
 const STATUS_OUTPUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM_FLAG: u8 = 0x04;
 const STATUS_LAST_WAS_COMMAND: u8 = 0x08;
+/// The keyboard is not inhibited (without it Linux warns "Keylock active").
+const STATUS_UNLOCKED: u8 = 0x10;
 
 const CMD_READ_CTR: u8 = 0x20;
 const CMD_WRITE_CTR: u8 = 0x60;
@@ -45,7 +53,7 @@ impl<R: ResetLine> I8042<R> {
     pub fn new(reset: R) -> Self {
         I8042 {
             reset,
-            status: STATUS_SYSTEM_FLAG,
+            status: STATUS_SYSTEM_FLAG | STATUS_UNLOCKED,
             control: 0,
             output: None,
             expecting_ctr: false,
@@ -152,5 +160,86 @@ mod tests {
         dev.write(DATA, &[0x47]);
         dev.write(COMMAND, &[CMD_READ_CTR]);
         assert_eq!(read(&mut dev, DATA), 0x47);
+    }
+
+    /// What Linux's i8042 driver does at probe time (drivers/input/serio/i8042.c,
+    /// 6.1: `i8042_flush`, then `i8042_controller_init` reads the control
+    /// register until two reads agree and writes it back). Every wait polls
+    /// the status port at most `I8042_CTL_TIMEOUT` (10,000) times, as Linux
+    /// does. Returns the control register, or `None` where Linux gives up
+    /// with "Can't read CTR while initializing i8042".
+    fn linux_probe(dev: &mut impl BusDevice) -> Option<u8> {
+        const TIMEOUT: usize = 10_000;
+        const STATUS_INPUT_FULL: u8 = 0x02;
+        let status = |dev: &mut dyn BusDevice| {
+            let mut b = [0u8];
+            dev.read(COMMAND, &mut b);
+            b[0]
+        };
+        let wait = |dev: &mut dyn BusDevice, ready: &dyn Fn(u8) -> bool| {
+            (0..TIMEOUT).any(|_| ready(status(dev)))
+        };
+        let mut flushed = 0;
+        while status(dev) & STATUS_OUTPUT_FULL != 0 && flushed < 16 {
+            dev.read(DATA, &mut [0u8]);
+            flushed += 1;
+        }
+        let mut ctr = [0u8; 2];
+        for read in &mut ctr {
+            wait(dev, &|s| s & STATUS_INPUT_FULL == 0).then_some(())?;
+            dev.write(COMMAND, &[CMD_READ_CTR]);
+            wait(dev, &|s| s & STATUS_OUTPUT_FULL != 0).then_some(())?;
+            let mut b = [0u8];
+            dev.read(DATA, &mut b);
+            *read = b[0];
+        }
+        (ctr[0] == ctr[1]).then_some(())?;
+        dev.write(COMMAND, &[CMD_WRITE_CTR]);
+        dev.write(DATA, &[ctr[0] | 0x10]);
+        Some(ctr[0])
+    }
+
+    #[test]
+    fn linux_probe_finds_this_controller() {
+        let (mut dev, resets) = controller();
+        assert_ne!(
+            read(&mut dev, COMMAND) & STATUS_UNLOCKED,
+            0,
+            "no keylock warning"
+        );
+        assert_eq!(linux_probe(&mut dev), Some(0));
+        dev.write(COMMAND, &[CMD_READ_CTR]);
+        assert_eq!(
+            read(&mut dev, DATA),
+            0x10,
+            "the control register Linux wrote"
+        );
+        assert_eq!(resets.load(Ordering::SeqCst), 0);
+    }
+
+    /// vm-superio's i8042 behind the bus, as Hearth would register it.
+    struct Superio(vm_superio::I8042Device<NoReset>);
+    struct NoReset;
+    impl vm_superio::Trigger for NoReset {
+        type E = ();
+        fn trigger(&self) -> Result<(), ()> {
+            Ok(())
+        }
+    }
+    impl BusDevice for Superio {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data[0] = self.0.read(offset as u8);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.write(offset as u8, data[0]).unwrap();
+        }
+    }
+
+    /// Why Hearth keeps its own device (docs/design.md). Should a later
+    /// vm-superio answer the control-register read, this test fails: switch.
+    #[test]
+    fn linux_probe_gives_up_on_vm_superios_i8042() {
+        let mut dev = Superio(vm_superio::I8042Device::new(NoReset));
+        assert_eq!(linux_probe(&mut dev), None);
     }
 }
