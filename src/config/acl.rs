@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::Errors;
-use super::raw::{parse_section, Parsed};
-use super::validate::Naming;
+use super::parse::{parse_section, Parsed};
+use super::validate::{ranged, Naming};
 
 /// What a rule (or the default) does with the accesses it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -179,19 +179,13 @@ pub(crate) fn validate_acl(
             .map_err(|message| errors.push(naming.at("acl.on_violation"), message))
             .ok(),
     };
-    let log_per_second = match raw.log_per_second {
-        None => Some(defaults.log_per_second),
-        Some(n) => match u32::try_from(n) {
-            Ok(n) if (1..=MAX_LOG_PER_SECOND).contains(&n) => Some(n),
-            _ => {
-                errors.push(
-                    naming.at("acl.log_per_second"),
-                    format!("{n} is out of range (1..={MAX_LOG_PER_SECOND})"),
-                );
-                None
-            }
-        },
-    };
+    let log_per_second = ranged(
+        raw.log_per_second,
+        defaults.log_per_second,
+        1..=MAX_LOG_PER_SECOND,
+        naming.at("acl.log_per_second"),
+        errors,
+    );
     let values = raw.rules.unwrap_or_default();
     if values.len() > MAX_ACL_RULES {
         errors.push(
@@ -452,7 +446,7 @@ fn rule_to_json(rule: &AclRuleSpec) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::raw::parse_optional;
+    use crate::config::parse::parse_optional;
 
     fn check(value: Value) -> Result<AclSpec, Vec<String>> {
         let mut errors = Errors::default();

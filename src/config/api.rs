@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::Errors;
-use super::raw::{describe, parse_optional, parse_section, Parsed};
+use super::parse::{describe, parse_optional, parse_section, Parsed};
 use super::spec::{AclEntry, ApiSpec, Grant, Principal, VmSpec, DEFAULT_API_MODE};
 
 /// `sun_path` holds 108 bytes, the terminating NUL included.

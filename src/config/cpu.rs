@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 
 use super::error::Errors;
-use super::raw::{parse_optional, Parsed, RawCpu, RawHost, RawHostCpu};
+use super::parse::{parse_optional, Parsed};
+use super::raw::{RawCpu, RawHost, RawHostCpu};
 use super::spec::*;
-use super::validate::{HostInfo, Naming};
+use super::validate::{ranged, HostInfo, Naming};
 
 /// A VM's validated `cpu` section.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,37 +22,21 @@ pub(crate) fn validate_cpu(
     naming: &Naming,
     errors: &mut Errors,
 ) -> Option<CheckedCpu> {
-    let raw = match cpu {
-        Parsed::Ok(raw) => raw,
-        Parsed::Absent => RawCpu::default(),
-        Parsed::Failed => return None,
-    };
-    let vcpus = match raw.vcpus {
-        None => Some(DEFAULT_VCPUS),
-        Some(vcpus) => match u8::try_from(vcpus) {
-            Ok(n) if (1..=MAX_VCPUS).contains(&n) => Some(n),
-            _ => {
-                errors.push(
-                    naming.at("cpu.vcpus"),
-                    format!("{vcpus} is out of range (1..={MAX_VCPUS})"),
-                );
-                None
-            }
-        },
-    };
-    let weight = match raw.weight {
-        None => Some(DEFAULT_CPU_WEIGHT),
-        Some(weight) => match u32::try_from(weight) {
-            Ok(w) if (MIN_CPU_WEIGHT..=MAX_CPU_WEIGHT).contains(&w) => Some(w),
-            _ => {
-                errors.push(
-                    naming.at("cpu.weight"),
-                    format!("{weight} is out of range ({MIN_CPU_WEIGHT}..={MAX_CPU_WEIGHT})"),
-                );
-                None
-            }
-        },
-    };
+    let raw = cpu.or_default()?;
+    let vcpus = ranged(
+        raw.vcpus,
+        DEFAULT_VCPUS,
+        1..=MAX_VCPUS,
+        naming.at("cpu.vcpus"),
+        errors,
+    );
+    let weight = ranged(
+        raw.weight,
+        DEFAULT_CPU_WEIGHT,
+        MIN_CPU_WEIGHT..=MAX_CPU_WEIGHT,
+        naming.at("cpu.weight"),
+        errors,
+    );
     let max = match raw.max {
         None => Some(None),
         Some(max) if !max.is_finite() || max <= 0.0 => {
@@ -89,35 +74,20 @@ pub(crate) fn validate_host(
     info: &HostInfo,
     errors: &mut Errors,
 ) -> Option<HostSpec> {
-    let raw = match host {
-        Parsed::Ok(raw) => raw,
-        Parsed::Absent => RawHost::default(),
-        Parsed::Failed => return None,
-    };
+    let raw = host.or_default()?;
     let memory = super::memory::validate_host_memory(raw.memory, errors);
-    let cpu: Parsed<RawHostCpu> = parse_optional(raw.cpu, "host.cpu", errors);
-    let cpu = match cpu {
-        Parsed::Ok(cpu) => cpu,
-        Parsed::Absent => RawHostCpu::default(),
-        Parsed::Failed => return None,
-    };
+    let cpu: RawHostCpu = parse_optional(raw.cpu, "host.cpu", errors).or_default()?;
     let cpus = match cpu.cpus {
         None => Some(None),
         Some(list) => check_cpu_list(&list, info.online_cpus, errors).map(Some),
     };
-    let tick = match cpu.tick_ms {
-        None => Some(DEFAULT_SCHED_TICK_MS),
-        Some(ms) => match u32::try_from(ms) {
-            Ok(t) if (MIN_SCHED_TICK_MS..=MAX_SCHED_TICK_MS).contains(&t) => Some(t),
-            _ => {
-                errors.push(
-                    "host.cpu.tick_ms",
-                    format!("{ms} is out of range ({MIN_SCHED_TICK_MS}..={MAX_SCHED_TICK_MS})"),
-                );
-                None
-            }
-        },
-    };
+    let tick = ranged(
+        cpu.tick_ms,
+        DEFAULT_SCHED_TICK_MS,
+        MIN_SCHED_TICK_MS..=MAX_SCHED_TICK_MS,
+        "host.cpu.tick_ms".into(),
+        errors,
+    );
     let api = super::api::validate_api(raw.api, errors);
     Some(HostSpec {
         cpus: cpus?,

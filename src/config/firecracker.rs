@@ -14,9 +14,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::{Errors, ROOT};
-use super::raw::{
-    describe, parse_optional, unknown_field_message, Parsed, ParsedVm, RawCpu, RawKernel, RawMemory,
-};
+use super::parse::{describe, parse_optional, unknown_field_message, Parsed};
+use super::raw::{ParsedVm, RawCpu, RawKernel, RawMemory};
 
 /// Every top-level key Firecracker accepts in a config file.
 pub(crate) const FIRECRACKER_KEYS: &[&str] = &[
@@ -401,29 +400,7 @@ fn machine_config(
 
 #[cfg(test)]
 mod tests {
-    use super::super::raw::struct_fields;
     use super::*;
-
-    #[test]
-    fn field_lists_match_firecracker() {
-        assert_eq!(
-            struct_fields::<RawBootSource>(),
-            Some(&["kernel_image_path", "initrd_path", "boot_args"][..])
-        );
-        assert_eq!(
-            struct_fields::<RawMachineConfig>(),
-            Some(
-                &[
-                    "vcpu_count",
-                    "mem_size_mib",
-                    "smt",
-                    "track_dirty_pages",
-                    "huge_pages",
-                    "cpu_template"
-                ][..]
-            )
-        );
-    }
 
     #[test]
     fn cmdline_gets_firecrackers_default_and_pci_off() {

@@ -23,6 +23,7 @@ mod error;
 mod firecracker;
 pub mod kernel_probe;
 mod memory;
+mod parse;
 mod raw;
 pub mod spec;
 #[cfg(test)]
@@ -50,7 +51,8 @@ pub use firecracker::{
 pub use spec::*;
 
 use error::{humanize_serde, Errors, ROOT};
-use raw::{parse_container, parse_optional, Parsed, ParsedVm, RawHost, RawMonitor};
+use parse::{parse_container, parse_optional, Parsed};
+use raw::{ParsedVm, RawHost, RawMonitor};
 use validate::{resolve_name, validate_vm, Ctx, HostInfo, Naming};
 
 /// Largest config file read.
@@ -220,13 +222,13 @@ fn detect_form(map: &Map<String, Value>) -> Result<Form, ConfigError> {
 /// Parses and validates `text` with an already absolute `base_dir`.
 fn parse_with(text: &str, base_dir: &Path, host: &HostInfo) -> Result<MonitorSpec, ConfigErrors> {
     let mut errors = Errors::default();
-    let value = raw::parse_json(text, &mut errors).map_err(syntax_error)?;
+    let value = parse::parse_json(text, &mut errors).map_err(syntax_error)?;
     let Value::Object(map) = value else {
         return Err(ConfigErrors::one(ConfigError::new(
             ROOT,
             format!(
                 "expected an object (a VM definition, or a monitor file with \"vms\"), found {}",
-                raw::describe(&value)
+                parse::describe(&value)
             ),
         )));
     };

@@ -4,13 +4,14 @@
 //! is returned only when the VM has no problem at all. Checks read the kernel
 //! and initrd files (see [`kernel_probe`]) but never touch KVM.
 
+use std::fmt::Display;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use super::error::Errors;
 use super::kernel_probe::{self, KernelImage};
-use super::raw::{
-    join, Parsed, ParsedVm, RawKernel, RawMemory, RawProtocol, RawSerial, RawSerialOutput,
-};
+use super::parse::{join, Parsed};
+use super::raw::{ParsedVm, RawKernel, RawMemory, RawProtocol, RawSerial, RawSerialOutput};
 use super::spec::*;
 
 const MIB: u64 = 1 << 20;
@@ -107,6 +108,31 @@ fn is_valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `value` as a `T` within `range` (`default` when absent); a value out of
+/// range is reported at `field`.
+pub(crate) fn ranged<T>(
+    value: Option<u64>,
+    default: T,
+    range: RangeInclusive<T>,
+    field: String,
+    errors: &mut Errors,
+) -> Option<T>
+where
+    T: TryFrom<u64> + PartialOrd + Display,
+{
+    let Some(value) = value else {
+        return Some(default);
+    };
+    match T::try_from(value) {
+        Ok(v) if range.contains(&v) => Some(v),
+        _ => {
+            let (lo, hi) = range.into_inner();
+            errors.push(field, format!("{value} is out of range ({lo}..={hi})"));
+            None
+        }
+    }
 }
 
 /// Validates one VM. `name` is `None` when it was already reported invalid;
@@ -313,11 +339,7 @@ fn validate_memory(
     host: &HostInfo,
     errors: &mut Errors,
 ) -> Option<CheckedMemory> {
-    let raw = match memory {
-        Parsed::Ok(raw) => raw,
-        Parsed::Absent => RawMemory::default(),
-        Parsed::Failed => return None,
-    };
+    let raw = memory.or_default()?;
     let mib = raw.size_mib.unwrap_or(DEFAULT_MEMORY_MIB);
     let field = naming.at("memory.size_mib");
     if mib < MIN_MEMORY_MIB {
@@ -407,11 +429,7 @@ fn validate_serial(
     base_dir: &Path,
     errors: &mut Errors,
 ) -> Option<SerialSpec> {
-    let raw = match serial {
-        Parsed::Ok(raw) => raw,
-        Parsed::Absent => RawSerial::default(),
-        Parsed::Failed => return None,
-    };
+    let raw = serial.or_default()?;
     let output_field = naming.at("serial.output");
     let path_field = naming.at("serial.path");
     let output = match (raw.output.unwrap_or(RawSerialOutput::Stdout), &raw.path) {
