@@ -3,8 +3,8 @@
 //!
 //! Raw serde data, its validation (every problem named by its JSON path,
 //! e.g. `vms[0].acl.rules[2].ports: "0x90-0x80" is an empty range`) and the
-//! validated [`AclSpec`]. Named devices are resolved when the VM is built,
-//! since only the builder knows which devices a VM has. See
+//! validated [`AclSpec`]. A rule naming a device is checked against the
+//! VM's device plan (`devices.rs`) once the VM is validated. See
 //! `docs/verifier.md` for the model and `docs/config.md` for the schema.
 
 use serde::Deserialize;
@@ -74,8 +74,8 @@ impl OnViolation {
 /// What a rule covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AclTarget {
-    /// Every range a device of this name is registered at (resolved when
-    /// the VM is built).
+    /// Every range a device of this name is registered at (a device of the
+    /// VM's plan: `serial0`, `blk0`, ...).
     Device(String),
     /// Ports `first..=last` (at most 0xffff).
     Ports { first: u64, last: u64 },
@@ -239,59 +239,8 @@ fn parse_on_violation(text: &str) -> Result<OnViolation, String> {
 
 fn validate_rule(raw: RawRule, path: &str, errors: &mut Errors) -> Option<AclRuleSpec> {
     let at = |field: &str| format!("{path}.{field}");
-    let given: Vec<&str> = [
-        ("device", raw.device.is_some()),
-        ("ports", raw.ports.is_some()),
-        ("mmio", raw.mmio.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(k, set)| set.then_some(k))
-    .collect();
     let mut ok = true;
-    let target = match (given.len(), raw.device, raw.ports, raw.mmio) {
-        (1, Some(name), _, _) => {
-            if is_device_name(&name) {
-                Some(AclTarget::Device(name))
-            } else {
-                errors.push(
-                    at("device"),
-                    format!("{name:?} is not a device name ([A-Za-z0-9_-]{{1,32}})"),
-                );
-                None
-            }
-        }
-        (1, _, Some(text), _) => match parse_range(&text, 0xffff) {
-            Ok((first, last)) => Some(AclTarget::Ports { first, last }),
-            Err(message) => {
-                errors.push(at("ports"), message);
-                None
-            }
-        },
-        (1, _, _, Some(text)) => match parse_range(&text, u64::MAX) {
-            Ok((first, last)) => Some(AclTarget::Mmio { first, last }),
-            Err(message) => {
-                errors.push(at("mmio"), message);
-                None
-            }
-        },
-        (0, ..) => {
-            errors.push(
-                path,
-                "names nothing: give exactly one of \"device\", \"ports\", \"mmio\"",
-            );
-            None
-        }
-        _ => {
-            errors.push(
-                path,
-                format!(
-                    "gives {}; a rule names exactly one of \"device\", \"ports\", \"mmio\"",
-                    given.join(" and ")
-                ),
-            );
-            None
-        }
-    };
+    let target = rule_target(raw.device, raw.ports, raw.mmio, path, errors);
     let (read, write) = match raw.access.as_deref() {
         None => (true, true),
         Some([]) => {
@@ -348,6 +297,69 @@ fn validate_rule(raw: RawRule, path: &str, errors: &mut Errors) -> Option<AclRul
         sizes,
         action: action?,
     })
+}
+
+/// What a rule covers: exactly one of `device`, `ports`, `mmio`.
+fn rule_target(
+    device: Option<String>,
+    ports: Option<String>,
+    mmio: Option<String>,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<AclTarget> {
+    let at = |field: &str| format!("{path}.{field}");
+    let given: Vec<&str> = [
+        ("device", device.is_some()),
+        ("ports", ports.is_some()),
+        ("mmio", mmio.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    match (given.len(), device, ports, mmio) {
+        (1, Some(name), _, _) => {
+            if is_device_name(&name) {
+                Some(AclTarget::Device(name))
+            } else {
+                errors.push(
+                    at("device"),
+                    format!("{name:?} is not a device name ([A-Za-z0-9_-]{{1,32}})"),
+                );
+                None
+            }
+        }
+        (1, _, Some(text), _) => match parse_range(&text, 0xffff) {
+            Ok((first, last)) => Some(AclTarget::Ports { first, last }),
+            Err(message) => {
+                errors.push(at("ports"), message);
+                None
+            }
+        },
+        (1, _, _, Some(text)) => match parse_range(&text, u64::MAX) {
+            Ok((first, last)) => Some(AclTarget::Mmio { first, last }),
+            Err(message) => {
+                errors.push(at("mmio"), message);
+                None
+            }
+        },
+        (0, ..) => {
+            errors.push(
+                path,
+                "names nothing: give exactly one of \"device\", \"ports\", \"mmio\"",
+            );
+            None
+        }
+        _ => {
+            errors.push(
+                path,
+                format!(
+                    "gives {}; a rule names exactly one of \"device\", \"ports\", \"mmio\"",
+                    given.join(" and ")
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// The bit of an access size in a size mask (0 for a size that is not one).

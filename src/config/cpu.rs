@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 
+use serde_json::Value;
+
 use super::error::Errors;
 use super::parse::{parse_optional, Parsed};
-use super::raw::{RawCpu, RawHost, RawHostCpu};
+use super::raw::{RawCpu, RawHostCpu};
 use super::spec::*;
 use super::validate::{ranged, HostInfo, Naming};
 
@@ -67,16 +69,20 @@ pub(crate) fn validate_cpu(
     })
 }
 
-/// Validates a monitor file's `host` section (already parsed); `None` if
-/// anything was reported.
-pub(crate) fn validate_host(
-    host: Parsed<RawHost>,
+/// `host.cpu` as validated: the CPU set, the scheduler's tick and whether it runs.
+pub(crate) struct HostCpu {
+    pub cpus: Option<Vec<usize>>,
+    pub tick_ms: u32,
+    pub scheduler: bool,
+}
+
+/// Validates `host.cpu` (still a JSON value).
+pub(crate) fn validate_host_cpu(
+    value: Option<Value>,
     info: &HostInfo,
     errors: &mut Errors,
-) -> Option<HostSpec> {
-    let raw = host.or_default()?;
-    let memory = super::memory::validate_host_memory(raw.memory, errors);
-    let cpu: RawHostCpu = parse_optional(raw.cpu, "host.cpu", errors).or_default()?;
+) -> Option<HostCpu> {
+    let cpu: RawHostCpu = parse_optional(value, "host.cpu", errors).or_default()?;
     let cpus = match cpu.cpus {
         None => Some(None),
         Some(list) => check_cpu_list(&list, info.online_cpus, errors).map(Some),
@@ -88,15 +94,10 @@ pub(crate) fn validate_host(
         "host.cpu.tick_ms".into(),
         errors,
     );
-    let api = super::api::validate_api(raw.api, errors);
-    Some(HostSpec {
+    Some(HostCpu {
         cpus: cpus?,
-        sched_tick_ms: tick?,
+        tick_ms: tick?,
         scheduler: cpu.scheduler.unwrap_or(true),
-        api: api?,
-        seccomp: raw.seccomp.unwrap_or(true),
-        memory: memory?,
-        ..HostSpec::default()
     })
 }
 
@@ -156,6 +157,8 @@ pub(crate) fn online_cpus() -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::host::validate_host;
+    use super::super::raw::RawHost;
     use super::*;
 
     fn lines(errors: Errors) -> Vec<String> {

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::error::Errors;
-use super::parse::{parse_optional, Parsed};
+use super::parse::{join, parse_optional, Parsed};
 use super::raw::{RawHostMemory, RawMemory};
 use super::spec::*;
 use super::validate::{ranged, Naming};
@@ -131,40 +131,72 @@ pub(crate) fn validate_host_memory(
     }))
 }
 
-/// Admission under a budget: every VM has a balloon (a VM that did not
-/// say gets one), and the floors fit.
+/// Under a budget every VM has a balloon: one that did not say gets one;
+/// `false` and a fixed size are refused. `prefix` is the VM's JSON path.
+fn admit_balloon(vm: &mut VmSpec, prefix: &str, errors: &mut Errors) {
+    if vm.memory.balloon == BalloonMode::Auto {
+        vm.memory.balloon = BalloonMode::On;
+    }
+    if vm.memory.balloon == BalloonMode::Off {
+        errors.push(
+            join(prefix, "memory.balloon"),
+            "false, but host.memory.budget_mib is set: every VM under a memory budget needs a balloon",
+        );
+    }
+    if vm.memory.balloon_options.target_mib.is_some() {
+        errors.push(
+            join(prefix, "memory.balloon_mib"),
+            "a fixed balloon size cannot be combined with host.memory.budget_mib (the allocator sizes the balloons)",
+        );
+    }
+}
+
+/// "a 300, b 300": each VM's name and floor.
+fn floors(vms: &[VmSpec]) -> String {
+    let list: Vec<String> = vms
+        .iter()
+        .map(|v| format!("{} {}", v.name, v.memory.floor_mib))
+        .collect();
+    list.join(", ")
+}
+
+/// Admission of a monitor file's VMs under a budget: each has a balloon,
+/// and their floors fit.
 pub(crate) fn check_admission(host: &HostSpec, vms: &mut [VmSpec], errors: &mut Errors) {
     let Some(memory) = host.memory else { return };
     for (i, vm) in vms.iter_mut().enumerate() {
-        if vm.memory.balloon == BalloonMode::Auto {
-            vm.memory.balloon = BalloonMode::On;
-        }
-        if vm.memory.balloon == BalloonMode::Off {
-            errors.push(
-                format!("vms[{i}].memory.balloon"),
-                "false, but host.memory.budget_mib is set: every VM under a memory budget needs a balloon",
-            );
-        }
-        if vm.memory.balloon_options.target_mib.is_some() {
-            errors.push(
-                format!("vms[{i}].memory.balloon_mib"),
-                "a fixed balloon size cannot be combined with host.memory.budget_mib (the allocator sizes the balloons)",
-            );
-        }
+        admit_balloon(vm, &format!("vms[{i}]"), errors);
     }
-    let floors: u64 = vms.iter().map(|v| v.memory.floor_mib).sum();
-    if floors > memory.budget_mib {
-        let list: Vec<String> = vms
-            .iter()
-            .map(|v| format!("{} {}", v.name, v.memory.floor_mib))
-            .collect();
+    let sum: u64 = vms.iter().map(|v| v.memory.floor_mib).sum();
+    if sum > memory.budget_mib {
         errors.push(
             "host.memory.budget_mib",
             format!(
-                "{} is less than the sum of the VMs' memory.floor_mib ({floors}: {}); \
+                "{} is less than the sum of the VMs' memory.floor_mib ({sum}: {}); \
                  raise the budget or lower the floors",
                 memory.budget_mib,
-                list.join(", ")
+                floors(vms)
+            ),
+        );
+    }
+}
+
+/// Admission of one VM beside the `running` ones: it has a balloon, and its
+/// floor fits in what their floors leave of the budget.
+pub(crate) fn admit_one(host: &HostSpec, vm: &mut VmSpec, running: &[VmSpec], errors: &mut Errors) {
+    let Some(memory) = host.memory else { return };
+    admit_balloon(vm, "", errors);
+    let taken: u64 = running.iter().map(|v| v.memory.floor_mib).sum();
+    let left = memory.budget_mib.saturating_sub(taken);
+    if vm.memory.floor_mib > left {
+        errors.push(
+            "memory.floor_mib",
+            format!(
+                "{} does not fit: host.memory.budget_mib is {} and the running VMs' floors \
+                 take {taken} ({}), leaving {left}",
+                vm.memory.floor_mib,
+                memory.budget_mib,
+                floors(running)
             ),
         );
     }

@@ -31,6 +31,20 @@ pub(crate) enum Parsed<T> {
     Failed,
 }
 
+impl<T> Parsed<T> {
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Parsed<U> {
+        self.and_then(|section| Parsed::Ok(f(section)))
+    }
+
+    pub(crate) fn and_then<U>(self, f: impl FnOnce(T) -> Parsed<U>) -> Parsed<U> {
+        match self {
+            Parsed::Absent => Parsed::Absent,
+            Parsed::Ok(section) => f(section),
+            Parsed::Failed => Parsed::Failed,
+        }
+    }
+}
+
 impl<T: Default> Parsed<T> {
     /// The section, its defaults when absent, `None` when it failed.
     pub(crate) fn or_default(self) -> Option<T> {
@@ -167,6 +181,44 @@ pub(crate) fn parse_optional<T: DeserializeOwned>(
     match value {
         None | Some(Value::Null) => Parsed::Absent,
         Some(value) => parse_section(value, path, errors).map_or(Parsed::Failed, Parsed::Ok),
+    }
+}
+
+/// Parses an optional array of sections found at `path` (`drives`, say):
+/// every entry is parsed and reported; `Failed` if any entry failed.
+pub(crate) fn parse_list<T: DeserializeOwned>(
+    value: Option<Value>,
+    path: &str,
+    errors: &mut Errors,
+) -> Parsed<Vec<T>> {
+    parse_entries(value, path, errors).and_then(|entries| {
+        entries
+            .into_iter()
+            .collect::<Option<Vec<T>>>()
+            .map_or(Parsed::Failed, Parsed::Ok)
+    })
+}
+
+/// Like [`parse_list`], with each entry's outcome (`None`: reported).
+pub(crate) fn parse_entries<T: DeserializeOwned>(
+    value: Option<Value>,
+    path: &str,
+    errors: &mut Errors,
+) -> Parsed<Vec<Option<T>>> {
+    match value {
+        None | Some(Value::Null) => Parsed::Absent,
+        Some(Value::Array(entries)) => Parsed::Ok(
+            (entries.into_iter().enumerate())
+                .map(|(i, entry)| parse_section(entry, &format!("{path}[{i}]"), errors))
+                .collect(),
+        ),
+        Some(other) => {
+            errors.push(
+                path,
+                format!("expected an array, found {}", describe(&other)),
+            );
+            Parsed::Failed
+        }
     }
 }
 
@@ -380,6 +432,27 @@ mod tests {
         assert_eq!(
             lines.last().map(String::as_str),
             Some("s: more than 32 errors here; the rest are not shown")
+        );
+    }
+
+    #[test]
+    fn lists_and_non_objects() {
+        let mut errors = Errors::default();
+        let parsed: Parsed<Vec<Inner>> = parse_list(
+            Some(json!([{"size": 1}, 7, {"size": "x"}])),
+            "drives",
+            &mut errors,
+        );
+        assert!(matches!(parsed, Parsed::Failed));
+        let parsed: Parsed<Vec<Inner>> = parse_list(Some(json!({})), "net", &mut errors);
+        assert!(matches!(parsed, Parsed::Failed));
+        assert_eq!(
+            lines(errors),
+            [
+                "drives[1]: expected an object, found number 7",
+                "drives[2].size: invalid type: string \"x\", expected a non-negative integer",
+                "net: expected an array, found an object",
+            ]
         );
     }
 
