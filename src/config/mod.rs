@@ -236,13 +236,21 @@ pub(crate) fn detect_form(map: &Map<String, Value>) -> Result<Form, ConfigError>
 /// writable files must not clash with the running VMs', and its memory
 /// floor must fit `host.memory` beside theirs. Errors name JSON paths within
 /// the definition (`vsock.guest_cid: 3 is already used by VM "web"`).
-/// Relative paths are resolved against `base_dir`.
+/// Relative paths are resolved against `base_dir`. `text` is at most 16 MiB,
+/// as a config file.
 pub fn parse_vm_for_monitor(
     text: &str,
     base_dir: &Path,
     host: &HostSpec,
     existing: &[VmSpec],
 ) -> Result<VmSpec, ConfigErrors> {
+    if text.len() as u64 > MAX_CONFIG_LEN {
+        let message = format!(
+            "is {} bytes, larger than the {MAX_CONFIG_LEN} bytes a VM definition may be",
+            text.len()
+        );
+        return Err(ConfigErrors::one(ConfigError::new(ROOT, message)));
+    }
     let base_dir = absolute(base_dir, "<base_dir>")?;
     let ctx = Ctx {
         base_dir: &base_dir,

@@ -316,18 +316,15 @@ fn parse_net(value: Option<Value>, vm: &str, errors: &mut Errors) -> Parsed<RawN
             list: "net",
         });
     }
-    let object: RawNetObject = match parse_optional(value, &path, errors) {
-        Parsed::Ok(object) => object,
-        Parsed::Absent => return Parsed::Absent,
-        Parsed::Failed => return Parsed::Failed,
-    };
-    let list = join(&path, "interfaces");
-    match parse_list(object.interfaces, &list, errors) {
-        Parsed::Failed => Parsed::Failed,
-        interfaces => Parsed::Ok(RawNet {
-            weight: object.weight,
-            interfaces: interfaces.or_default().unwrap_or_default(),
-            list: "net.interfaces",
-        }),
-    }
+    parse_optional::<RawNetObject>(value, &path, errors).and_then(|object| {
+        let list = join(&path, "interfaces");
+        let interfaces = parse_list(object.interfaces, &list, errors).or_default();
+        interfaces.map_or(Parsed::Failed, |interfaces| {
+            Parsed::Ok(RawNet {
+                weight: object.weight,
+                interfaces,
+                list: "net.interfaces",
+            })
+        })
+    })
 }

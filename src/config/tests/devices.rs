@@ -489,3 +489,29 @@ fn validation_refuses_what_the_builder_would() {
         &["\"balloon\" is not a device"],
     );
 }
+
+#[test]
+fn device_examples_parse() {
+    // Their images and taps are the user's to make: only those may be missing.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/examples");
+    for name in ["devices.json", "firecracker-rootfs.json"] {
+        let text = std::fs::read_to_string(dir.join(name)).expect("example");
+        let Err(errors) = parse_with(&text, &dir, &HOST) else {
+            continue;
+        };
+        for error in &errors {
+            let file = [
+                ".path",
+                ".path_on_host",
+                ".tap",
+                ".host_dev_name",
+                "kernel_image_path",
+            ];
+            assert!(
+                file.iter().any(|end| error.path.ends_with(end))
+                    && error.message.contains("does not exist"),
+                "{name}: unexpected {error}"
+            );
+        }
+    }
+}
