@@ -1,15 +1,17 @@
 //! VM configuration: JSON files (or CLI flags) in, validated [`MonitorSpec`] out.
 //!
 //! Three steps, three types (see `docs/config.md` for the schema):
-//! 1. [`raw`]: the JSON is parsed in layers into plain serde structs, so that
-//!    every unknown key and ill-typed field of every section is reported;
-//! 2. [`validate`]: each VM that parsed is checked semantically (ranges,
-//!    names, files, the kernel image via [`kernel_probe`]) and cross-checked
-//!    against the other VMs of a monitor file;
-//! 3. the builder (elsewhere) turns the [`spec`] types into KVM objects.
+//! 1. `raw`: each section of the JSON is deserialized on its own into a
+//!    typed struct (`parse`), so that every unknown key and ill-typed field
+//!    of every section is reported with its path;
+//! 2. `validate`: each VM that parsed is checked semantically (ranges,
+//!    names, files, the kernel image via [`kernel_probe`], its devices'
+//!    plan) and against the other VMs of its monitor (`monitor`, `claims`);
+//! 3. the builder (elsewhere) turns the [`spec`] types into KVM objects,
+//!    registering the devices of [`VmSpec::device_plan`].
 //!
 //! A Firecracker config file is accepted as a third form and mapped onto one
-//! VM ([`firecracker`]); [`convert_file`] writes any accepted file back as
+//! VM (`firecracker`); [`convert_file`] writes any accepted file back as
 //! Hearth's own JSON.
 //!
 //! All problems are reported at once as [`ConfigErrors`], each naming its JSON

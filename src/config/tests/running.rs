@@ -170,3 +170,17 @@ fn the_public_entry_resolves_paths_against_base_dir() {
     assert_eq!(vm.kernel.path, fx.path("vmlinux"));
     assert!(!vm.serial.stdin, "nobody reads stdin unless the VM asks");
 }
+
+#[test]
+fn a_huge_definition_is_refused_before_parsing() {
+    let text = format!("{{\"name\": \"{}\"}}", "x".repeat(17 << 20));
+    let errors = parse_vm_for_monitor(&text, Path::new("/"), &HostSpec::default(), &[])
+        .expect_err("too large");
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors
+            .to_string()
+            .starts_with("<root>: is 17825804 bytes, larger than"),
+        "{errors}"
+    );
+}
