@@ -163,6 +163,50 @@ fn command_line_too_long() {
 }
 
 #[test]
+fn validate_refuses_a_command_line_that_the_device_tokens_make_too_long() {
+    let g = guest();
+    let long = "x".repeat(2040);
+    assert_invalid(
+        "long-with-devices",
+        &format!(
+            r#"{{"kernel": {{"path": "{g}", "cmdline": "{long}"}}, "memory": {{"balloon": true}}}}"#
+        ),
+        &["kernel.cmdline: 2040 bytes, plus the 35 bytes Hearth adds for this VM's devices"],
+    );
+}
+
+#[test]
+fn validate_refuses_an_acl_rule_naming_a_device_the_vm_lacks() {
+    let g = guest();
+    assert_invalid(
+        "acl-device",
+        &format!(
+            r#"{{"kernel": {{"path": "{g}"}}, "acl": {{"rules": [{{"device": "balloon0", "action": "allow"}}]}}}}"#
+        ),
+        &[
+            r#"acl.rules[0].device: "balloon0" is not a device of this VM (it has: serial0, i8042, cmos)"#,
+        ],
+    );
+}
+
+#[test]
+fn device_errors_name_the_field_and_value() {
+    let g = guest();
+    assert_invalid(
+        "devices",
+        &format!(
+            r#"{{"kernel": {{"path": "{g}"}}, "drives": [{{"id": "root", "path": "/nonexistent/rootfs.ext4", "root": true}}],
+                "net": [{{"id": "eth0", "tap": "hearthnotap0"}}], "vsock": {{"guest_cid": 2, "uds_path": "/tmp/v.sock"}}}}"#
+        ),
+        &[
+            r#"drives[0].path: "/nonexistent/rootfs.ext4" does not exist"#,
+            r#"net[0].tap: "hearthnotap0" does not exist"#,
+            "vsock.guest_cid: 2 is out of range (3..=4294967294)",
+        ],
+    );
+}
+
+#[test]
 fn json_syntax_error_gives_line_and_column() {
     assert_invalid(
         "syntax",

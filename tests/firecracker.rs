@@ -114,7 +114,7 @@ fn a_rootfs_drive_is_refused_naming_drives_0() {
         assert_eq!(run.code(), Some(1), "{command}: {}", run.stderr);
         assert!(
             run.stderr.contains(
-                "hearth: error: drives[0]: block device \"rootfs\" (\"/srv/rootfs.ext4\"), the root device, is not supported by Hearth yet"
+                "hearth: error: drives[0].path_on_host: \"/srv/rootfs.ext4\" does not exist"
             ),
             "{command}: {}",
             run.stderr
@@ -125,6 +125,44 @@ fn a_rootfs_drive_is_refused_naming_drives_0() {
             run.stdout
         );
     }
+}
+
+#[test]
+fn drives_interfaces_and_vsock_validate_and_convert() {
+    let dir = scratch_dir("fc-devices");
+    let rootfs = write_file(&dir, "rootfs.ext4", &"\0".repeat(4096));
+    let text = hello_config(guest_elf()).replace(
+        r#""drives": [],"#,
+        &format!(
+            r#""drives": [{{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "is_read_only": true}}],
+               "vsock": {{"vsock_id": "v", "guest_cid": 3, "uds_path": "v.sock"}},"#
+        ),
+    )
+    .replace(
+        r#""network-interfaces": []"#,
+        r#""network-interfaces": [{"iface_id": "eth0", "host_dev_name": "lo", "guest_mac": "06:00:AC:10:00:02"}]"#,
+    );
+    let config = write_file(&dir, "vm_config.json", &text);
+    let validated = run_hearth(&["validate", &config], DEADLINE);
+    assert_eq!(validated.code(), Some(0), "{}", validated.stderr);
+    let converted = run_hearth(&["convert", &config], DEADLINE);
+    assert_eq!(converted.code(), Some(0), "{}", converted.stderr);
+    let value: serde_json::Value = serde_json::from_str(&converted.stdout).expect("JSON");
+    assert_eq!(value["drives"][0]["path"], rootfs.as_str());
+    assert_eq!(value["drives"][0]["read_only"], true);
+    assert_eq!(value["net"]["interfaces"][0]["tap"], "lo");
+    assert_eq!(value["net"]["interfaces"][0]["mac"], "06:00:ac:10:00:02");
+    assert_eq!(value["vsock"]["guest_cid"], 3);
+    let vm = hearth::config::load_file(std::path::Path::new(&config)).expect("valid");
+    let plan = vm.vms[0].device_plan();
+    let names: Vec<&str> = plan.virtio.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["blk0", "net0", "vsock0"]);
+    assert!(
+        plan.cmdline
+            .starts_with("hearth.scenario=hello pci=off root=/dev/vda ro virtio_mmio.device="),
+        "{}",
+        plan.cmdline
+    );
 }
 
 #[test]

@@ -3,16 +3,16 @@
 //!
 //! Raw serde data, its validation (every problem named by its JSON path,
 //! e.g. `vms[0].acl.rules[2].ports: "0x90-0x80" is an empty range`) and the
-//! validated [`AclSpec`]. Named devices are resolved when the VM is built,
-//! since only the builder knows which devices a VM has. See
+//! validated [`AclSpec`]. A rule naming a device is checked against the
+//! VM's device plan (`devices.rs`) once the VM is validated. See
 //! `docs/verifier.md` for the model and `docs/config.md` for the schema.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::Errors;
-use super::raw::{parse_section, Parsed};
-use super::validate::Naming;
+use super::parse::{parse_section, Parsed};
+use super::validate::{ranged, Naming};
 
 /// What a rule (or the default) does with the accesses it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,8 +74,8 @@ impl OnViolation {
 /// What a rule covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AclTarget {
-    /// Every range a device of this name is registered at (resolved when
-    /// the VM is built).
+    /// Every range a device of this name is registered at (a device of the
+    /// VM's plan: `serial0`, `blk0`, ...).
     Device(String),
     /// Ports `first..=last` (at most 0xffff).
     Ports { first: u64, last: u64 },
@@ -179,19 +179,13 @@ pub(crate) fn validate_acl(
             .map_err(|message| errors.push(naming.at("acl.on_violation"), message))
             .ok(),
     };
-    let log_per_second = match raw.log_per_second {
-        None => Some(defaults.log_per_second),
-        Some(n) => match u32::try_from(n) {
-            Ok(n) if (1..=MAX_LOG_PER_SECOND).contains(&n) => Some(n),
-            _ => {
-                errors.push(
-                    naming.at("acl.log_per_second"),
-                    format!("{n} is out of range (1..={MAX_LOG_PER_SECOND})"),
-                );
-                None
-            }
-        },
-    };
+    let log_per_second = ranged(
+        raw.log_per_second,
+        defaults.log_per_second,
+        1..=MAX_LOG_PER_SECOND,
+        naming.at("acl.log_per_second"),
+        errors,
+    );
     let values = raw.rules.unwrap_or_default();
     if values.len() > MAX_ACL_RULES {
         errors.push(
@@ -245,59 +239,8 @@ fn parse_on_violation(text: &str) -> Result<OnViolation, String> {
 
 fn validate_rule(raw: RawRule, path: &str, errors: &mut Errors) -> Option<AclRuleSpec> {
     let at = |field: &str| format!("{path}.{field}");
-    let given: Vec<&str> = [
-        ("device", raw.device.is_some()),
-        ("ports", raw.ports.is_some()),
-        ("mmio", raw.mmio.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(k, set)| set.then_some(k))
-    .collect();
     let mut ok = true;
-    let target = match (given.len(), raw.device, raw.ports, raw.mmio) {
-        (1, Some(name), _, _) => {
-            if is_device_name(&name) {
-                Some(AclTarget::Device(name))
-            } else {
-                errors.push(
-                    at("device"),
-                    format!("{name:?} is not a device name ([A-Za-z0-9_-]{{1,32}})"),
-                );
-                None
-            }
-        }
-        (1, _, Some(text), _) => match parse_range(&text, 0xffff) {
-            Ok((first, last)) => Some(AclTarget::Ports { first, last }),
-            Err(message) => {
-                errors.push(at("ports"), message);
-                None
-            }
-        },
-        (1, _, _, Some(text)) => match parse_range(&text, u64::MAX) {
-            Ok((first, last)) => Some(AclTarget::Mmio { first, last }),
-            Err(message) => {
-                errors.push(at("mmio"), message);
-                None
-            }
-        },
-        (0, ..) => {
-            errors.push(
-                path,
-                "names nothing: give exactly one of \"device\", \"ports\", \"mmio\"",
-            );
-            None
-        }
-        _ => {
-            errors.push(
-                path,
-                format!(
-                    "gives {}; a rule names exactly one of \"device\", \"ports\", \"mmio\"",
-                    given.join(" and ")
-                ),
-            );
-            None
-        }
-    };
+    let target = rule_target(raw.device, raw.ports, raw.mmio, path, errors);
     let (read, write) = match raw.access.as_deref() {
         None => (true, true),
         Some([]) => {
@@ -354,6 +297,69 @@ fn validate_rule(raw: RawRule, path: &str, errors: &mut Errors) -> Option<AclRul
         sizes,
         action: action?,
     })
+}
+
+/// What a rule covers: exactly one of `device`, `ports`, `mmio`.
+fn rule_target(
+    device: Option<String>,
+    ports: Option<String>,
+    mmio: Option<String>,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<AclTarget> {
+    let at = |field: &str| format!("{path}.{field}");
+    let given: Vec<&str> = [
+        ("device", device.is_some()),
+        ("ports", ports.is_some()),
+        ("mmio", mmio.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    match (given.len(), device, ports, mmio) {
+        (1, Some(name), _, _) => {
+            if is_device_name(&name) {
+                Some(AclTarget::Device(name))
+            } else {
+                errors.push(
+                    at("device"),
+                    format!("{name:?} is not a device name ([A-Za-z0-9_-]{{1,32}})"),
+                );
+                None
+            }
+        }
+        (1, _, Some(text), _) => match parse_range(&text, 0xffff) {
+            Ok((first, last)) => Some(AclTarget::Ports { first, last }),
+            Err(message) => {
+                errors.push(at("ports"), message);
+                None
+            }
+        },
+        (1, _, _, Some(text)) => match parse_range(&text, u64::MAX) {
+            Ok((first, last)) => Some(AclTarget::Mmio { first, last }),
+            Err(message) => {
+                errors.push(at("mmio"), message);
+                None
+            }
+        },
+        (0, ..) => {
+            errors.push(
+                path,
+                "names nothing: give exactly one of \"device\", \"ports\", \"mmio\"",
+            );
+            None
+        }
+        _ => {
+            errors.push(
+                path,
+                format!(
+                    "gives {}; a rule names exactly one of \"device\", \"ports\", \"mmio\"",
+                    given.join(" and ")
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// The bit of an access size in a size mask (0 for a size that is not one).
@@ -452,7 +458,7 @@ fn rule_to_json(rule: &AclRuleSpec) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::raw::parse_optional;
+    use crate::config::parse::parse_optional;
 
     fn check(value: Value) -> Result<AclSpec, Vec<String>> {
         let mut errors = Errors::default();

@@ -9,11 +9,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::Errors;
-use super::raw::{describe, parse_optional, parse_section, Parsed};
+use super::net::MAX_SOCKET_PATH;
+use super::parse::{describe, parse_optional, parse_section, Parsed};
 use super::spec::{AclEntry, ApiSpec, Grant, Principal, VmSpec, DEFAULT_API_MODE};
-
-/// `sun_path` holds 108 bytes, the terminating NUL included.
-const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,7 +210,7 @@ fn principal(raw: &RawAclEntry, path: &str, errors: &mut Errors) -> Option<Princ
         return id(gid, "gid", errors).map(Principal::Gid);
     }
     if let Some(user) = &raw.user {
-        let found = lookup_user(user);
+        let found = lookup_user(user).map(|(uid, _)| uid);
         if found.is_none() {
             errors.push(
                 format!("{path}.user"),
@@ -232,8 +230,8 @@ fn principal(raw: &RawAclEntry, path: &str, errors: &mut Errors) -> Option<Princ
     found.map(Principal::Gid)
 }
 
-/// The uid of user `name` (getpwnam_r).
-fn lookup_user(name: &str) -> Option<u32> {
+/// The uid and primary gid of user `name` (getpwnam_r).
+pub(crate) fn lookup_user(name: &str) -> Option<(u32, u32)> {
     let cname = CString::new(name).ok()?;
     let mut buf = vec![0 as libc::c_char; 16384];
     // SAFETY: zeroed passwd is a valid (all-null) value to be filled in.
@@ -250,7 +248,7 @@ fn lookup_user(name: &str) -> Option<u32> {
             &mut result,
         )
     };
-    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+    (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
 }
 
 /// The gid of group `name` (getgrnam_r).

@@ -3,10 +3,13 @@
 
 use std::collections::HashMap;
 
+use serde_json::Value;
+
 use super::error::Errors;
-use super::raw::{parse_optional, Parsed, RawCpu, RawHost, RawHostCpu};
+use super::parse::{parse_optional, Parsed};
+use super::raw::{RawCpu, RawHostCpu};
 use super::spec::*;
-use super::validate::{HostInfo, Naming};
+use super::validate::{ranged, HostInfo, Naming};
 
 /// A VM's validated `cpu` section.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,37 +24,21 @@ pub(crate) fn validate_cpu(
     naming: &Naming,
     errors: &mut Errors,
 ) -> Option<CheckedCpu> {
-    let raw = match cpu {
-        Parsed::Ok(raw) => raw,
-        Parsed::Absent => RawCpu::default(),
-        Parsed::Failed => return None,
-    };
-    let vcpus = match raw.vcpus {
-        None => Some(DEFAULT_VCPUS),
-        Some(vcpus) => match u8::try_from(vcpus) {
-            Ok(n) if (1..=MAX_VCPUS).contains(&n) => Some(n),
-            _ => {
-                errors.push(
-                    naming.at("cpu.vcpus"),
-                    format!("{vcpus} is out of range (1..={MAX_VCPUS})"),
-                );
-                None
-            }
-        },
-    };
-    let weight = match raw.weight {
-        None => Some(DEFAULT_CPU_WEIGHT),
-        Some(weight) => match u32::try_from(weight) {
-            Ok(w) if (MIN_CPU_WEIGHT..=MAX_CPU_WEIGHT).contains(&w) => Some(w),
-            _ => {
-                errors.push(
-                    naming.at("cpu.weight"),
-                    format!("{weight} is out of range ({MIN_CPU_WEIGHT}..={MAX_CPU_WEIGHT})"),
-                );
-                None
-            }
-        },
-    };
+    let raw = cpu.or_default()?;
+    let vcpus = ranged(
+        raw.vcpus,
+        DEFAULT_VCPUS,
+        1..=MAX_VCPUS,
+        naming.at("cpu.vcpus"),
+        errors,
+    );
+    let weight = ranged(
+        raw.weight,
+        DEFAULT_CPU_WEIGHT,
+        MIN_CPU_WEIGHT..=MAX_CPU_WEIGHT,
+        naming.at("cpu.weight"),
+        errors,
+    );
     let max = match raw.max {
         None => Some(None),
         Some(max) if !max.is_finite() || max <= 0.0 => {
@@ -82,51 +69,35 @@ pub(crate) fn validate_cpu(
     })
 }
 
-/// Validates a monitor file's `host` section (already parsed); `None` if
-/// anything was reported.
-pub(crate) fn validate_host(
-    host: Parsed<RawHost>,
+/// `host.cpu` as validated: the CPU set, the scheduler's tick and whether it runs.
+pub(crate) struct HostCpu {
+    pub cpus: Option<Vec<usize>>,
+    pub tick_ms: u32,
+    pub scheduler: bool,
+}
+
+/// Validates `host.cpu` (still a JSON value).
+pub(crate) fn validate_host_cpu(
+    value: Option<Value>,
     info: &HostInfo,
     errors: &mut Errors,
-) -> Option<HostSpec> {
-    let raw = match host {
-        Parsed::Ok(raw) => raw,
-        Parsed::Absent => RawHost::default(),
-        Parsed::Failed => return None,
-    };
-    let memory = super::memory::validate_host_memory(raw.memory, errors);
-    let cpu: Parsed<RawHostCpu> = parse_optional(raw.cpu, "host.cpu", errors);
-    let cpu = match cpu {
-        Parsed::Ok(cpu) => cpu,
-        Parsed::Absent => RawHostCpu::default(),
-        Parsed::Failed => return None,
-    };
+) -> Option<HostCpu> {
+    let cpu: RawHostCpu = parse_optional(value, "host.cpu", errors).or_default()?;
     let cpus = match cpu.cpus {
         None => Some(None),
         Some(list) => check_cpu_list(&list, info.online_cpus, errors).map(Some),
     };
-    let tick = match cpu.tick_ms {
-        None => Some(DEFAULT_SCHED_TICK_MS),
-        Some(ms) => match u32::try_from(ms) {
-            Ok(t) if (MIN_SCHED_TICK_MS..=MAX_SCHED_TICK_MS).contains(&t) => Some(t),
-            _ => {
-                errors.push(
-                    "host.cpu.tick_ms",
-                    format!("{ms} is out of range ({MIN_SCHED_TICK_MS}..={MAX_SCHED_TICK_MS})"),
-                );
-                None
-            }
-        },
-    };
-    let api = super::api::validate_api(raw.api, errors);
-    Some(HostSpec {
+    let tick = ranged(
+        cpu.tick_ms,
+        DEFAULT_SCHED_TICK_MS,
+        MIN_SCHED_TICK_MS..=MAX_SCHED_TICK_MS,
+        "host.cpu.tick_ms".into(),
+        errors,
+    );
+    Some(HostCpu {
         cpus: cpus?,
-        sched_tick_ms: tick?,
+        tick_ms: tick?,
         scheduler: cpu.scheduler.unwrap_or(true),
-        api: api?,
-        seccomp: raw.seccomp.unwrap_or(true),
-        memory: memory?,
-        ..HostSpec::default()
     })
 }
 
@@ -186,6 +157,8 @@ pub(crate) fn online_cpus() -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::host::validate_host;
+    use super::super::raw::RawHost;
     use super::*;
 
     fn lines(errors: Errors) -> Vec<String> {

@@ -3,10 +3,11 @@
 //! without rewriting their files (see `docs/firecracker.md`).
 //!
 //! Every top-level key is handled by one arm of [`parse_firecracker`]'s
-//! match: mapped (`boot-source`, `machine-config`), accepted when empty or
-//! default (`drives: []`, `logger: {}`, `null`), or refused as "not supported
-//! yet" naming the field. Nothing is silently ignored. When Hearth gains a
-//! device (the balloon, say), its arm changes from a refusal to a mapping.
+//! match: mapped field by field onto Hearth's sections (`boot-source`,
+//! `machine-config`, `balloon`, `drives`, `network-interfaces`, `vsock`),
+//! accepted when empty or default (`pmem: []`, `logger: {}`, `null`), or
+//! refused as "not supported yet" naming the field. Nothing is silently
+//! ignored, except `vsock.vsock_id`, which Firecracker ignores too.
 
 use std::path::PathBuf;
 
@@ -14,8 +15,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::{Errors, ROOT};
+use super::parse::{
+    describe, parse_entries, parse_list, parse_optional, unknown_field_message, Parsed,
+};
 use super::raw::{
-    describe, parse_optional, unknown_field_message, Parsed, ParsedVm, RawCpu, RawKernel, RawMemory,
+    ParsedVm, RawCache, RawCpu, RawDrive, RawEngine, RawInterface, RawKernel, RawMemory, RawNet,
+    RawRateLimiter, RawVsock,
 };
 
 /// Every top-level key Firecracker accepts in a config file.
@@ -77,6 +82,57 @@ struct RawBalloon {
     free_page_reporting: Option<bool>,
 }
 
+/// One entry of `drives`, as Firecracker's `BlockDeviceConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcDrive {
+    drive_id: Option<String>,
+    path_on_host: Option<PathBuf>,
+    is_root_device: Option<bool>,
+    partuuid: Option<String>,
+    is_read_only: Option<bool>,
+    cache_type: Option<FcCache>,
+    io_engine: Option<FcEngine>,
+    rate_limiter: Option<RawRateLimiter>,
+    /// vhost-user-block: refused by name.
+    socket: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum FcCache {
+    Unsafe,
+    Writeback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum FcEngine {
+    Sync,
+    Async,
+}
+
+/// One entry of `network-interfaces`, as Firecracker's `NetworkInterfaceConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcInterface {
+    iface_id: Option<String>,
+    host_dev_name: Option<String>,
+    guest_mac: Option<String>,
+    mtu: Option<u64>,
+    rx_rate_limiter: Option<RawRateLimiter>,
+    tx_rate_limiter: Option<RawRateLimiter>,
+}
+
+/// `vsock`, as Firecracker's `VsockDeviceConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcVsock {
+    /// Deprecated in Firecracker, which ignores it; so does Hearth.
+    #[allow(dead_code)]
+    vsock_id: Option<String>,
+    guest_cid: Option<u64>,
+    uds_path: Option<PathBuf>,
+}
+
 /// `machine-config.huge_pages`, as Firecracker spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 enum HugePages {
@@ -98,9 +154,11 @@ enum CpuTemplate {
     None,
 }
 
-/// How a Hearth field is named in a Firecracker file's errors.
-pub(crate) fn field_name(field: &str) -> &str {
-    match field {
+/// How a Hearth field is named in a Firecracker file's errors: `kernel.path`
+/// is `boot-source.kernel_image_path`, `net[1].tap` is
+/// `network-interfaces[1].host_dev_name`.
+pub(crate) fn field_name(field: &str) -> String {
+    let fixed = match field {
         "kernel" => "boot-source",
         "kernel.path" => "boot-source.kernel_image_path",
         "kernel.initrd" => "boot-source.initrd_path",
@@ -111,8 +169,39 @@ pub(crate) fn field_name(field: &str) -> &str {
         "memory.deflate_on_oom" => "balloon.deflate_on_oom",
         "memory.stats_interval_s" => "balloon.stats_polling_interval_s",
         "memory.free_page_reporting" => "balloon.free_page_reporting",
+        "net" => "network-interfaces",
         other => other,
+    };
+    // A list entry: `drives[2].read_only` -> `drives[2].is_read_only`.
+    let Some((list, rest)) = fixed.split_once('[') else {
+        return fixed.to_string();
+    };
+    let (index, sub) = rest.split_once(']').unwrap_or((rest, ""));
+    let (first, more) = match sub.strip_prefix('.') {
+        Some(sub) => sub.split_once('.').map_or((sub, ""), |(f, m)| (f, m)),
+        None => ("", sub),
+    };
+    let (list, first) = match (list, first) {
+        ("drives", "id") => ("drives", "drive_id"),
+        ("drives", "path") => ("drives", "path_on_host"),
+        ("drives", "read_only") => ("drives", "is_read_only"),
+        ("drives", "root") => ("drives", "is_root_device"),
+        ("drives", "cache") => ("drives", "cache_type"),
+        ("drives", "engine") => ("drives", "io_engine"),
+        ("net", "id") => ("network-interfaces", "iface_id"),
+        ("net", "tap") => ("network-interfaces", "host_dev_name"),
+        ("net", "mac") => ("network-interfaces", "guest_mac"),
+        ("net", first) => ("network-interfaces", first),
+        (list, first) => (list, first),
+    };
+    let mut out = format!("{list}[{index}]");
+    for part in [first, more] {
+        if !part.is_empty() {
+            out.push('.');
+            out.push_str(part);
+        }
     }
+    out
 }
 
 /// The command line Firecracker would give the guest: `boot_args` (or its
@@ -137,6 +226,9 @@ pub(crate) fn parse_firecracker(map: Map<String, Value>, errors: &mut Errors) ->
     let mut boot = None;
     let mut machine = None;
     let mut balloon = Parsed::Absent;
+    let mut drives = Parsed::Absent;
+    let mut net = Parsed::Absent;
+    let mut vsock = Parsed::Absent;
     for (key, value) in map {
         if value.is_null() && FIRECRACKER_KEYS.contains(&key.as_str()) {
             continue; // null is "not given", as in Firecracker
@@ -144,11 +236,11 @@ pub(crate) fn parse_firecracker(map: Map<String, Value>, errors: &mut Errors) ->
         match key.as_str() {
             "boot-source" => boot = Some(value),
             "machine-config" => machine = Some(value),
-            "drives" => refuse_each(&key, value, describe_drive, errors),
-            "network-interfaces" => refuse_each(&key, value, describe_interface, errors),
+            "drives" => drives = map_drives(value, errors),
+            "network-interfaces" => net = map_interfaces(value, errors),
             "pmem" => refuse_each(&key, value, describe_pmem, errors),
             "balloon" => balloon = parse_optional::<RawBalloon>(Some(value), "balloon", errors),
-            "vsock" => refuse(&key, "a vsock device", errors),
+            "vsock" => vsock = map_vsock(value, errors),
             "entropy" => refuse(&key, "an entropy device (virtio-rng)", errors),
             "mmds-config" => refuse(&key, "the microVM metadata service (MMDS)", errors),
             "memory-hotplug" => refuse(&key, "hotpluggable memory (virtio-mem)", errors),
@@ -178,7 +270,89 @@ pub(crate) fn parse_firecracker(map: Map<String, Value>, errors: &mut Errors) ->
         memory,
         serial: Parsed::Absent,
         acl: Parsed::Absent,
+        drives,
+        net,
+        vsock,
+        io: Parsed::Absent,
     }
+}
+
+/// `drives[]` onto Hearth's drives, Firecracker's rules first: `drive_id`
+/// and `is_root_device` are required, a vhost-user `socket` is refused.
+fn map_drives(value: Value, errors: &mut Errors) -> Parsed<Vec<RawDrive>> {
+    let Parsed::Ok(drives) = parse_entries::<FcDrive>(Some(value), "drives", errors) else {
+        return Parsed::Failed;
+    };
+    let total = drives.len();
+    let mut mapped = Vec::with_capacity(total);
+    for (i, drive) in drives.into_iter().enumerate() {
+        let Some(d) = drive else { continue };
+        let before = errors.len();
+        if d.socket.is_some() {
+            errors.push(
+                format!("drives[{i}].socket"),
+                "vhost-user block devices are not supported by Hearth; give \"path_on_host\"",
+            );
+        }
+        if d.is_root_device.is_none() {
+            let message =
+                "required (Firecracker requires it): true for the root device, else false";
+            errors.push(format!("drives[{i}].is_root_device"), message);
+        }
+        if errors.len() != before {
+            continue;
+        }
+        mapped.push(RawDrive {
+            id: d.drive_id,
+            path: d.path_on_host,
+            read_only: d.is_read_only,
+            root: d.is_root_device,
+            partuuid: d.partuuid,
+            cache: d.cache_type.map(|c| match c {
+                FcCache::Unsafe => RawCache::Unsafe,
+                FcCache::Writeback => RawCache::Writeback,
+            }),
+            engine: d.io_engine.map(|e| match e {
+                FcEngine::Sync => RawEngine::Sync,
+                FcEngine::Async => RawEngine::IoUring,
+            }),
+            rate_limiter: d.rate_limiter,
+        });
+    }
+    // Every entry mapped, or its errors are reported.
+    if mapped.len() == total {
+        Parsed::Ok(mapped)
+    } else {
+        Parsed::Failed
+    }
+}
+
+/// `network-interfaces[]` onto Hearth's `net` list.
+fn map_interfaces(value: Value, errors: &mut Errors) -> Parsed<RawNet> {
+    let list = parse_list::<FcInterface>(Some(value), "network-interfaces", errors);
+    list.map(|interfaces| RawNet {
+        weight: None,
+        interfaces: interfaces
+            .into_iter()
+            .map(|n| RawInterface {
+                id: n.iface_id,
+                tap: n.host_dev_name,
+                mac: n.guest_mac,
+                mtu: n.mtu,
+                rx_rate_limiter: n.rx_rate_limiter,
+                tx_rate_limiter: n.tx_rate_limiter,
+            })
+            .collect(),
+        list: "net",
+    })
+}
+
+/// `vsock` onto Hearth's (the same fields; `vsock_id` ignored, as Firecracker does).
+fn map_vsock(value: Value, errors: &mut Errors) -> Parsed<RawVsock> {
+    parse_optional::<FcVsock>(Some(value), "vsock", errors).map(|v| RawVsock {
+        guest_cid: v.guest_cid,
+        uds_path: v.uds_path,
+    })
 }
 
 fn not_supported(what: &str, key: &str) -> String {
@@ -209,37 +383,6 @@ fn named(entry: &Value, field: &str) -> Option<String> {
         .get(field)
         .and_then(Value::as_str)
         .map(|s| format!("{s:?}"))
-}
-
-fn describe_drive(entry: &Value) -> String {
-    let mut what = String::from("block device");
-    if let Some(id) = named(entry, "drive_id") {
-        what.push_str(&format!(" {id}"));
-    }
-    if let Some(path) = named(entry, "path_on_host") {
-        what.push_str(&format!(" ({path})"));
-    }
-    let root = entry.get("is_root_device").and_then(Value::as_bool) == Some(true);
-    if root {
-        what.push_str(", the root device,");
-    }
-    let hint = if root {
-        "; put the root filesystem in an initrd (boot-source.initrd_path) and remove the drive"
-    } else {
-        "; remove the drive"
-    };
-    format!("{what} is not supported by Hearth yet (it has no virtio-block device){hint}")
-}
-
-fn describe_interface(entry: &Value) -> String {
-    let mut what = String::from("network interface");
-    if let Some(id) = named(entry, "iface_id") {
-        what.push_str(&format!(" {id}"));
-    }
-    if let Some(tap) = named(entry, "host_dev_name") {
-        what.push_str(&format!(" (host device {tap})"));
-    }
-    format!("{what} is not supported by Hearth yet (it has no virtio-net device); remove it")
 }
 
 fn describe_pmem(entry: &Value) -> String {
@@ -318,44 +461,7 @@ fn machine_config(
             ..Default::default()
         },
     };
-    let smt = machine.smt == Some(true);
-    if smt {
-        errors.push(
-            "machine-config.smt",
-            "true is not supported by Hearth yet: each vCPU is a core of its own (one thread \
-             per core); use false or leave it out",
-        );
-    }
-    if machine.track_dirty_pages == Some(true) {
-        errors.push(
-            "machine-config.track_dirty_pages",
-            "true is not supported by Hearth yet (it has no snapshots); use false or leave it out",
-        );
-    }
-    if let Some(pages @ (HugePages::TwoM | HugePages::Transparent)) = machine.huge_pages {
-        let shown = if pages == HugePages::TwoM {
-            "2M"
-        } else {
-            "Transparent"
-        };
-        errors.push(
-            "machine-config.huge_pages",
-            format!(
-                "\"{shown}\" is not supported by Hearth yet (guest memory uses 4 KiB pages); use \
-                 \"None\" or leave it out"
-            ),
-        );
-    }
-    if let Some(template) = machine.cpu_template.filter(|t| *t != CpuTemplate::None) {
-        errors.push(
-            "machine-config.cpu_template",
-            format!(
-                "\"{template:?}\" is not supported by Hearth yet (no CPU templates); use \"None\" \
-                 or leave it out"
-            ),
-        );
-    }
-
+    let smt = refuse_unsupported(&machine, errors);
     let cpu = match machine.vcpu_count {
         None => {
             errors.push(
@@ -399,31 +505,53 @@ fn machine_config(
     (cpu, memory)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::raw::struct_fields;
-    use super::*;
-
-    #[test]
-    fn field_lists_match_firecracker() {
-        assert_eq!(
-            struct_fields::<RawBootSource>(),
-            Some(&["kernel_image_path", "initrd_path", "boot_args"][..])
-        );
-        assert_eq!(
-            struct_fields::<RawMachineConfig>(),
-            Some(
-                &[
-                    "vcpu_count",
-                    "mem_size_mib",
-                    "smt",
-                    "track_dirty_pages",
-                    "huge_pages",
-                    "cpu_template"
-                ][..]
-            )
+/// Refuses the `machine-config` settings Hearth does not support yet;
+/// returns whether `smt` was asked for.
+fn refuse_unsupported(machine: &RawMachineConfig, errors: &mut Errors) -> bool {
+    let smt = machine.smt == Some(true);
+    if smt {
+        errors.push(
+            "machine-config.smt",
+            "true is not supported by Hearth yet: each vCPU is a core of its own (one thread \
+             per core); use false or leave it out",
         );
     }
+    if machine.track_dirty_pages == Some(true) {
+        errors.push(
+            "machine-config.track_dirty_pages",
+            "true is not supported by Hearth yet (it has no snapshots); use false or leave it out",
+        );
+    }
+    if let Some(pages @ (HugePages::TwoM | HugePages::Transparent)) = machine.huge_pages {
+        let shown = if pages == HugePages::TwoM {
+            "2M"
+        } else {
+            "Transparent"
+        };
+        errors.push(
+            "machine-config.huge_pages",
+            format!(
+                "\"{shown}\" is not supported by Hearth yet (guest memory uses 4 KiB pages); use \
+                 \"None\" or leave it out"
+            ),
+        );
+    }
+    if let Some(template) = machine.cpu_template.filter(|t| *t != CpuTemplate::None) {
+        errors.push(
+            "machine-config.cpu_template",
+            format!(
+                "\"{template:?}\" is not supported by Hearth yet (no CPU templates); use \"None\" \
+                 or leave it out"
+            ),
+        );
+    }
+
+    smt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn cmdline_gets_firecrackers_default_and_pci_off() {
@@ -445,5 +573,21 @@ mod tests {
         assert_eq!(field_name("kernel.path"), "boot-source.kernel_image_path");
         assert_eq!(field_name("cpu.vcpus"), "machine-config.vcpu_count");
         assert_eq!(field_name("serial.path"), "serial.path");
+        assert_eq!(field_name("drives[2].read_only"), "drives[2].is_read_only");
+        assert_eq!(
+            field_name("drives[0].rate_limiter.ops.size"),
+            "drives[0].rate_limiter.ops.size"
+        );
+        assert_eq!(
+            field_name("net[1].tap"),
+            "network-interfaces[1].host_dev_name"
+        );
+        assert_eq!(field_name("net[1]"), "network-interfaces[1]");
+        assert_eq!(
+            field_name("net[0].rx_rate_limiter.bandwidth"),
+            "network-interfaces[0].rx_rate_limiter.bandwidth"
+        );
+        assert_eq!(field_name("net"), "network-interfaces");
+        assert_eq!(field_name("acl.rules[1].device"), "acl.rules[1].device");
     }
 }

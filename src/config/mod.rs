@@ -1,15 +1,17 @@
 //! VM configuration: JSON files (or CLI flags) in, validated [`MonitorSpec`] out.
 //!
 //! Three steps, three types (see `docs/config.md` for the schema):
-//! 1. [`raw`]: the JSON is parsed in layers into plain serde structs, so that
-//!    every unknown key and ill-typed field of every section is reported;
-//! 2. [`validate`]: each VM that parsed is checked semantically (ranges,
-//!    names, files, the kernel image via [`kernel_probe`]) and cross-checked
-//!    against the other VMs of a monitor file;
-//! 3. the builder (elsewhere) turns the [`spec`] types into KVM objects.
+//! 1. `raw`: each section of the JSON is deserialized on its own into a
+//!    typed struct (`parse`), so that every unknown key and ill-typed field
+//!    of every section is reported with its path;
+//! 2. `validate`: each VM that parsed is checked semantically (ranges,
+//!    names, files, the kernel image via [`kernel_probe`], its devices'
+//!    plan) and against the other VMs of its monitor (`monitor`, `claims`);
+//! 3. the builder (elsewhere) turns the [`spec`] types into KVM objects,
+//!    registering the devices of [`VmSpec::device_plan`].
 //!
 //! A Firecracker config file is accepted as a third form and mapped onto one
-//! VM ([`firecracker`]); [`convert_file`] writes any accepted file back as
+//! VM (`firecracker`); [`convert_file`] writes any accepted file back as
 //! Hearth's own JSON.
 //!
 //! All problems are reported at once as [`ConfigErrors`], each naming its JSON
@@ -17,12 +19,19 @@
 
 mod acl;
 mod api;
+mod block;
+mod claims;
 mod convert;
 mod cpu;
+mod devices;
 mod error;
 mod firecracker;
+mod host;
 pub mod kernel_probe;
 mod memory;
+mod monitor;
+mod net;
+mod parse;
 mod raw;
 pub mod spec;
 #[cfg(test)]
@@ -31,7 +40,6 @@ mod test_util;
 mod tests;
 mod validate;
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -43,15 +51,19 @@ pub use acl::{
 };
 pub use api::own_uid;
 pub use convert::{convert_file, spec_to_json};
+pub use devices::{DeviceKind, DevicePlan, LegacyDevice, PlannedDevice, LEGACY_DEVICES};
 pub use error::{ConfigError, ConfigErrors};
 pub use firecracker::{
     FIRECRACKER_DEFAULT_BOOT_ARGS, FIRECRACKER_DEFAULT_MEM_MIB, FIRECRACKER_MAX_VCPUS,
 };
+pub use host::{sandbox_user, DEFAULT_SANDBOX_USER};
 pub use spec::*;
 
+use claims::Claims;
 use error::{humanize_serde, Errors, ROOT};
-use raw::{parse_container, parse_optional, Parsed, ParsedVm, RawHost, RawMonitor};
-use validate::{resolve_name, validate_vm, Ctx, HostInfo, Naming};
+use parse::Parsed;
+use raw::ParsedVm;
+use validate::{resolve_name, validate_vm, Ctx, HostInfo, Naming, NET_DIR};
 
 /// Largest config file read.
 const MAX_CONFIG_LEN: u64 = 16 << 20;
@@ -126,16 +138,23 @@ pub fn from_flags(flags: &VmFlags) -> Result<MonitorSpec, ConfigErrors> {
         }),
         serial: Parsed::Absent,
         acl: Parsed::Absent,
+        drives: Parsed::Absent,
+        net: Parsed::Absent,
+        vsock: Parsed::Absent,
+        io: Parsed::Absent,
     };
     let host = HostInfo::probe();
     let ctx = Ctx {
         base_dir: &cwd,
         host: &host,
+        budget: false,
+        net_dir: Path::new(NET_DIR),
     };
     let mut errors = Errors::default();
     let naming = Naming::Flags;
     let name = resolve_name(&vm.name, DEFAULT_VM_NAME.to_string(), &naming, &mut errors);
-    let spec = validate_vm(vm, name, true, &naming, ctx, &mut errors);
+    let claims = &mut Claims::default();
+    let spec = validate_vm(vm, name, true, &naming, ctx, claims, &mut errors);
     errors.finish(spec.map(|vm| MonitorSpec {
         vms: vec![vm],
         host: HostSpec::default(),
@@ -153,7 +172,7 @@ fn absolute(path: &Path, what: &str) -> Result<PathBuf, ConfigErrors> {
 
 /// The three shapes a config file can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Form {
+pub(crate) enum Form {
     /// The top-level object is one VM definition.
     SingleVm,
     /// `{"host": {...}, "vms": [...]}`.
@@ -162,50 +181,46 @@ enum Form {
     Firecracker,
 }
 
-/// Decides the form from the top-level keys.
-fn detect_form(map: &Map<String, Value>) -> Result<Form, ConfigError> {
-    let firecracker_keys: Vec<String> = map
-        .keys()
-        .filter(|k| firecracker::FIRECRACKER_KEYS.contains(&k.as_str()))
-        .map(|k| format!("{k:?}"))
-        .collect();
-    if !firecracker_keys.is_empty() {
-        let hearth_keys: Vec<String> = map
-            .keys()
-            .filter(|k| {
-                raw::VM_KEYS.contains(&k.as_str()) || raw::MONITOR_KEYS.contains(&k.as_str())
-            })
-            .map(|k| format!("{k:?}"))
-            .collect();
+/// Decides the form from the top-level keys. `drives` and `vsock` are keys
+/// of both forms: a file is Firecracker's when it has a key only
+/// Firecracker has (`boot-source`, ...), or shared keys beside `vms`/`host`.
+pub(crate) fn detect_form(map: &Map<String, Value>) -> Result<Form, ConfigError> {
+    let keys = |pick: &dyn Fn(&str) -> bool| -> Vec<String> {
+        let picked = map.keys().filter(|k| pick(k.as_str()));
+        picked.map(|k| format!("{k:?}")).collect()
+    };
+    let firecracker = |k: &str| firecracker::FIRECRACKER_KEYS.contains(&k);
+    let vm = |k: &str| raw::VM_KEYS.contains(&k);
+    let monitor = |k: &str| raw::MONITOR_KEYS.contains(&k);
+    let mixed = |firecracker_keys: Vec<String>, hearth_keys: Vec<String>| {
+        let message = format!(
+            "mixes Firecracker config keys ({}) with Hearth config keys ({}); a file is \
+             either a Firecracker config file or a Hearth config, not both \
+             (`hearth convert` turns a Firecracker file into Hearth's form)",
+            firecracker_keys.join(", "),
+            hearth_keys.join(", "),
+        );
+        Err(ConfigError::new(ROOT, message))
+    };
+    if !keys(&|k| firecracker(k) && !vm(k)).is_empty() {
+        let hearth_keys = keys(&|k| (vm(k) || monitor(k)) && !firecracker(k));
         if hearth_keys.is_empty() {
             return Ok(Form::Firecracker);
         }
-        return Err(ConfigError::new(
-            ROOT,
-            format!(
-                "mixes Firecracker config keys ({}) with Hearth config keys ({}); a file is \
-                 either a Firecracker config file or a Hearth config, not both \
-                 (`hearth convert` turns a Firecracker file into Hearth's form)",
-                firecracker_keys.join(", "),
-                hearth_keys.join(", "),
-            ),
-        ));
+        return mixed(keys(&firecracker), hearth_keys);
     }
-    let monitor_keys: Vec<&str> = ["vms", "host"]
-        .into_iter()
-        .filter(|k| map.contains_key(*k))
-        .collect();
+    let monitor_keys = keys(&monitor);
+    let stray = keys(&vm);
     if monitor_keys.is_empty() {
         return Ok(Form::SingleVm);
     }
-    let stray: Vec<String> = map
-        .keys()
-        .filter(|k| raw::VM_KEYS.contains(&k.as_str()))
-        .map(|k| format!("{k:?}"))
-        .collect();
     if stray.is_empty() {
         return Ok(Form::Monitor);
     }
+    if keys(&|k| vm(k) && !firecracker(k)).is_empty() {
+        return mixed(stray, monitor_keys);
+    }
+    let monitor_keys: Vec<&str> = monitor_keys.iter().map(|k| k.trim_matches('"')).collect();
     Err(ConfigError::new(
         ROOT,
         format!(
@@ -217,30 +232,71 @@ fn detect_form(map: &Map<String, Value>) -> Result<Form, ConfigError> {
     ))
 }
 
+/// Validates one VM definition (Hearth's JSON, as a single-VM file) for a
+/// monitor that is already running `existing` under `host`: exactly as a VM
+/// of a monitor file, so its name, vsock CID and socket, MACs, taps and
+/// writable files must not clash with the running VMs', and its memory
+/// floor must fit `host.memory` beside theirs. Errors name JSON paths within
+/// the definition (`vsock.guest_cid: 3 is already used by VM "web"`).
+/// Relative paths are resolved against `base_dir`. `text` is at most 16 MiB,
+/// as a config file.
+pub fn parse_vm_for_monitor(
+    text: &str,
+    base_dir: &Path,
+    host: &HostSpec,
+    existing: &[VmSpec],
+) -> Result<VmSpec, ConfigErrors> {
+    if text.len() as u64 > MAX_CONFIG_LEN {
+        let message = format!(
+            "is {} bytes, larger than the {MAX_CONFIG_LEN} bytes a VM definition may be",
+            text.len()
+        );
+        return Err(ConfigErrors::one(ConfigError::new(ROOT, message)));
+    }
+    let base_dir = absolute(base_dir, "<base_dir>")?;
+    let ctx = Ctx {
+        base_dir: &base_dir,
+        host: &HostInfo::probe(),
+        budget: host.memory.is_some(),
+        net_dir: Path::new(NET_DIR),
+    };
+    monitor::vm_for_monitor(text, ctx, host, existing)
+}
+
 /// Parses and validates `text` with an already absolute `base_dir`.
 fn parse_with(text: &str, base_dir: &Path, host: &HostInfo) -> Result<MonitorSpec, ConfigErrors> {
+    let ctx = Ctx {
+        base_dir,
+        host,
+        budget: false,
+        net_dir: Path::new(NET_DIR),
+    };
+    parse_in(text, ctx)
+}
+
+/// Parses and validates `text` in `ctx` (its `budget` is decided here).
+fn parse_in(text: &str, ctx: Ctx<'_>) -> Result<MonitorSpec, ConfigErrors> {
     let mut errors = Errors::default();
-    let value = raw::parse_json(text, &mut errors).map_err(syntax_error)?;
+    let value = parse::parse_json(text, &mut errors).map_err(syntax_error)?;
     let Value::Object(map) = value else {
         return Err(ConfigErrors::one(ConfigError::new(
             ROOT,
             format!(
                 "expected an object (a VM definition, or a monitor file with \"vms\"), found {}",
-                raw::describe(&value)
+                parse::describe(&value)
             ),
         )));
     };
-    let ctx = Ctx { base_dir, host };
     let spec = match detect_form(&map) {
         Err(e) => return Err(ConfigErrors::one(e)),
         Ok(Form::SingleVm) => single_vm(map, ctx, &mut errors),
-        Ok(Form::Monitor) => monitor(map, ctx, &mut errors),
+        Ok(Form::Monitor) => monitor::monitor_file(map, ctx, &mut errors),
         Ok(Form::Firecracker) => firecracker_vm(map, ctx, &mut errors),
     };
     errors.finish(spec)
 }
 
-fn syntax_error(e: serde_json::Error) -> ConfigErrors {
+pub(crate) fn syntax_error(e: serde_json::Error) -> ConfigErrors {
     let (line, column) = (e.line(), e.column());
     let full = e.to_string();
     let suffix = format!(" at line {line} column {column}");
@@ -256,7 +312,8 @@ fn single_vm(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Opti
     let naming = Naming::Json(String::new());
     let stdin = vm.explicit_stdin().unwrap_or(true);
     let name = resolve_name(&vm.name, DEFAULT_VM_NAME.to_string(), &naming, errors);
-    validate_vm(vm, name, stdin, &naming, ctx, errors).map(|vm| MonitorSpec {
+    let claims = &mut Claims::default();
+    validate_vm(vm, name, stdin, &naming, ctx, claims, errors).map(|vm| MonitorSpec {
         vms: vec![vm],
         host: HostSpec::default(),
     })
@@ -272,123 +329,9 @@ fn firecracker_vm(
     let vm = firecracker::parse_firecracker(map, errors);
     let naming = Naming::Firecracker;
     let name = Some(DEFAULT_VM_NAME.to_string());
-    validate_vm(vm, name, true, &naming, ctx, errors).map(|vm| MonitorSpec {
+    let claims = &mut Claims::default();
+    validate_vm(vm, name, true, &naming, ctx, claims, errors).map(|vm| MonitorSpec {
         vms: vec![vm],
         host: HostSpec::default(),
     })
-}
-
-fn monitor(map: Map<String, Value>, ctx: Ctx<'_>, errors: &mut Errors) -> Option<MonitorSpec> {
-    let had_vms = map.contains_key("vms");
-    let raw: RawMonitor = parse_container(Value::Object(map), "", errors)?;
-    let host: Parsed<RawHost> = parse_optional(raw.host, "host", errors);
-    let host = cpu::validate_host(host, ctx.host, errors);
-    let vms = monitor_vms(raw.vms, had_vms, ctx, errors);
-    if let (Some(host), Some(vms)) = (&host, &vms) {
-        api::check_acl_vms(host.api.as_ref(), vms, errors);
-    }
-    let (mut vms, host) = (vms?, host?);
-    memory::check_admission(&host, &mut vms, errors);
-    Some(MonitorSpec { vms, host })
-}
-
-/// The VMs of a monitor file: structure, cross-VM rules, then each VM.
-fn monitor_vms(
-    vms: Option<Vec<Value>>,
-    had_vms: bool,
-    ctx: Ctx<'_>,
-    errors: &mut Errors,
-) -> Option<Vec<VmSpec>> {
-    let values = match vms {
-        Some(values) if !values.is_empty() => values,
-        Some(_) => {
-            errors.push("vms", "must list at least one VM (it is empty)");
-            return None;
-        }
-        None => {
-            if !had_vms {
-                errors.push("vms", "required: a monitor file lists its VMs in \"vms\"");
-            }
-            return None;
-        }
-    };
-
-    // Structure of every VM first, then the cross-VM rules, then semantics.
-    let parsed: Vec<Option<ParsedVm>> = values
-        .into_iter()
-        .enumerate()
-        .map(|(i, value)| ParsedVm::parse(value, &format!("vms[{i}]"), errors))
-        .collect();
-
-    let stdin = resolve_stdin(&parsed, errors);
-
-    let mut used: HashMap<String, usize> = HashMap::new();
-    let mut names = Vec::with_capacity(parsed.len());
-    for (i, vm) in parsed.iter().enumerate() {
-        let Some(vm) = vm else {
-            names.push(None);
-            continue;
-        };
-        let naming = Naming::Json(format!("vms[{i}]"));
-        let name = resolve_name(&vm.name, format!("vm{i}"), &naming, errors);
-        let name = name.and_then(|name| match used.get(&name) {
-            Some(&first) => {
-                let how = if matches!(vm.name, Parsed::Absent) {
-                    " (it is this VM's default name; give it a \"name\")"
-                } else {
-                    ""
-                };
-                errors.push(
-                    naming.at("name"),
-                    format!("{name:?} is already used by vms[{first}]{how}"),
-                );
-                None
-            }
-            None => {
-                used.insert(name.clone(), i);
-                Some(name)
-            }
-        });
-        names.push(name);
-    }
-
-    let mut specs = Vec::with_capacity(parsed.len());
-    for (i, ((vm, name), stdin)) in parsed.into_iter().zip(names).zip(stdin).enumerate() {
-        let spec = vm.and_then(|vm| {
-            let naming = Naming::Json(format!("vms[{i}]"));
-            validate_vm(vm, name, stdin, &naming, ctx, errors)
-        });
-        specs.push(spec);
-    }
-    specs.into_iter().collect()
-}
-
-/// Decides which VM reads the monitor's stdin: at most one may say
-/// `"stdin": true`; without any, the first VM does unless it says `false`.
-fn resolve_stdin(parsed: &[Option<ParsedVm>], errors: &mut Errors) -> Vec<bool> {
-    let explicit: Vec<Option<bool>> = parsed
-        .iter()
-        .map(|vm| vm.as_ref().and_then(ParsedVm::explicit_stdin))
-        .collect();
-    let mut reader: Option<usize> = None;
-    for (i, value) in explicit.iter().enumerate() {
-        if *value != Some(true) {
-            continue;
-        }
-        match reader {
-            None => reader = Some(i),
-            Some(first) => errors.push(
-                format!("vms[{i}].serial.stdin"),
-                format!("true, but vms[{first}] already reads stdin; only one VM can"),
-            ),
-        }
-    }
-    explicit
-        .iter()
-        .enumerate()
-        .map(|(i, value)| match reader {
-            Some(r) => r == i,
-            None => i == 0 && *value != Some(false),
-        })
-        .collect()
 }

@@ -460,8 +460,14 @@ pub struct HostShareSpec {
 pub const DEFAULT_IO_WEIGHT: u32 = 100;
 pub const MIN_IO_WEIGHT: u32 = 1;
 pub const MAX_IO_WEIGHT: u32 = 10_000;
-/// Default `host.io.tick_ms` / `host.net.tick_ms`.
+/// Default and range of `host.io.tick_ms` / `host.net.tick_ms`.
 pub const DEFAULT_SHARE_TICK_MS: u32 = 10;
+pub const MIN_SHARE_TICK_MS: u32 = 1;
+pub const MAX_SHARE_TICK_MS: u32 = 1000;
+/// Range of `vsock.guest_cid`: 0-2 are reserved, and `u32::MAX` is
+/// `VMADDR_CID_ANY`.
+pub const MIN_GUEST_CID: u32 = 3;
+pub const MAX_GUEST_CID: u32 = u32::MAX - 1;
 
 /// `host.sandbox`: what the monitor drops to once everything is open.
 #[derive(Debug, Clone, PartialEq, Eq)]

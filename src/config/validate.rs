@@ -4,13 +4,16 @@
 //! is returned only when the VM has no problem at all. Checks read the kernel
 //! and initrd files (see [`kernel_probe`]) but never touch KVM.
 
+use std::fmt::Display;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+use super::claims::Claims;
 use super::error::Errors;
+use super::error::ROOT;
 use super::kernel_probe::{self, KernelImage};
-use super::raw::{
-    join, Parsed, ParsedVm, RawKernel, RawMemory, RawProtocol, RawSerial, RawSerialOutput,
-};
+use super::parse::{join, shown, Parsed};
+use super::raw::{ParsedVm, RawKernel, RawMemory, RawProtocol, RawSerial, RawSerialOutput};
 use super::spec::*;
 
 const MIB: u64 = 1 << 20;
@@ -50,7 +53,14 @@ pub(crate) struct Ctx<'a> {
     /// Absolute directory that relative paths are resolved against.
     pub base_dir: &'a Path,
     pub host: &'a HostInfo,
+    /// Whether the monitor has a memory budget (then every VM has a balloon).
+    pub budget: bool,
+    /// Where the host lists its network interfaces (`/sys/class/net`).
+    pub net_dir: &'a Path,
 }
+
+/// Where the host lists its network interfaces.
+pub(crate) const NET_DIR: &str = "/sys/class/net";
 
 /// How errors name a field: by JSON path under a prefix, or by CLI flag.
 #[derive(Debug, Clone)]
@@ -62,6 +72,14 @@ pub(crate) enum Naming {
 }
 
 impl Naming {
+    /// The name of the VM itself (`vms[1]`, or `<root>`).
+    pub(crate) fn vm(&self) -> String {
+        match self {
+            Naming::Json(prefix) => shown(prefix).to_string(),
+            Naming::Flags | Naming::Firecracker => ROOT.to_string(),
+        }
+    }
+
     /// The name of `field` (a JSON path within a VM, e.g. `cpu.vcpus`).
     pub(crate) fn at(&self, field: &str) -> String {
         match self {
@@ -76,7 +94,7 @@ impl Naming {
                 other => other,
             }
             .to_string(),
-            Naming::Firecracker => super::firecracker::field_name(field).to_string(),
+            Naming::Firecracker => super::firecracker::field_name(field),
         }
     }
 }
@@ -102,32 +120,66 @@ pub(crate) fn resolve_name(
     }
 }
 
-fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// `value` as a `T` within `range` (`default` when absent); a value out of
+/// range is reported at `field`.
+pub(crate) fn ranged<T>(
+    value: Option<u64>,
+    default: T,
+    range: RangeInclusive<T>,
+    field: String,
+    errors: &mut Errors,
+) -> Option<T>
+where
+    T: TryFrom<u64> + PartialOrd + Display,
+{
+    let Some(value) = value else {
+        return Some(default);
+    };
+    match T::try_from(value) {
+        Ok(v) if range.contains(&v) => Some(v),
+        _ => {
+            let (lo, hi) = range.into_inner();
+            errors.push(field, format!("{value} is out of range ({lo}..={hi})"));
+            None
+        }
+    }
+}
+
 /// Validates one VM. `name` is `None` when it was already reported invalid;
-/// `stdin` is the VM's resolved `serial.stdin`.
+/// `stdin` is the VM's resolved `serial.stdin`. What no two VMs may share is
+/// checked against, and added to, `claims`.
 pub(crate) fn validate_vm(
     vm: ParsedVm,
     name: Option<String>,
     stdin: bool,
     naming: &Naming,
     ctx: Ctx<'_>,
+    claims: &mut Claims,
     errors: &mut Errors,
 ) -> Option<VmSpec> {
+    let before = errors.len();
     let kernel = validate_kernel(vm.kernel, naming, ctx, errors);
     let cpu = super::cpu::validate_cpu(vm.cpu, naming, errors);
     let memory = validate_memory(vm.memory, naming, ctx.host, errors);
     let serial = validate_serial(vm.serial, stdin, naming, ctx.base_dir, errors);
     let acl = super::acl::validate_acl(vm.acl, naming, errors);
+    let drives = super::block::validate_drives(vm.drives, naming, ctx.base_dir, claims, errors);
+    let (vm_name, dir) = (name.as_deref(), ctx.net_dir);
+    let net = super::net::validate_net(vm.net, vm_name, naming, dir, claims, errors);
+    let vsock = super::net::validate_vsock(vm.vsock, naming, ctx.base_dir, claims, errors);
+    let io = super::block::validate_io(vm.io, naming, errors);
     if let (Some(kernel), Some(memory)) = (&kernel, &memory) {
         check_fits(kernel, memory, naming, errors);
     }
-    Some(VmSpec {
+    let (net, net_share) = net?;
+    let mut spec = VmSpec {
         name: name?,
         memory_mib: memory?.mib,
         memory: memory?.policy,
@@ -136,12 +188,17 @@ pub(crate) fn validate_vm(
         vcpus: cpu.as_ref()?.vcpus,
         cpu: cpu?.policy,
         acl: acl?,
-        drives: Vec::new(),
-        net: Vec::new(),
-        vsock: None,
-        io: ShareSpec::default(),
-        net_share: ShareSpec::default(),
-    })
+        drives: drives?,
+        net,
+        vsock: vsock?,
+        io: io?,
+        net_share,
+    };
+    if ctx.budget && spec.memory.balloon == BalloonMode::Auto {
+        spec.memory.balloon = BalloonMode::On;
+    }
+    super::devices::check_plan(&spec, naming, errors);
+    (errors.len() == before).then_some(spec)
 }
 
 /// A validated kernel section plus what is needed to check it fits in memory.
@@ -152,7 +209,7 @@ struct CheckedKernel {
 }
 
 /// How a path appears in messages: as given, plus where it resolved to if relative.
-fn show(given: &Path, resolved: &Path) -> String {
+pub(crate) fn show(given: &Path, resolved: &Path) -> String {
     if given.is_absolute() {
         format!("{given:?}")
     } else {
@@ -161,7 +218,7 @@ fn show(given: &Path, resolved: &Path) -> String {
 }
 
 /// `given` made absolute against `base_dir`; `None` (reported) if empty.
-fn resolve_path(
+pub(crate) fn resolve_path(
     given: &Path,
     base_dir: &Path,
     field: String,
@@ -191,56 +248,35 @@ fn validate_kernel(
             return None;
         }
     };
-    let mut ok = true;
-
-    let mut probed = None;
-    match &raw.path {
+    let before = errors.len();
+    let field = naming.at("kernel.path");
+    let probed = match &raw.path {
         None => {
-            errors.push(naming.at("kernel.path"), "required");
-            ok = false;
+            errors.push(field, "required");
+            None
         }
-        Some(given) => match resolve_path(given, ctx.base_dir, naming.at("kernel.path"), errors) {
-            None => ok = false,
-            Some(path) => match kernel_probe::probe_kernel(&path) {
-                Ok(image) => probed = Some((path, image)),
-                Err(e) => {
-                    errors.push(
-                        naming.at("kernel.path"),
-                        format!("{} {e}", show(given, &path)),
-                    );
-                    ok = false;
-                }
-            },
-        },
-    }
-
-    let mut initrd = None;
-    let mut initrd_len = 0;
-    if let Some(given) = &raw.initrd {
-        match resolve_path(given, ctx.base_dir, naming.at("kernel.initrd"), errors) {
-            None => ok = false,
-            Some(path) => match kernel_probe::probe_initrd(&path) {
-                Ok(len) => {
-                    initrd_len = len;
-                    initrd = Some(path);
-                }
-                Err(e) => {
-                    errors.push(
-                        naming.at("kernel.initrd"),
-                        format!("{} {e}", show(given, &path)),
-                    );
-                    ok = false;
-                }
-            },
-        }
-    }
-
+        Some(given) => probe_file(
+            given,
+            field,
+            ctx.base_dir,
+            kernel_probe::probe_kernel,
+            errors,
+        ),
+    };
+    let initrd = raw.initrd.as_ref().and_then(|given| {
+        let field = naming.at("kernel.initrd");
+        probe_file(
+            given,
+            field,
+            ctx.base_dir,
+            kernel_probe::probe_initrd,
+            errors,
+        )
+    });
     let cmdline = raw.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
     if let Err(message) = check_cmdline(&cmdline) {
         errors.push(naming.at("kernel.cmdline"), message);
-        ok = false;
     }
-
     let protocol = match raw.protocol {
         None | Some(RawProtocol::Auto) => BootProtocol::Auto,
         Some(RawProtocol::Linux) => BootProtocol::Linux,
@@ -255,16 +291,13 @@ fn validate_kernel(
             }
         };
         if let Some(problem) = problem {
-            errors.push(
-                naming.at("kernel.protocol"),
-                format!("\"pvh\" but {path:?} {problem}"),
-            );
-            ok = false;
+            let message = format!("\"pvh\" but {path:?} {problem}");
+            errors.push(naming.at("kernel.protocol"), message);
         }
     }
-
     let (path, image) = probed?;
-    ok.then_some(CheckedKernel {
+    let (initrd, initrd_len) = initrd.map_or((None, 0), |(path, len)| (Some(path), len));
+    (errors.len() == before).then_some(CheckedKernel {
         spec: KernelSpec {
             path,
             format: image.format,
@@ -275,6 +308,25 @@ fn validate_kernel(
         image,
         initrd_len,
     })
+}
+
+/// The file `given` (resolved against `base_dir`) and what `probe` found in
+/// it; a problem is reported at `field`, naming the path.
+fn probe_file<T, E: Display>(
+    given: &Path,
+    field: String,
+    base_dir: &Path,
+    probe: impl FnOnce(&Path) -> Result<T, E>,
+    errors: &mut Errors,
+) -> Option<(PathBuf, T)> {
+    let path = resolve_path(given, base_dir, field.clone(), errors)?;
+    match probe(&path) {
+        Ok(found) => Some((path, found)),
+        Err(e) => {
+            errors.push(field, format!("{} {e}", show(given, &path)));
+            None
+        }
+    }
 }
 
 /// Checks that `cmdline` is printable ASCII and not too long.
@@ -313,11 +365,7 @@ fn validate_memory(
     host: &HostInfo,
     errors: &mut Errors,
 ) -> Option<CheckedMemory> {
-    let raw = match memory {
-        Parsed::Ok(raw) => raw,
-        Parsed::Absent => RawMemory::default(),
-        Parsed::Failed => return None,
-    };
+    let raw = memory.or_default()?;
     let mib = raw.size_mib.unwrap_or(DEFAULT_MEMORY_MIB);
     let field = naming.at("memory.size_mib");
     if mib < MIN_MEMORY_MIB {
@@ -407,11 +455,7 @@ fn validate_serial(
     base_dir: &Path,
     errors: &mut Errors,
 ) -> Option<SerialSpec> {
-    let raw = match serial {
-        Parsed::Ok(raw) => raw,
-        Parsed::Absent => RawSerial::default(),
-        Parsed::Failed => return None,
-    };
+    let raw = serial.or_default()?;
     let output_field = naming.at("serial.output");
     let path_field = naming.at("serial.path");
     let output = match (raw.output.unwrap_or(RawSerialOutput::Stdout), &raw.path) {

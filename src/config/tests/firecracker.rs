@@ -155,28 +155,9 @@ fn every_unsupported_section_is_refused_by_name() {
     let not_yet = "is not supported by Hearth yet";
     for (extra, path, needles) in [
         (
-            json!({"drives": [{"drive_id": "rootfs", "path_on_host": "/img/rootfs.ext4", "is_root_device": true, "is_read_only": false}]}),
-            "drives[0]",
-            vec![
-                "block device \"rootfs\" (\"/img/rootfs.ext4\"), the root device,",
-                not_yet,
-                "initrd",
-            ],
-        ),
-        (
-            json!({"network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}]}),
-            "network-interfaces[0]",
-            vec!["network interface \"eth0\" (host device \"tap0\")", not_yet],
-        ),
-        (
             json!({"pmem": [{"id": "p0", "path_on_host": "/img/p"}]}),
             "pmem[0]",
             vec!["pmem device \"p0\"", not_yet],
-        ),
-        (
-            json!({"vsock": {"guest_cid": 3, "uds_path": "/v.sock"}}),
-            "vsock",
-            vec!["vsock", not_yet],
         ),
         (
             json!({"entropy": {}}),
@@ -213,8 +194,8 @@ fn every_unsupported_section_is_refused_by_name() {
             ],
         ),
         (
-            json!({"drives": {}}),
-            "drives",
+            json!({"pmem": {}}),
+            "pmem",
             vec!["expected an array, found an object"],
         ),
         (
@@ -416,13 +397,14 @@ fn a_typical_firecracker_config_reports_everything_at_once() {
             "is_read_only": false
         }],
         "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false},
-        "network-interfaces": [{"iface_id": "net1", "guest_mac": "06:00:AC:10:00:02", "host_dev_name": "tap0"}],
+        "network-interfaces": [{"iface_id": "net1", "guest_mac": "06:00:AC:10:00:02", "host_dev_name": "hearthnotap0"}],
         "logger": {"log_path": "fc.log", "level": "Debug"}
     })));
     assert_eq!(errors.len(), 3, "{errors:?}");
-    assert!(errors[0].starts_with("drives[0]: block device \"rootfs\""));
-    assert!(errors[1].starts_with("logger: "));
-    assert!(errors[2].starts_with("network-interfaces[0]: network interface \"net1\""));
+    assert!(errors[0].starts_with("logger: "));
+    assert!(errors[1].starts_with("drives[0].path_on_host: \"ubuntu-22.04.ext4\" (resolved to "));
+    assert!(errors[2]
+        .starts_with("network-interfaces[0].host_dev_name: \"hearthnotap0\" does not exist"));
 }
 
 #[test]
@@ -464,5 +446,120 @@ fn convert_keeps_monitor_files_and_cpu_policy() {
         convert_file(&fx.path("nope.json")).map(|_| original),
         "<file>",
         &["does not exist"],
+    );
+}
+
+#[test]
+fn drives_interfaces_and_vsock_are_mapped_field_by_field() {
+    let fx = Fixture::new("fc_devices");
+    fx.dir.write("rootfs.ext4", &[0u8; 4096]);
+    fx.dir.write("data.img", &[0u8; 4096]);
+    let config = fc(json!({
+        "drives": [
+            {"drive_id": "data", "path_on_host": "data.img", "is_root_device": false,
+             "is_read_only": true, "cache_type": "Writeback", "io_engine": "Async",
+             "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}},
+            {"drive_id": "rootfs", "path_on_host": "rootfs.ext4", "is_root_device": true,
+             "partuuid": null}
+        ],
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "lo",
+                                "guest_mac": "06:00:AC:10:00:02", "mtu": 1500}],
+        "vsock": {"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "v.sock"}
+    }));
+    let vm = fx.parse(&config).expect("valid").vms.remove(0);
+    assert_eq!(
+        vm.drives
+            .iter()
+            .map(|d| (d.id.as_str(), d.root, d.read_only, d.cache, d.engine))
+            .collect::<Vec<_>>(),
+        [
+            ("rootfs", true, false, CacheMode::Unsafe, IoEngine::Sync),
+            ("data", false, true, CacheMode::Writeback, IoEngine::IoUring),
+        ]
+    );
+    assert_eq!(
+        vm.drives[1].rate_limiter.ops.map(|b| b.refill_time_ms),
+        Some(1000)
+    );
+    assert_eq!(
+        (
+            vm.net[0].id.as_str(),
+            vm.net[0].tap.as_str(),
+            vm.net[0].mac,
+            vm.net[0].mtu
+        ),
+        ("eth0", "lo", [6, 0, 0xac, 0x10, 0, 2], Some(1500))
+    );
+    assert_eq!(
+        vm.vsock,
+        Some(VsockSpec {
+            guest_cid: 3,
+            uds_path: fx.path("v.sock")
+        })
+    );
+    // Firecracker's boot arguments for a root drive, through the device plan.
+    assert!(
+        vm.device_plan()
+            .cmdline
+            .starts_with("console=ttyS0 pci=off root=/dev/vda rw virtio_mmio.device="),
+        "{}",
+        vm.device_plan().cmdline
+    );
+
+    // `hearth convert` writes them in Hearth's form, and they load the same.
+    let path = fx
+        .dir
+        .write("vm_config.json", config.to_string().as_bytes());
+    let converted = convert_file(&path).expect("converts");
+    let value: Value = serde_json::from_str(&converted).expect("JSON");
+    assert_eq!(value["drives"][0]["id"], "rootfs");
+    assert_eq!(value["drives"][1]["engine"], "io_uring");
+    assert_eq!(value["net"]["interfaces"][0]["mac"], "06:00:ac:10:00:02");
+    assert_eq!(value["vsock"]["uds_path"], json!(fx.path("v.sock")));
+    let out = fx.dir.write("hearth.json", converted.as_bytes());
+    assert_eq!(
+        load_file(&out).expect("valid"),
+        load_file(&path).expect("valid")
+    );
+}
+
+#[test]
+fn device_errors_use_firecracker_names() {
+    let fx = Fixture::new("fc_device_errors");
+    fx.dir.write("a.img", &[0u8; 512]);
+    let errors = lines(fx.parse(&fc(json!({
+        "drives": [
+            {"drive_id": "a", "socket": "/run/vhost.sock", "is_root_device": false},
+            {"drive_id": "b", "path_on_host": "a.img"},
+            {"drive_id": "c", "path_on_host": "a.img", "is_root_device": false, "cache_type": "None"}
+        ]
+    }))));
+    assert_eq!(
+        errors,
+        [
+            "drives[2].cache_type: unknown variant \"None\", expected \"Unsafe\" or \"Writeback\"",
+            "drives[0].socket: vhost-user block devices are not supported by Hearth; give \"path_on_host\"",
+            "drives[1].is_root_device: required (Firecracker requires it): true for the root device, else false",
+        ]
+    );
+    let errors = lines(fx.parse(&fc(json!({
+        "drives": [
+            {"drive_id": "a", "path_on_host": "a.img", "is_root_device": false},
+            {"drive_id": "a", "path_on_host": "a.img", "is_root_device": true, "is_read_only": true}
+        ],
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "lo", "guest_mac": "01:00:00:00:00:01",
+                                "rx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 0}}}],
+        "vsock": {"guest_cid": 1, "uds_path": "v.sock"}
+    }))));
+    let a = fx.path("a.img");
+    assert_eq!(
+        errors,
+        [
+            "drives[1].drive_id: \"a\" is already the id of drives[0]".to_string(),
+            format!("drives[1].path_on_host: \"a.img\" (resolved to {a:?}) is attached read-only here and writable at drives[0].path_on_host; a file attached writable may not be attached anywhere else"),
+            "network-interfaces[0].guest_mac: \"01:00:00:00:00:01\" is a multicast address; a guest's MAC must be unicast (first byte even)".into(),
+            "network-interfaces[0].rx_rate_limiter.bandwidth.refill_time: 0 must be greater than 0 (ms to refill an empty bucket)".into(),
+            "vsock.guest_cid: 1 is out of range (3..=4294967294)".into(),
+        ]
     );
 }

@@ -9,8 +9,10 @@ use super::test_util::{bzimage, elf, TempDir};
 use super::validate::HostInfo;
 use super::*;
 
+mod devices;
 mod firecracker;
 mod memory;
+mod running;
 mod values;
 
 /// A host with 4 GiB of RAM and 2 CPUs, so "too large" and "not online"
@@ -237,7 +239,7 @@ fn unknown_nested_field() {
     one_error(
         fx.parse(&json!({"host": {"cpus": {}}, "vms": [{"kernel": {"path": "vmlinux"}}]})),
         "host",
-        &["unknown field \"cpus\" (expected one of: cpu, api, seccomp, memory); did you mean \"cpu\"?"],
+        &["unknown field \"cpus\" (expected one of: cpu, api, seccomp, memory, io, net, sandbox); did you mean \"cpu\"?"],
     );
 }
 
@@ -345,8 +347,8 @@ fn many_errors_are_reported_at_once() {
         .expect_err("invalid");
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let expected = [
-        "host: unknown field \"budget\" (expected one of: cpu, api, seccomp, memory)",
-        "vms[1]: unknown field \"extra\" (expected one of: name, kernel, cpu, memory, serial, acl)",
+        "host: unknown field \"budget\" (expected one of: cpu, api, seccomp, memory, io, net, sandbox)",
+        "vms[1]: unknown field \"extra\" (expected one of: name, kernel, cpu, memory, serial, acl, drives, net, vsock, io)",
         "vms[1].kernel: unknown field \"protocl\" (expected one of: path, initrd, cmdline, protocol); did you mean \"protocol\"?",
         "vms[1].cpu.vcpus: invalid type: string \"two\", expected a non-negative integer",
         "vms[1].memory.size_mib: invalid type: number 1.5, expected a non-negative integer",
