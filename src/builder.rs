@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, cpu, EntryPoint};
 use crate::bus::{AddressSpace, Bus, SharedDevice};
-use crate::config::VmSpec;
+use crate::config::{DeviceKind, PlannedDevice, VmSpec};
 use crate::devices::cmos::{CMOS_BASE, CMOS_LEN};
 use crate::devices::i8042::{I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialOut, COM1_BASE, COM1_IRQ, COM1_LEN};
@@ -84,7 +84,7 @@ pub fn build_vm(kvm: &Kvm, spec: &VmSpec, opts: BuildOptions) -> Result<Vm, VmEr
     if spec.memory.prefault {
         crate::mem::prefault(&mem)?;
     }
-    let plan = crate::vm::device_plan(spec);
+    let plan = spec.device_plan();
     let setup = boot::load(
         &mem,
         spec.memory_mib * MIB,
@@ -213,12 +213,15 @@ impl Build<'_> {
     }
 
     /// One virtio device of the plan.
-    fn virtio_device(&mut self, planned: &crate::vm::PlannedDevice) -> Result<(), VmError> {
+    fn virtio_device(&mut self, planned: &PlannedDevice) -> Result<(), VmError> {
         match planned.kind {
-            crate::vm::VirtioKind::Balloon => {
+            DeviceKind::Balloon => {
                 let balloon = crate::mem::new_balloon(self.spec)?;
                 let dev = self.attach(&planned.name, planned.slot, balloon)?;
                 self.devices.balloon = Some(crate::mem::BalloonHandle::new(dev, self.spec));
+            }
+            DeviceKind::Block(_) | DeviceKind::Net(_) | DeviceKind::Vsock => {
+                return Err(VmError::Unsupported(planned.name.clone()));
             }
         }
         Ok(())

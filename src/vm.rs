@@ -13,7 +13,6 @@ use crate::boot::{self, cpu, BootPath};
 use crate::bus::{Bus, BusError};
 use crate::config::VmSpec;
 use crate::devices::{IrqLine, SerialDevice};
-use crate::layout::MmioSlot;
 use crate::lifecycle::{VmOutcome, VmShared};
 use crate::vcpu::{Vcpu, VcpuCommand, VcpuHandle, VcpuStats};
 use crate::verifier::{CompileError, Verifier, VerifierStats};
@@ -43,6 +42,8 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error("{0}")]
     Acl(#[from] CompileError),
+    #[error("{0}: this device is not supported yet")]
+    Unsupported(String),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -52,47 +53,6 @@ pub enum VmError {
 
 /// The serial port type used in VMs.
 pub type Serial = SerialDevice<IrqLine>;
-
-/// Which virtio device a planned slot holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VirtioKind {
-    Balloon,
-}
-
-/// One virtio device of a VM: its name on the bus, its kind and its slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedDevice {
-    pub name: String,
-    pub kind: VirtioKind,
-    pub slot: MmioSlot,
-}
-
-/// A VM's virtio devices and the command line that announces them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DevicePlan {
-    pub virtio: Vec<PlannedDevice>,
-    pub cmdline: String,
-}
-
-/// The devices of `spec`, in slot order, and its final command line.
-pub fn device_plan(spec: &VmSpec) -> DevicePlan {
-    let mut virtio = Vec::new();
-    if spec.memory.balloon == crate::config::BalloonMode::On {
-        virtio.push((VirtioKind::Balloon, "balloon0".to_string()));
-    }
-    let mut cmdline = spec.kernel.cmdline.clone();
-    let virtio = virtio
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, (kind, name))| {
-            let slot = crate::layout::mmio_slot(i)?;
-            cmdline.push(' ');
-            cmdline.push_str(&crate::layout::cmdline_token(slot));
-            Some(PlannedDevice { name, kind, slot })
-        })
-        .collect();
-    DevicePlan { virtio, cmdline }
-}
 
 /// A VM's virtio devices as the monitor drives them.
 #[derive(Default)]
