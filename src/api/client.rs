@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// How long the client waits for the monitor.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the client waits for the monitor (a create or restart waits
+/// for the VM to be built).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Sends `request` to the control socket at `socket` and returns the reply.
 pub fn call(socket: &Path, request: &Value) -> io::Result<Value> {
