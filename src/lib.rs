@@ -20,6 +20,7 @@ pub mod logger;
 pub mod mem;
 pub mod monitor;
 pub mod output;
+pub mod ratelimit;
 pub mod sched;
 pub mod seccomp;
 pub mod stats;
