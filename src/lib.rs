@@ -23,6 +23,7 @@ pub mod output;
 pub mod ratelimit;
 pub mod sched;
 pub mod seccomp;
+pub mod share;
 pub mod stats;
 pub mod vcpu;
 pub mod verifier;
