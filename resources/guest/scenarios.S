@@ -24,6 +24,11 @@ scenario_table:
 	SCENARIO mem-grow, scenario_mem_grow
 	SCENARIO mem-idle, scenario_mem_idle
 	SCENARIO bad-virtio, scenario_bad_virtio
+	SCENARIO blk-info, scenario_blk_info
+	SCENARIO blk-read, scenario_blk_read
+	SCENARIO blk-write, scenario_blk_write
+	SCENARIO blk-err, scenario_blk_err
+	SCENARIO blk-loop, scenario_blk_loop
 	.quad	0, 0				/* end of the table */
 
 scenario_key:
