@@ -29,6 +29,8 @@ scenario_table:
 	SCENARIO blk-write, scenario_blk_write
 	SCENARIO blk-err, scenario_blk_err
 	SCENARIO blk-loop, scenario_blk_loop
+	SCENARIO blk-bench, scenario_blk_bench
+	SCENARIO blk-bad, scenario_blk_bad
 	.quad	0, 0				/* end of the table */
 
 scenario_key:
