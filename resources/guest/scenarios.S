@@ -31,6 +31,12 @@ scenario_table:
 	SCENARIO blk-loop, scenario_blk_loop
 	SCENARIO blk-bench, scenario_blk_bench
 	SCENARIO blk-bad, scenario_blk_bad
+	SCENARIO net-info, scenario_net_info
+	SCENARIO net-tx, scenario_net_tx
+	SCENARIO net-rx, scenario_net_rx
+	SCENARIO net-arp, scenario_net_arp
+	SCENARIO net-flood, scenario_net_flood
+	SCENARIO net-bench, scenario_net_bench
 	.quad	0, 0				/* end of the table */
 
 scenario_key:
