@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Hearth test guest: the blk-bad scenario. One malformed request, chosen by
+ * Hearth test guest: requests a virtio-blk device must refuse. blk-err
+ * (well-formed requests it must fail, at the end of this file) and
+ * blk-bad. One malformed request, chosen by
  * hearth.kind, on queue 0; the doorbell; then what the device did:
  *   hearth-guest: BLK-BAD kind=<kind> needs_reset=<0|1> used=<0|1> blk_status=<status byte> status=0x<Status>
  * then the device is reset and set up again and reads sector 0:
@@ -32,6 +34,10 @@
 #define K_LOOP				4
 #define K_INDIRECT			5
 #define K_HUGE				6
+
+#define OP_READ				0
+#define OP_WRITE			1
+#define BLK_T_UNKNOWN			0xff
 
 	.text
 	.code64
@@ -202,7 +208,107 @@ blk_recover:
 	popq	%rbx
 	ret
 
+/*
+ * blk-err: one request the device should refuse, chosen by
+ * hearth.op=read|write|flush|unknown (default read):
+ *   read: hearth.count (default 1) sectors from hearth.start (default: the capacity)
+ *   write: the same from hearth.start (default 0), the blk-write pattern of seed 0
+ *   flush: a FLUSH;  unknown: request type 255, no data
+ * (count at most one request's worth), then
+ *   hearth-guest: BLK-STATUS op=<op> status=<status byte> start=<s> sectors=<n>
+ * (status timeout / needs_reset if the device did not answer).
+ */
+	.globl	scenario_blk_err
+scenario_blk_err:
+	pushq	%rbx
+	pushq	%rbp
+	pushq	%r12
+	pushq	%r13
+	call	blk_setup
+	testl	%eax, %eax
+	jnz	.Lbe_out
+	leaq	key_op(%rip), %rdi
+	leaq	op_names(%rip), %rsi
+	movl	$OP_READ, %edx
+	call	cmdline_choice
+	movl	%eax, %ebp
+	testl	%eax, %eax
+	jns	1f
+	leaq	msg_bad_op(%rip), %rdi
+	call	blk_fail_line
+	jmp	.Lbe_out
+1:	xorl	%esi, %esi
+	cmpl	$OP_READ, %ebp
+	jne	2f
+	movq	blk_capacity(%rip), %rsi
+2:	leaq	key_start(%rip), %rdi
+	call	cmdline_get_num
+	movq	%rax, %r12			/* start */
+	xorl	%r13d, %r13d			/* sectors */
+	cmpl	$OP_WRITE, %ebp
+	ja	3f
+	leaq	key_count(%rip), %rdi
+	movl	$1, %esi
+	call	cmdline_get_num
+	movq	%rax, %r13
+	call	blk_max_request
+	shrl	$9, %eax
+	cmpq	%rax, %r13
+	cmova	%rax, %r13
+	movq	pool_lo(%rip), %rdi
+	movq	%r12, %rsi
+	movq	%r13, %rdx
+	xorl	%ecx, %ecx
+	call	blk_pattern
+3:	leaq	op_types(%rip), %rax
+	movzbl	(%rax, %rbp), %edi
+	movq	%r12, %rsi
+	movq	pool_lo(%rip), %rdx
+	movl	%r13d, %ecx
+	shll	$9, %ecx
+	call	blk_do
+	movl	%eax, %ebx
+	call	line_begin
+	PUTS	"BLK-STATUS op="
+	leaq	op_names(%rip), %rdi
+	movl	%ebp, %ecx
+4:	testl	%ecx, %ecx			/* the op's name */
+	jz	6f
+5:	cmpb	$0, (%rdi)
+	leaq	1(%rdi), %rdi
+	jne	5b
+	decl	%ecx
+	jmp	4b
+6:	call	puts
+	PUTS	" status="
+	movl	%ebx, %edi
+	testl	%edi, %edi
+	js	7f
+	call	put_dec
+	jmp	8f
+7:	call	blk_put_status
+8:	PUTS	" start="
+	movq	%r12, %rdi
+	call	put_dec
+	PUTS	" sectors="
+	movq	%r13, %rdi
+	call	put_dec
+	call	line_end
+.Lbe_out:
+	popq	%r13
+	popq	%r12
+	popq	%rbp
+	popq	%rbx
+	ret
+
 	.section .rodata
+msg_bad_op:	.asciz	"unknown hearth.op (read, write, flush, unknown)"
+op_names:	.asciz	"read"
+		.asciz	"write"
+		.asciz	"flush"
+		.asciz	"unknown"
+		.byte	0
+op_types:	.byte	VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, BLK_T_UNKNOWN
 key_kind:	.asciz	"hearth.kind"
 kind_names:	.asciz	"hdr-short"
 		.asciz	"no-status"

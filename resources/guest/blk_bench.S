@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Hearth test guest: the blk-bench scenario. A fixed number of requests of
+ * Hearth test guest: the block load generators: blk-loop (at the end of
+ * this file) and blk-bench. blk-bench: a fixed number of requests of
  * one size, several in flight, between two lines the host times:
  *   hearth-guest: BLK-BENCH-START dev=<n> op=<read|write> mode=<seq|rand> bs=<bytes> qd=<n> ops=<n>
  *   hearth-guest: BLK-BENCH-END ops=<n> bytes=<n> errors=<requests not OK>
@@ -15,6 +16,7 @@
 #define OPS_DEFAULT			1000
 #define BS_DEFAULT			4096
 #define QD_DEFAULT			1
+#define EVERY_MIB_DEFAULT		16
 
 	.text
 	.code64
@@ -313,7 +315,97 @@ scenario_blk_bench:
 	popq	%rbx
 	ret
 
+/*
+ * blk-loop: read the whole disk over and over, hearth.bs bytes per request,
+ * from sector 0, wrapping at the capacity:
+ *   hearth-guest: BLK-PROGRESS mib=<MiB read so far>   every hearth.every_mib MiB (default 16)
+ *   hearth-guest: BLK-STOPPED mib=<n>                  on a 'q' on COM1
+ * or BLK-FAIL read sector=<s> status=<status> if a request fails.
+ */
+	.globl	scenario_blk_loop
+scenario_blk_loop:
+	pushq	%rbx
+	pushq	%rbp
+	pushq	%r12
+	pushq	%r13
+	pushq	%r14
+	pushq	%r15
+	call	blk_setup
+	testl	%eax, %eax
+	jnz	.Lbl_out
+	cmpq	$0, blk_capacity(%rip)
+	jne	1f
+	leaq	msg_empty(%rip), %rdi
+	call	blk_fail_line
+	jmp	.Lbl_out
+1:	leaq	key_every(%rip), %rdi
+	movl	$EVERY_MIB_DEFAULT, %esi
+	call	cmdline_get_num
+	shlq	$20, %rax
+	jnz	2f
+	movl	$0x100000, %eax
+2:	movq	%rax, %rbp			/* bytes between progress lines */
+	movq	%rax, %r15			/* the next progress line at */
+	call	blk_request_sectors
+	movq	%rax, %r14
+	xorl	%r12d, %r12d			/* sector */
+	xorl	%r13d, %r13d			/* bytes read */
+.Lbl_loop:
+	call	serial_got_stop
+	testl	%eax, %eax
+	jnz	.Lbl_stop
+	movq	blk_capacity(%rip), %rbx
+	subq	%r12, %rbx
+	cmpq	%r14, %rbx
+	cmova	%r14, %rbx
+	movl	$VIRTIO_BLK_T_IN, %edi
+	movq	%r12, %rsi
+	movq	pool_lo(%rip), %rdx
+	movl	%ebx, %ecx
+	shll	$9, %ecx
+	call	blk_do
+	testl	%eax, %eax
+	jz	3f
+	leaq	name_read(%rip), %rdi
+	movq	%r12, %rsi
+	movl	%eax, %edx
+	call	blk_fail_io
+	jmp	.Lbl_out
+3:	addq	%rbx, %r12
+	cmpq	blk_capacity(%rip), %r12
+	jb	4f
+	xorl	%r12d, %r12d
+4:	shlq	$9, %rbx
+	addq	%rbx, %r13
+	cmpq	%r15, %r13
+	jb	.Lbl_loop
+	addq	%rbp, %r15
+	call	line_begin
+	PUTS	"BLK-PROGRESS mib="
+	movq	%r13, %rdi
+	shrq	$20, %rdi
+	call	put_dec
+	call	line_end
+	jmp	.Lbl_loop
+.Lbl_stop:
+	call	line_begin
+	PUTS	"BLK-STOPPED mib="
+	movq	%r13, %rdi
+	shrq	$20, %rdi
+	call	put_dec
+	call	line_end
+.Lbl_out:
+	popq	%r15
+	popq	%r14
+	popq	%r13
+	popq	%r12
+	popq	%rbp
+	popq	%rbx
+	ret
+
 	.section .rodata
+key_every:	.asciz	"hearth.every_mib"
+msg_empty:	.asciz	"the disk is empty"
 key_ops:	.asciz	"hearth.ops"
 key_bench_op:	.asciz	"hearth.op"
 key_mode:	.asciz	"hearth.mode"

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Hearth test guest: the block scenarios that move data one request at a
- * time (blk.S's blk_do): blk-read, blk-write, blk-err and blk-loop.
+ * Hearth test guest: the block scenarios that move and check data one
+ * request at a time (blk.S's blk_do): blk-read and blk-write.
  *
  * Data buffers live in the RAM pool: requests read into or write from
  * pool_lo; blk-write reads back into pool_lo + BLK_MAX_REQ.
@@ -13,13 +13,6 @@
 #define FNV_OFFSET			0xcbf29ce484222325
 #define PATTERN_K			0x9e3779b97f4a7c15
 #define WRITE_COUNT_DEFAULT		8
-#define EVERY_MIB_DEFAULT		16
-
-#define OP_READ				0
-#define OP_WRITE			1
-#define OP_FLUSH			2
-#define OP_UNKNOWN			3
-#define BLK_T_UNKNOWN			0xff
 
 	.text
 	.code64
@@ -29,6 +22,7 @@
  * (default and maximum blk_max_request) rounded down to whole sectors,
  * at least one.
  */
+	.globl	blk_request_sectors
 blk_request_sectors:
 	call	blk_max_request
 	pushq	%rax
@@ -44,6 +38,7 @@ blk_request_sectors:
 1:	ret
 
 /* blk_fail_io(what: rdi, sector: rsi, status: edx): BLK-FAIL <what> sector=<s> status=<name> */
+	.globl	blk_fail_io
 blk_fail_io:
 	pushq	%rbx
 	pushq	%r12
@@ -420,203 +415,13 @@ scenario_blk_write:
 	popq	%rbx
 	ret
 
-/*
- * blk-err: one request the device should refuse, chosen by
- * hearth.op=read|write|flush|unknown (default read):
- *   read: hearth.count (default 1) sectors from hearth.start (default: the capacity)
- *   write: the same from hearth.start (default 0), the blk-write pattern of seed 0
- *   flush: a FLUSH;  unknown: request type 255, no data
- * (count at most one request's worth), then
- *   hearth-guest: BLK-STATUS op=<op> status=<status byte> start=<s> sectors=<n>
- * (status timeout / needs_reset if the device did not answer).
- */
-	.globl	scenario_blk_err
-scenario_blk_err:
-	pushq	%rbx
-	pushq	%rbp
-	pushq	%r12
-	pushq	%r13
-	call	blk_setup
-	testl	%eax, %eax
-	jnz	.Lbe_out
-	leaq	key_op(%rip), %rdi
-	leaq	op_names(%rip), %rsi
-	movl	$OP_READ, %edx
-	call	cmdline_choice
-	movl	%eax, %ebp
-	testl	%eax, %eax
-	jns	1f
-	leaq	msg_bad_op(%rip), %rdi
-	call	blk_fail_line
-	jmp	.Lbe_out
-1:	xorl	%esi, %esi
-	cmpl	$OP_READ, %ebp
-	jne	2f
-	movq	blk_capacity(%rip), %rsi
-2:	leaq	key_start(%rip), %rdi
-	call	cmdline_get_num
-	movq	%rax, %r12			/* start */
-	xorl	%r13d, %r13d			/* sectors */
-	cmpl	$OP_WRITE, %ebp
-	ja	3f
-	leaq	key_count(%rip), %rdi
-	movl	$1, %esi
-	call	cmdline_get_num
-	movq	%rax, %r13
-	call	blk_max_request
-	shrl	$9, %eax
-	cmpq	%rax, %r13
-	cmova	%rax, %r13
-	movq	pool_lo(%rip), %rdi
-	movq	%r12, %rsi
-	movq	%r13, %rdx
-	xorl	%ecx, %ecx
-	call	blk_pattern
-3:	leaq	op_types(%rip), %rax
-	movzbl	(%rax, %rbp), %edi
-	movq	%r12, %rsi
-	movq	pool_lo(%rip), %rdx
-	movl	%r13d, %ecx
-	shll	$9, %ecx
-	call	blk_do
-	movl	%eax, %ebx
-	call	line_begin
-	PUTS	"BLK-STATUS op="
-	leaq	op_names(%rip), %rdi
-	movl	%ebp, %ecx
-4:	testl	%ecx, %ecx			/* the op's name */
-	jz	6f
-5:	cmpb	$0, (%rdi)
-	leaq	1(%rdi), %rdi
-	jne	5b
-	decl	%ecx
-	jmp	4b
-6:	call	puts
-	PUTS	" status="
-	movl	%ebx, %edi
-	testl	%edi, %edi
-	js	7f
-	call	put_dec
-	jmp	8f
-7:	call	blk_put_status
-8:	PUTS	" start="
-	movq	%r12, %rdi
-	call	put_dec
-	PUTS	" sectors="
-	movq	%r13, %rdi
-	call	put_dec
-	call	line_end
-.Lbe_out:
-	popq	%r13
-	popq	%r12
-	popq	%rbp
-	popq	%rbx
-	ret
-
-/*
- * blk-loop: read the whole disk over and over, hearth.bs bytes per request,
- * from sector 0, wrapping at the capacity:
- *   hearth-guest: BLK-PROGRESS mib=<MiB read so far>   every hearth.every_mib MiB (default 16)
- *   hearth-guest: BLK-STOPPED mib=<n>                  on a 'q' on COM1
- * or BLK-FAIL read sector=<s> status=<status> if a request fails.
- */
-	.globl	scenario_blk_loop
-scenario_blk_loop:
-	pushq	%rbx
-	pushq	%rbp
-	pushq	%r12
-	pushq	%r13
-	pushq	%r14
-	pushq	%r15
-	call	blk_setup
-	testl	%eax, %eax
-	jnz	.Lbl_out
-	cmpq	$0, blk_capacity(%rip)
-	jne	1f
-	leaq	msg_empty(%rip), %rdi
-	call	blk_fail_line
-	jmp	.Lbl_out
-1:	leaq	key_every(%rip), %rdi
-	movl	$EVERY_MIB_DEFAULT, %esi
-	call	cmdline_get_num
-	shlq	$20, %rax
-	jnz	2f
-	movl	$0x100000, %eax
-2:	movq	%rax, %rbp			/* bytes between progress lines */
-	movq	%rax, %r15			/* the next progress line at */
-	call	blk_request_sectors
-	movq	%rax, %r14
-	xorl	%r12d, %r12d			/* sector */
-	xorl	%r13d, %r13d			/* bytes read */
-.Lbl_loop:
-	call	serial_got_stop
-	testl	%eax, %eax
-	jnz	.Lbl_stop
-	movq	blk_capacity(%rip), %rbx
-	subq	%r12, %rbx
-	cmpq	%r14, %rbx
-	cmova	%r14, %rbx
-	movl	$VIRTIO_BLK_T_IN, %edi
-	movq	%r12, %rsi
-	movq	pool_lo(%rip), %rdx
-	movl	%ebx, %ecx
-	shll	$9, %ecx
-	call	blk_do
-	testl	%eax, %eax
-	jz	3f
-	leaq	name_read(%rip), %rdi
-	movq	%r12, %rsi
-	movl	%eax, %edx
-	call	blk_fail_io
-	jmp	.Lbl_out
-3:	addq	%rbx, %r12
-	cmpq	blk_capacity(%rip), %r12
-	jb	4f
-	xorl	%r12d, %r12d
-4:	shlq	$9, %rbx
-	addq	%rbx, %r13
-	cmpq	%r15, %r13
-	jb	.Lbl_loop
-	addq	%rbp, %r15
-	call	line_begin
-	PUTS	"BLK-PROGRESS mib="
-	movq	%r13, %rdi
-	shrq	$20, %rdi
-	call	put_dec
-	call	line_end
-	jmp	.Lbl_loop
-.Lbl_stop:
-	call	line_begin
-	PUTS	"BLK-STOPPED mib="
-	movq	%r13, %rdi
-	shrq	$20, %rdi
-	call	put_dec
-	call	line_end
-.Lbl_out:
-	popq	%r15
-	popq	%r14
-	popq	%r13
-	popq	%r12
-	popq	%rbp
-	popq	%rbx
-	ret
-
 	.section .rodata
-	.globl	key_start, key_count, key_seed, key_bs
+	.globl	key_start, key_count, key_seed, key_bs, key_op, name_read
 key_start:	.asciz	"hearth.start"
 key_count:	.asciz	"hearth.count"
 key_seed:	.asciz	"hearth.seed"
 key_flush:	.asciz	"hearth.flush"
 key_bs:		.asciz	"hearth.bs"
 key_op:		.asciz	"hearth.op"
-key_every:	.asciz	"hearth.every_mib"
 name_read:	.asciz	"read"
 name_verify:	.asciz	"verify"
-msg_bad_op:	.asciz	"unknown hearth.op (read, write, flush, unknown)"
-msg_empty:	.asciz	"the disk is empty"
-op_names:	.asciz	"read"
-		.asciz	"write"
-		.asciz	"flush"
-		.asciz	"unknown"
-		.byte	0
-op_types:	.byte	VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, BLK_T_UNKNOWN
