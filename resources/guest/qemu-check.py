@@ -499,6 +499,27 @@ def check_net_bench_rx(ctx):
     return g
 
 
+def check_hostile(ctx):
+    """Every kind on every queue of a blk, a net and a balloon device; QEMU
+    must survive it and the guest must get through (the devices reset)."""
+    _, args = disk(ctx, "hostile.img")
+    net = Net()
+    g = Guest(ctx, "hearth.scenario=hostile hearth.rounds=2", args + net.args
+              + ["-device", "virtio-balloon-device"], timeout=180)
+    seen = set()
+    while True:
+        line = g.wait_for("HOSTILE")
+        if line.startswith("HOSTILE-DONE"):
+            break
+        f = fields(line)
+        expect("setup" not in f, line)
+        seen.add((f["round"], f["id"], f["queue"], f["kind"]))
+    # blk: 1 queue; net: rx, tx, ctrl; balloon: inflate, deflate, stats.
+    expect(line == f"HOSTILE-DONE rounds=2 lines={len(seen)}" and len(seen) == 2 * 7 * 9,
+           f"{line}, {len(seen)} distinct lines")
+    g.finish()
+
+
 CHECKS = [(name[len("check_"):].replace("_", "-"), fn) for name, fn in list(globals().items())
           if name.startswith("check_")]
 

@@ -37,6 +37,7 @@ scenario_table:
 	SCENARIO net-arp, scenario_net_arp
 	SCENARIO net-flood, scenario_net_flood
 	SCENARIO net-bench, scenario_net_bench
+	SCENARIO hostile, scenario_hostile
 	.quad	0, 0				/* end of the table */
 
 scenario_key:
