@@ -38,6 +38,8 @@ scenario_table:
 	SCENARIO net-flood, scenario_net_flood
 	SCENARIO net-bench, scenario_net_bench
 	SCENARIO hostile, scenario_hostile
+	SCENARIO vsock-echo, scenario_vsock_echo
+	SCENARIO vsock-connect, scenario_vsock_connect
 	.quad	0, 0				/* end of the table */
 
 scenario_key:
