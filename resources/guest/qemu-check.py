@@ -22,12 +22,6 @@ vhost-user-vsock-device with the device itself in vhost_user_vsock.py
 
 import argparse
 import os
-import queue
-import random
-import shlex
-import socket
-import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,160 +30,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # nothing new in the guest's source folder
-import vhost_user_vsock as vu  # noqa: E402
-MAC = "52:54:00:12:34:56"
-SECTORS = 2048
-PATTERN_K = 0x9E3779B97F4A7C15
-M64 = (1 << 64) - 1
-PREFIX = "hearth-guest: "
-
-
-def fnv1a64(data):
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & M64
-    return h
-
-
-def build_guest(out):
-    """Assemble and link the guest as build.rs does; returns the ELF path."""
-    objs = []
-    for name in sorted(os.listdir(HERE)):
-        if not name.endswith(".S"):
-            continue
-        obj = os.path.join(out, name[:-2] + ".o")
-        subprocess.run(["gcc", "-c", "-m64", "-x", "assembler-with-cpp", "-I", HERE,
-                        "-o", obj, os.path.join(HERE, name)], check=True)
-        objs.append(obj)
-    elf = os.path.join(out, "hearth-guest.elf")
-    subprocess.run(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000",
-                    "--build-id=none", "-T", os.path.join(HERE, "guest.ld"), "-o", elf] + objs,
-                   check=True, stderr=subprocess.DEVNULL)
-    return elf
-
-
-def payload(seq, n):
-    """The guest's frame payload: seq big-endian, then (seq + i) mod 256."""
-    head = seq.to_bytes(4, "big")[:n]
-    return head + bytes((seq + i) & 0xFF for i in range(4, n))
-
-
-def hearth_frame(dst, src, seq, n):
-    return dst + src + b"\x88\xb5" + payload(seq, n)
-
-
-def pattern_sector(sector, seed):
-    return b"".join(struct.pack("<Q", (((sector * 512 + o) * PATTERN_K) & M64) ^ seed)
-                    for o in range(0, 512, 8))
-
-
-def free_udp_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class CheckFailed(Exception):
-    pass
-
-
-class Guest:
-    """One QEMU run: its serial lines arrive on a queue as they come."""
-
-    def __init__(self, ctx, append, extra, timeout=60, machine="microvm,acpi=off"):
-        self.cmd = ["qemu-system-x86_64", "-M", machine, "-enable-kvm",
-                    "-cpu", "host,-arch-capabilities", "-m", "256", "-smp", "1",
-                    "-display", "none", "-serial", "stdio", "-no-reboot", "-device", "i8042",
-                    "-global", "virtio-mmio.force-legacy=false",
-                    "-kernel", ctx.elf, "-append", append] + extra
-        ctx.guests.append(self)
-        self.lines = []
-        self.deadline = time.time() + timeout
-        self.queue = queue.Queue()
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for raw in self.proc.stdout:
-            self.queue.put(raw.decode("utf-8", "replace").rstrip("\n"))
-        self.queue.put(None)
-
-    def next_line(self):
-        left = self.deadline - time.time()
-        if left <= 0:
-            raise CheckFailed("timed out")
-        try:
-            line = self.queue.get(timeout=left)
-        except queue.Empty:
-            raise CheckFailed("timed out") from None
-        if line is None:
-            raise CheckFailed("QEMU exited")
-        self.lines.append(line)
-        return line
-
-    def wait_for(self, needle):
-        """The first guest line (after the prefix) starting with needle."""
-        while True:
-            line = self.next_line()
-            if line.startswith(PREFIX) and line[len(PREFIX):].startswith(needle):
-                return line[len(PREFIX):]
-
-    def finish(self):
-        """Collect the rest until QEMU exits (the guest resets)."""
-        try:
-            while True:
-                self.next_line()
-        except CheckFailed as e:
-            if str(e) != "QEMU exited":
-                raise
-        self.proc.wait(timeout=10)
-
-    def type(self, text):
-        self.proc.stdin.write(text.encode())
-        self.proc.stdin.flush()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def show(self):
-        print("  $ " + " ".join(shlex.quote(a) for a in self.cmd))
-        for line in self.lines:
-            print("  | " + line)
-
-
-def fields(line):
-    """key=value fields of a guest line."""
-    return dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
-
-
-def expect(cond, what):
-    if not cond:
-        raise CheckFailed(what)
-
-
-class Net:
-    """The guest's network peer on a QEMU UDP socket backend."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.qemu_port = free_udp_port()
-        port = self.sock.getsockname()[1]
-        self.args = ["-netdev", f"socket,id=n0,udp=127.0.0.1:{port},localaddr=127.0.0.1:{self.qemu_port}",
-                     "-device", f"virtio-net-device,netdev=n0,mac={MAC}"]
-
-    def send(self, frame):
-        self.sock.sendto(frame, ("127.0.0.1", self.qemu_port))
-
-    def recv(self, timeout=10):
-        self.sock.settimeout(timeout)
-        return self.sock.recvfrom(65536)[0]
+import qemu_check_vsock  # noqa: E402
+from qemu_guest import (MAC, SECTORS, CheckFailed, Ctx, Guest, Net, build_guest,  # noqa: E402
+                        expect, fields, fnv1a64, hearth_frame, pattern_sector)
 
 
 # ---------------------------------------------------------------------------
@@ -526,138 +369,10 @@ def check_hostile(ctx):
     g.finish()
 
 
-def vsock_guest(ctx, append, app):
-    """A guest with a vhost-user-vsock-device served by vhost_user_vsock.py (guest CID 3)."""
-    path = os.path.join(ctx.tmp, "vsock.sock")
-    if os.path.exists(path):
-        os.unlink(path)
-    backend = vu.Backend(path, 3, app)
-    ctx.backends.append(backend)
-    g = Guest(ctx, append, ["-object", "memory-backend-memfd,id=mem,size=256M,share=on",
-                            "-chardev", f"socket,id=vs0,path={path}",
-                            "-device", "vhost-user-vsock-device,chardev=vs0"],
-              machine="microvm,acpi=off,memory-backend=mem")
-    return backend, g
 
-
-def check_vsock_echo(ctx):
-    """100 KB to the guest's echo port and back through a 8 KiB host buffer;
-    a CREDIT_REQUEST answered; a packet for no connection reset; then the
-    host shuts down sending and the guest closes cleanly."""
-    data = random.Random(1).randbytes(100_000)
-    got, seen = bytearray(), []
-    lock = threading.RLock()
-    state = {"sent": 0, "shut": False, "peer": None}
-
-    def pump():
-        with lock:
-            peer = state["peer"]
-            while state["sent"] < len(data):
-                n = peer.send_data(data[state["sent"]:])
-                if n == 0:
-                    break
-                state["sent"] += n
-            if state["sent"] == len(data) and not state["shut"]:
-                state["shut"] = True
-                peer.send(vu.OP_SHUTDOWN, vu.SHUTDOWN_SEND)
-
-    def app(backend, pkt):
-        with lock:
-            peer = state["peer"]
-            seen.append((pkt.src_port, pkt.dst_port, pkt.op))
-            if peer is None or pkt.dst_port != peer.host_port:
-                return
-            peer.took(pkt)
-            if pkt.op == vu.OP_RESPONSE:
-                peer.state = "connected"
-            elif pkt.op == vu.OP_RW:
-                got.extend(pkt.payload)
-            elif pkt.op == vu.OP_SHUTDOWN:
-                peer.state = "shutdown"
-                peer.send(vu.OP_RST)
-            elif pkt.op == vu.OP_CREDIT_REQUEST:
-                peer.send(vu.OP_CREDIT_UPDATE)
-            if peer.fwd_cnt - peer.announced >= 2048:
-                peer.send(vu.OP_CREDIT_UPDATE)
-            if peer.state == "connected":
-                pump()
-
-    backend, g = vsock_guest(ctx, "hearth.scenario=vsock-echo hearth.port=5000", app)
-    listen = g.wait_for("VSOCK-LISTEN")
-    expect(listen == "VSOCK-LISTEN cid=3 port=5000", listen)
-    backend.send(vu.Packet(0, 0, 999, 4444, vu.OP_RW, payload=b"stray"))
-    expect(vu.wait_until(lambda: (4444, 999, vu.OP_RST) in seen, 10), f"no RST for a stray packet: {seen}")
-    with lock:
-        state["peer"] = vu.HostPeer(backend, 1234, 5000, 8192)
-        state["peer"].send(vu.OP_REQUEST)
-    accept = g.wait_for("VSOCK-ACCEPT")
-    expect(accept == "VSOCK-ACCEPT peer_cid=2 peer_port=1234", accept)
-    with lock:
-        state["peer"].send(vu.OP_CREDIT_REQUEST)
-    expect(vu.wait_until(lambda: (5000, 1234, vu.OP_CREDIT_UPDATE) in seen, 10), "no CREDIT_UPDATE")
-    with lock:
-        pump()
-    line = g.wait_for("VSOCK-ECHO")
-    g.finish()
-    expect(not backend.errors, f"backend: {backend.errors}")
-    expect(line == f"VSOCK-ECHO bytes={len(data)} received={len(data)} end=shutdown violations=0 bad=0", line)
-    expect(bytes(got) == data, f"the host got {len(got)} bytes back, {'not ' if got != data[:len(got)] else ''}a prefix")
-    expect(state["peer"].violations == 0, "the guest sent beyond the host's credit")
-    g.lines.append(f"(host: {len(seen)} packets from the guest)")
-
-
-def vsock_connect(ctx, listen_port, reply):
-    got = bytearray()
-    state = {"peer": None}
-
-    def app(backend, pkt):
-        peer = state["peer"]
-        if pkt.op == vu.OP_REQUEST:
-            if pkt.dst_port != listen_port:
-                backend.send(vu.Packet(0, 0, pkt.dst_port, pkt.src_port, vu.OP_RST))
-                return
-            peer = state["peer"] = vu.HostPeer(backend, listen_port, pkt.src_port, 4096)
-            peer.took(pkt)
-            peer.send(vu.OP_RESPONSE)
-            return
-        if peer is None:
-            return
-        peer.took(pkt)
-        if pkt.op == vu.OP_RW:
-            got.extend(pkt.payload)
-            if got.endswith(b"\n"):
-                expect(peer.send_data(reply) == len(reply), "the guest's credit is too small for the reply")
-        elif pkt.op == vu.OP_SHUTDOWN:
-            peer.send(vu.OP_RST)
-
-    backend, g = vsock_guest(ctx, "hearth.scenario=vsock-connect hearth.port=5000", app)
-    line = g.wait_for("VSOCK-CONNECT ")
-    g.finish()
-    expect(not backend.errors, f"backend: {backend.errors}")
-    return g, line, bytes(got)
-
-
-def check_vsock_connect(ctx):
-    g, line, got = vsock_connect(ctx, 5000, b"hi from the host\r\n")
-    expect(line == "VSOCK-CONNECT reply=hi from the host", line)
-    expect(got == b"hello from hearth-guest\n", f"the host got {got!r}")
-
-
-def check_vsock_connect_refused(ctx):
-    g, line, got = vsock_connect(ctx, 6000, b"")
-    expect(line == "VSOCK-CONNECT error=reset", line)
-
-
-CHECKS = [(name[len("check_"):].replace("_", "-"), fn) for name, fn in list(globals().items())
+CHECKS = [(name[len("check_"):].replace("_", "-"), fn)
+          for name, fn in list(globals().items()) + list(vars(qemu_check_vsock).items())
           if name.startswith("check_")]
-
-
-class Ctx:
-    def __init__(self, elf, tmp):
-        self.elf = elf
-        self.tmp = tmp
-        self.guests = []
-        self.backends = []
 
 
 def main():
@@ -702,3 +417,4 @@ def main():
 
 if __name__ == "__main__":
     sys.exit(main())
+
