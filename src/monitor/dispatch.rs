@@ -17,6 +17,7 @@ const TAG_STATS: u32 = 3;
 const TAG_MEM: u32 = 4;
 const TAG_EXITS: u32 = 5;
 const TAG_WORKERS: u32 = 6;
+const TAG_CAP: u32 = 7;
 
 impl Monitor {
     /// VMs whose vCPUs stopped (a guest reset, a failure, a stop request):
@@ -242,6 +243,11 @@ impl MutEventSubscriber for Monitor {
         ));
         add(Events::with_data(self.mem.timer(), TAG_MEM, EventSet::IN));
         add(Events::with_data(
+            self.sched.cap_timer(),
+            TAG_CAP,
+            EventSet::IN,
+        ));
+        add(Events::with_data(
             self.exits.eventfd(),
             TAG_EXITS,
             EventSet::IN,
@@ -275,6 +281,13 @@ impl MutEventSubscriber for Monitor {
                 self.stop_all("quit from the console");
             }
             TAG_SCHED => self.on_sched_tick(),
+            TAG_CAP => {
+                let running = self
+                    .vms
+                    .iter()
+                    .filter_map(|(id, e)| e.running().map(|vm| (*id, vm)));
+                self.sched.on_cap_timer(running);
+            }
             TAG_STATS => {
                 let _ = self.stats_timer.wait();
                 self.write_stats();
