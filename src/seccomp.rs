@@ -115,6 +115,10 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_rename,
     // The socket file is removed at exit.
     libc::SYS_unlink,
+    // Validating a VM for `create`: a kernel's headers, its files' sizes.
+    libc::SYS_pread64,
+    libc::SYS_readlink,
+    libc::SYS_getuid,
     // Kicking vCPU threads (pthread_kill).
     libc::SYS_tgkill,
     libc::SYS_getpid,
@@ -124,14 +128,6 @@ const EVENT_LOOP: &[i64] = &[
     // The terminal restored, the monitor's exit.
     libc::SYS_ioctl,
     libc::SYS_exit_group,
-    // Tear-down threads (a stopped VM's vCPUs joined, its memory unmapped
-    // and its fds closed off the loop): thread creation and naming.
-    libc::SYS_clone,
-    libc::SYS_clone3,
-    libc::SYS_set_robust_list,
-    libc::SYS_rseq,
-    libc::SYS_prctl,
-    libc::SYS_sched_getaffinity,
 ];
 
 /// A life-cycle worker, beyond COMMON: building a VM, and whatever the

@@ -46,8 +46,8 @@ pub trait Control {
         waiter: Waiter,
     ) -> Result<Answer, String>;
 
-    /// Starts a created VM.
-    fn start(&mut self, vm: usize) -> Result<Value, String>;
+    /// Starts a created VM (answered once its vCPUs run).
+    fn start(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String>;
 
     /// Stops (if needed), tears down and forgets a VM.
     fn delete(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String>;
@@ -121,7 +121,7 @@ pub fn execute(
         }
         Request::Start { vm } => {
             let idx = find(ctl, &vm)?;
-            ctl.start(idx).map(Answer::Now)
+            ctl.start(idx, waiter())
         }
         Request::Delete { vm } => {
             let idx = find(ctl, &vm)?;

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::workers::Job;
 use super::{AfterStop, Monitor, VmEntry, VmId, VmState};
 use crate::api::{Answer, Control, Waiter, STOPPED_BY_API};
 use crate::config::VmSpec;
@@ -200,20 +201,17 @@ impl Control for Monitor {
         Ok(Answer::Later)
     }
 
-    fn start(&mut self, vm: usize) -> Result<Value, String> {
+    fn start(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String> {
         let (id, e) = self.nth_mut(vm).ok_or("no such VM")?;
         if !matches!(e.state, VmState::Created(_)) {
             return Err(format!("vm {} is {}, not created", e.name, e.state_name()));
         }
-        let Some(VmState::Created(mut v)) = e.transition(VmState::Building) else {
+        let Some(VmState::Created(vm)) = e.transition(VmState::Building) else {
             return Err("internal: the VM changed state".into());
         };
-        let started = v.start();
-        e.state = VmState::Running(v);
-        let name = e.name.clone();
-        started.map_err(|err| format!("vm {name}: {err}"))?;
-        self.admit(id);
-        Ok(json!({"vm": name, "state": "running"}))
+        e.waiting.push(waiter);
+        self.submit(Job::Start { id, vm });
+        Ok(Answer::Later)
     }
 
     fn delete(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String> {

@@ -78,7 +78,9 @@ impl Monitor {
         let Some(entry) = self.vms.get_mut(&id) else {
             return;
         };
-        entry.output = output;
+        if output.is_some() {
+            entry.output = output;
+        }
         let vm = match result {
             Ok(vm) => vm,
             Err(e) => {

@@ -8,9 +8,9 @@
 //! - [`workers`]: the threads that build and tear down VMs off the loop.
 //!
 //! ```text
-//!  create ──> Building ──> Created ──start──> Running ──exit──> Stopping ──> Stopped
-//!                 └──────(start: true)──────────┘        stop/guest end       │
-//!                                                                 restart ────┘ delete: gone
+//!  create ──> Building ──> Created ──start──> Building ──> Running ──exit──> Stopping ──> Stopped
+//!                 └──────────────(start: true)──────────────────┘    stop/guest end        │
+//!                                                                          restart ────────┘ delete: gone
 //! ```
 //!
 //! Building and tearing down run on the workers; only then does the
@@ -46,7 +46,7 @@ pub type VmId = usize;
 
 /// Where a VM is in its life.
 pub enum VmState {
-    /// A worker is building it.
+    /// A worker is building or starting it.
     Building,
     /// Built; its vCPUs have not started.
     Created(Box<Vm>),
@@ -58,28 +58,52 @@ pub enum VmState {
     Stopped(Box<VmReport>),
 }
 
+/// A state without what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Building,
+    Created,
+    Running,
+    Stopping,
+    Stopped,
+}
+
+/// The transitions of the life cycle (the diagram above), in one place.
+fn allowed(from: Kind, to: Kind) -> bool {
+    use Kind::*;
+    matches!(
+        (from, to),
+        (Building, Created | Running)
+            | (Created, Building | Stopping)
+            | (Running, Stopping)
+            | (Stopping, Stopped)
+            | (Stopped, Building)
+    )
+}
+
 impl VmState {
-    fn name(&self) -> &'static str {
+    fn kind(&self) -> Kind {
         match self {
-            VmState::Building => "building",
-            VmState::Created(_) => "created",
-            VmState::Running(_) => "running",
-            VmState::Stopping => "stopping",
-            VmState::Stopped(_) => "stopped",
+            VmState::Building => Kind::Building,
+            VmState::Created(_) => Kind::Created,
+            VmState::Running(_) => Kind::Running,
+            VmState::Stopping => Kind::Stopping,
+            VmState::Stopped(_) => Kind::Stopped,
         }
     }
 
-    /// The transitions of the life cycle (the diagram above), in one place.
+    fn name(&self) -> &'static str {
+        match self.kind() {
+            Kind::Building => "building",
+            Kind::Created => "created",
+            Kind::Running => "running",
+            Kind::Stopping => "stopping",
+            Kind::Stopped => "stopped",
+        }
+    }
+
     fn valid_transition(&self, to: &VmState) -> bool {
-        use VmState::*;
-        matches!(
-            (self, to),
-            (Building, Created(_) | Running(_))
-                | (Created(_), Running(_) | Stopping)
-                | (Running(_), Stopping)
-                | (Stopping, Stopped(_))
-                | (Stopped(_), Building)
-        )
+        allowed(self.kind(), to.kind())
     }
 }
 
@@ -291,5 +315,33 @@ impl Monitor {
 
     fn nth_mut(&mut self, index: usize) -> Option<(VmId, &mut VmEntry)> {
         self.vms.iter_mut().nth(index).map(|(id, e)| (*id, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_life_cycle_only_goes_its_way() {
+        use Kind::*;
+        let all = [Building, Created, Running, Stopping, Stopped];
+        let ok: Vec<(Kind, Kind)> = all
+            .iter()
+            .flat_map(|a| all.iter().map(move |b| (*a, *b)))
+            .filter(|(a, b)| allowed(*a, *b))
+            .collect();
+        assert_eq!(
+            ok,
+            [
+                (Building, Created),
+                (Building, Running),
+                (Created, Building),
+                (Created, Stopping),
+                (Running, Stopping),
+                (Stopping, Stopped),
+                (Stopped, Building),
+            ]
+        );
     }
 }

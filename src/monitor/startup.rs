@@ -115,6 +115,7 @@ fn start_monitor(
     opts: &RunOptions,
     kvm: Arc<Kvm>,
     signals: Signals,
+    console: Option<(usize, ConsoleTarget)>,
 ) -> Result<Monitor, MonitorError> {
     let plan = build_plan(spec, opts.serve)?;
     let workers = Workers::start(
@@ -160,7 +161,7 @@ fn start_monitor(
         stats_file: opts.stats_file.clone(),
         started: Instant::now(),
         exits: ExitQueue::new().map_err(setup_err("exit eventfd"))?,
-        console: None,
+        console,
         fatal: None,
     };
     for vm in &spec.vms {
@@ -211,17 +212,19 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         .map(crate::api::Listener::bind)
         .transpose()?;
     let mut em: Loop = EventManager::new().map_err(MonitorError::EventLoop)?;
-    let mut monitor = start_monitor(spec, opts, kvm, signals)?;
+    // The file's VMs get ids 0.. in order; the console feeds the one that
+    // reads stdin, once it is built.
     let console_vm = spec.vms.iter().position(|v| v.serial.stdin);
+    let target = ConsoleTarget::default();
+    let console = console_vm.map(|index| (index, target.clone()));
+    let monitor = start_monitor(spec, opts, kvm, signals, console)?;
     let _raw_terminal = match console_vm {
         Some(_) => {
             RawTerminal::enter(libc::STDIN_FILENO).map_err(setup_err("terminal raw mode"))?
         }
         None => None,
     };
-    if let Some(index) = console_vm {
-        let target = ConsoleTarget::default();
-        monitor.console = Some((index, target.clone()));
+    if console_vm.is_some() {
         let quit = monitor
             .quit
             .try_clone()

@@ -38,6 +38,9 @@ pub(crate) enum Job {
         output: OutputPlan,
         start: bool,
     },
+    /// Start a created VM's vCPUs (threads are started off the event
+    /// loop, whose seccomp filter does not let it start any).
+    Start { id: VmId, vm: Box<Vm> },
     /// Stop the VM, wait for its threads, free everything it holds.
     TearDown {
         id: VmId,
@@ -199,6 +202,15 @@ pub(crate) fn run_job(kvm: &Kvm, job: Job) -> Done {
                 result,
                 output: ring,
                 started: start,
+            }
+        }
+        Job::Start { id, mut vm } => {
+            let result = vm.start().map(|()| vm);
+            Done::Built {
+                id,
+                result,
+                output: None,
+                started: true,
             }
         }
         Job::TearDown {
