@@ -64,6 +64,16 @@ fn current_rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Adds how late the event loop served the scheduler's ticks.
+pub fn add_tick_lateness(value: &mut Value, j: crate::sched::jitter::JitterStats) {
+    value["scheduler"]["tick_late_us"] = json!({
+        "p50": j.p50_us,
+        "p99": j.p99_us,
+        "max": j.max_us,
+    });
+    value["scheduler"]["missed_ticks"] = json!(j.missed);
+}
+
 /// Adds the memory allocator's figures (budget, ticks, cost) to `value`.
 pub fn add_memory(value: &mut Value, budget_mib: Option<u64>, ticks: u64, cost_ns: u64) {
     value["memory"] = json!({
