@@ -253,27 +253,36 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
             ApiServer::new(listener, monitor.clone()).map_err(setup_err("control socket"))?;
         em.add_subscriber(Arc::new(Mutex::new(server)));
     }
-    if let Some(jail) = &spec.host.sandbox {
-        // Everything is open and every thread has started.
-        crate::sandbox::enter(jail)?;
-        if spec.host.seccomp {
-            let sealed = Arc::new(seccomp::sandboxed(ThreadClass::Builder)?);
-            lock(&monitor).workers.seal(sealed);
-        }
-    }
-    if spec.host.seccomp {
-        // From here on the loop only uses the calls in its allowlist
-        // (docs/security.md).
-        match spec.host.sandbox {
-            Some(_) => seccomp::install_sandboxed(ThreadClass::EventLoop)?,
-            None => seccomp::install(ThreadClass::EventLoop)?,
-        }
-    }
+    confine(spec, &monitor)?;
     event_loop(&mut em, &monitor)?;
     // The guests are gone; give their last output a moment to reach the
     // terminal, but never wait on a reader that does not drain.
     terminal.finish(Duration::from_secs(1));
     let mut m = lock(&monitor);
+    report(&mut m)
+}
+
+/// Everything is open and every thread has started: the sandbox, if the
+/// host wants one, then the event loop's seccomp filter (docs/security.md).
+fn confine(spec: &MonitorSpec, monitor: &Arc<Mutex<Monitor>>) -> Result<(), MonitorError> {
+    if let Some(jail) = &spec.host.sandbox {
+        crate::sandbox::enter(jail)?;
+        if spec.host.seccomp {
+            let sealed = Arc::new(seccomp::sandboxed(ThreadClass::Builder)?);
+            lock(monitor).workers.seal(sealed);
+        }
+    }
+    if spec.host.seccomp {
+        match spec.host.sandbox {
+            Some(_) => seccomp::install_sandboxed(ThreadClass::EventLoop)?,
+            None => seccomp::install(ThreadClass::EventLoop)?,
+        }
+    }
+    Ok(())
+}
+
+/// How the run ended.
+fn report(m: &mut Monitor) -> Result<MonitorReport, MonitorError> {
     if let Some(message) = m.fatal.take() {
         return Err(MonitorError::Build(message));
     }
