@@ -95,7 +95,7 @@ struct Painter {
 
 impl Painter {
     /// Adds a rule covering `ranges` for the access slots in `slots`.
-    fn paint(&mut self, info: RuleInfo, ranges: &[(AddressSpace, u64, u64)], slots: u8) {
+    fn paint(&mut self, info: RuleInfo, ranges: &[SpaceRange], slots: u8) {
         self.rules.push(info);
         // The number of rules is bounded by validation (MAX_ACL_RULES) plus
         // the devices of one VM, far below u16::MAX.
@@ -122,12 +122,15 @@ impl Painter {
     }
 }
 
+/// An inclusive range of one address space.
+type SpaceRange = (AddressSpace, u64, u64);
+
 /// What a rule's target covers: its label and ranges.
 fn target_ranges(
     target: &AclTarget,
     label: &str,
     devices: &[DeviceRange],
-) -> Result<(String, Vec<(AddressSpace, u64, u64)>), CompileError> {
+) -> Result<(String, Vec<SpaceRange>), CompileError> {
     Ok(match target {
         AclTarget::Ports { first, last } => (
             format!("ports {first:#x}-{last:#x}"),
