@@ -220,7 +220,16 @@ impl Build<'_> {
                 let dev = self.attach(&planned.name, planned.slot, balloon)?;
                 self.devices.balloon = Some(crate::mem::BalloonHandle::new(dev, self.spec));
             }
-            DeviceKind::Block(_) | DeviceKind::Net(_) | DeviceKind::Vsock => {
+            DeviceKind::Net(i) => {
+                let spec = &self.spec.net[i];
+                let net = crate::virtio::net::new_net(spec)?;
+                let dev = self.attach(&planned.name, planned.slot, net)?;
+                let dev = crate::bus::lock(&dev);
+                let handle =
+                    crate::virtio::net::NetHandle::new(spec, dev.device(), dev.state().clone());
+                self.devices.net.push(handle);
+            }
+            DeviceKind::Block(_) | DeviceKind::Vsock => {
                 return Err(VmError::Unsupported(planned.name.clone()));
             }
         }

@@ -198,8 +198,9 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
         // TCGETS, TCSETS (the raw terminal restored), FIONBIO (sockets
         // made non-blocking).
         ThreadClass::EventLoop => &[libc::TCGETS, libc::TCSETS, libc::FIONBIO],
-        // Sockets made non-blocking.
-        ThreadClass::Device => &[libc::FIONBIO],
+        // Sockets made non-blocking; a tap's offloads set to what the
+        // guest's network driver negotiated.
+        ThreadClass::Device => &[libc::FIONBIO, libc::TUNSETOFFLOAD],
         ThreadClass::Output => &[],
     };
     map.insert(libc::SYS_ioctl, ioctl_rule(ioctls)?);

@@ -30,6 +30,8 @@ pub struct VmStats {
     /// Serial output: bytes written out, and bytes dropped because the
     /// output ring was full (a destination that does not drain).
     pub serial: Option<(u64, u64)>,
+    /// The network interfaces' figures (while the VM runs).
+    pub net: Vec<crate::virtio::net::NetStats>,
 }
 
 fn balloon_json(b: &BalloonStats) -> Value {
@@ -119,6 +121,7 @@ pub fn to_json(
                     "written_bytes": written,
                     "dropped_bytes": dropped,
                 })),
+                "net": v.net.iter().map(|n| n.to_json()).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -169,6 +172,7 @@ mod tests {
             acl: VerifierStats::default(),
             balloon: None,
             serial: None,
+            net: Vec::new(),
         }
     }
 

@@ -42,6 +42,8 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error("{0}")]
     Acl(#[from] CompileError),
+    #[error("{name}: {detail}")]
+    Backend { name: String, detail: String },
     #[error("{0}: this device is not supported yet")]
     Unsupported(String),
     #[error("{what}: {source}")]
@@ -58,6 +60,8 @@ pub type Serial = SerialDevice<IrqLine>;
 #[derive(Default)]
 pub struct VmDevices {
     pub balloon: Option<crate::mem::BalloonHandle>,
+    /// The network interfaces, in plan order (`net0`, ...).
+    pub net: Vec<crate::virtio::net::NetHandle>,
 }
 
 /// What [`build_vm`] hands over.

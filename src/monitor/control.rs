@@ -25,6 +25,7 @@ impl Monitor {
             acl: Default::default(),
             balloon: e.last_balloon.clone(),
             serial: e.output.as_ref().map(|r| (r.written(), r.dropped())),
+            net: Vec::new(),
         };
         match &e.state {
             VmState::Running(vm) => VmStats {
@@ -34,6 +35,7 @@ impl Monitor {
                 exits: vm.exit_stats(),
                 acl: vm.verifier.stats(),
                 balloon: vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b)),
+                net: vm.devices.net.iter().map(|n| n.stats()).collect(),
                 ..base
             },
             VmState::Stopping => base,

@@ -19,8 +19,12 @@
 
 pub mod balloon;
 pub mod mmio;
+pub mod net;
 pub mod queue;
+#[cfg(test)]
+pub(crate) mod testdrv;
 pub mod thread;
+pub mod timer;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
