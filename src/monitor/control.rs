@@ -25,7 +25,7 @@ impl Monitor {
             acl: Default::default(),
             balloon: e.last_balloon.clone(),
             serial: e.output.as_ref().map(|r| (r.written(), r.dropped())),
-            net: Vec::new(),
+            net: e.last_net.clone(),
         };
         match &e.state {
             VmState::Running(vm) => VmStats {

@@ -75,6 +75,8 @@ pub struct VmEntry {
     pub memory: MemorySpec,
     /// The balloon's figures when the VM stopped (kept for statistics).
     pub last_balloon: Option<crate::mem::BalloonStats>,
+    /// The network interfaces' figures when the VM stopped.
+    pub last_net: Vec<crate::virtio::net::NetStats>,
     /// Its serial output's ring (for the dropped-bytes count).
     pub output: Option<std::sync::Arc<crate::output::OutputRing>>,
 }

@@ -163,6 +163,7 @@ fn build_all(
                 cpu: vm_spec.cpu.clone(),
                 memory: vm_spec.memory,
                 last_balloon: None,
+                last_net: Vec::new(),
                 output: rings.get(id).cloned().flatten(),
             },
         );

@@ -1,0 +1,221 @@
+//! virtio-net end to end: the test guest's network driver against
+//! Hearth's device on a real tap, the test at the other end of the wire
+//! with an AF_PACKET socket. Every tap lives in a network namespace the
+//! test creates (`common::netns::in_netns`) and vanishes with it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::netns::*;
+use common::*;
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const MAC: &str = "06:00:ac:10:00:02";
+const PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x09];
+
+/// A single-VM config: the test guest running `cmdline`, one interface on
+/// tap `tap`, plus whatever `extra` JSON members say.
+fn vm_config(dir: &Path, cmdline: &str, tap: &str, extra: &str) -> String {
+    let text = format!(
+        r#"{{"name": "vm0",
+            "kernel": {{"path": "{}", "cmdline": "{cmdline}"}},
+            "memory": {{"size_mib": 64}},
+            "serial": {{"output": "stdout", "stdin": false}},
+            "net": [{{"id": "eth0", "tap": "{tap}", "mac": "{MAC}"}}]{extra}}}"#,
+        guest_elf()
+    );
+    write_file(dir, "vm.json", &text)
+}
+
+fn start(dir: &Path, cmdline: &str, extra: &str) -> (Live, String) {
+    let config = vm_config(dir, cmdline, "tap0", extra);
+    let stats = dir.join("stats.json").to_string_lossy().into_owned();
+    let live = Live::spawn(&["run", "--config", &config, "--stats-file", &stats], DEADLINE);
+    (live, stats)
+}
+
+fn fields(line: &str) -> std::collections::HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|t| t.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn net_stats(stats: &str) -> Value {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(stats).expect("stats file"))
+        .expect("stats JSON");
+    v["vms"][0]["net"][0].clone()
+}
+
+#[test]
+fn the_guest_sends_a_frame_the_test_reads_from_the_tap_byte_for_byte() {
+    in_netns(|| {
+        add_tap("tap0");
+        let wire = PacketSocket::bind("tap0");
+        let dir = scratch_dir("net-tx");
+        let (mut g, stats) = start(&dir, "hearth.scenario=net-tx hearth.len=100", "");
+        let info = g.wait_for("NET-INFO");
+        assert_eq!(info, format!("NET-INFO mac={MAC} mtu=0"));
+        let frame = wire.recv(Duration::from_secs(20)).expect("a frame on the tap");
+        let want = hearth_frame([0xff; 6], mac_bytes(MAC), 0, 100);
+        assert_eq!(frame, want, "byte for byte");
+        let line = g.wait_for("NET-TX");
+        assert_eq!(
+            line,
+            format!("NET-TX ok len={} fnv={:016x}", want.len(), fnv1a64(&want))
+        );
+        let (status, _, err) = g.finish(false);
+        assert!(status.success(), "{err}");
+        let s = net_stats(&stats);
+        assert_eq!(s["tx"]["frames"], 1);
+        assert_eq!(s["tx"]["bytes"], 114);
+        assert_eq!(s["tap"], "tap0");
+    });
+}
+
+#[test]
+fn a_frame_written_to_the_tap_reaches_the_guest_which_prints_its_checksum() {
+    in_netns(|| {
+        add_tap("tap0");
+        let wire = PacketSocket::bind("tap0");
+        let dir = scratch_dir("net-rx");
+        let (mut g, stats) = start(&dir, "hearth.scenario=net-rx hearth.count=2", "");
+        g.wait_for("NET-READY");
+        let mut noise = vec![0x33, 0x33, 0, 0, 0, 1];
+        noise.extend_from_slice(&PEER);
+        noise.extend_from_slice(&[0x86, 0xdd]);
+        noise.extend_from_slice(&[0u8; 40]);
+        let frames: Vec<Vec<u8>> = [50usize, 1500]
+            .iter()
+            .map(|&n| {
+                let mut f = mac_bytes(MAC).to_vec();
+                f.extend_from_slice(&PEER);
+                f.extend_from_slice(&[0x88, 0xb5]);
+                f.extend((0..n).map(|i| i as u8));
+                f
+            })
+            .collect();
+        wire.send(&noise);
+        for f in &frames {
+            wire.send(f);
+        }
+        g.wait_for("NET-RX-DONE");
+        let lines: Vec<String> = g
+            .output()
+            .lines()
+            .filter_map(|l| l.find("NET-RX len=").map(|i| l[i..].to_string()))
+            .collect();
+        let want: Vec<String> = frames
+            .iter()
+            .map(|f| format!("NET-RX len={} fnv={:016x}", f.len(), fnv1a64(f)))
+            .collect();
+        assert_eq!(lines, want);
+        assert_eq!(g.wait_for("NET-RX-DONE"), "NET-RX-DONE frames=2 ignored=1");
+        let (status, _, err) = g.finish(false);
+        assert!(status.success(), "{err}");
+        let s = net_stats(&stats);
+        assert_eq!(s["rx"]["frames"], 3);
+        assert_eq!(s["rx"]["bytes"], 54 + 64 + 1514);
+    });
+}
+
+#[test]
+fn an_arp_request_for_the_guests_address_gets_its_reply() {
+    in_netns(|| {
+        add_tap("tap0");
+        let wire = PacketSocket::bind("tap0");
+        let dir = scratch_dir("net-arp");
+        let (mut g, _) = start(
+            &dir,
+            "hearth.scenario=net-arp hearth.ip=10.0.0.2 hearth.count=2",
+            "",
+        );
+        g.wait_for("NET-READY");
+        let mut req = vec![0xff; 6];
+        req.extend_from_slice(&PEER);
+        req.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        req.extend_from_slice(&PEER);
+        req.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+        let mut other = req.clone();
+        other[41] = 3; // for 10.0.0.3: not the guest's
+        wire.send(&req);
+        wire.send(&other);
+        wire.send(&req);
+        let mac = mac_bytes(MAC);
+        let mut want = PEER.to_vec();
+        want.extend_from_slice(&mac);
+        want.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+        want.extend_from_slice(&mac);
+        want.extend_from_slice(&[10, 0, 0, 2]);
+        want.extend_from_slice(&PEER);
+        want.extend_from_slice(&[10, 0, 0, 1]);
+        want.resize(60, 0);
+        for _ in 0..2 {
+            let reply = wire.recv(Duration::from_secs(20)).expect("an ARP reply");
+            assert_eq!(reply, want);
+        }
+        assert_eq!(g.wait_for("NET-ARP"), "NET-ARP replied=2 ignored=1");
+        let (status, _, err) = g.finish(false);
+        assert!(status.success(), "{err}");
+    });
+}
+
+#[test]
+fn a_flood_each_way_arrives_complete_and_in_order_with_counters_that_match() {
+    const N: u32 = 500;
+    const LEN: usize = 64;
+    in_netns(|| {
+        add_tap("tap0");
+        let wire = std::sync::Arc::new(PacketSocket::bind("tap0"));
+        let dir = scratch_dir("net-flood");
+        let cmdline = format!("hearth.scenario=net-flood hearth.count={N} hearth.len={LEN}");
+        let (mut g, stats) = start(&dir, &cmdline, "");
+        g.wait_for("NET-READY");
+        let reader = {
+            let wire = wire.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while got.len() < N as usize {
+                    match wire.recv(Duration::from_secs(30)) {
+                        Some(f) => got.push(f),
+                        None => break,
+                    }
+                }
+                got
+            })
+        };
+        for k in 0..N {
+            wire.send(&hearth_frame([0xff; 6], PEER, k, LEN));
+        }
+        let got = reader.join().expect("reader");
+        let line = g.wait_for("NET-FLOOD");
+        assert_eq!(
+            line,
+            format!("NET-FLOOD tx={N} rx={N} in_order=1 bad=0 ignored=0")
+        );
+        assert_eq!(got.len(), N as usize, "every frame the guest sent");
+        for (k, f) in got.iter().enumerate() {
+            assert_eq!(
+                f,
+                &hearth_frame([0xff; 6], mac_bytes(MAC), k as u32, LEN),
+                "frame {k} in order"
+            );
+        }
+        let (status, _, err) = g.finish(false);
+        assert!(status.success(), "{err}");
+        let s = net_stats(&stats);
+        let frame = 14 + LEN as u64;
+        assert_eq!(s["rx"]["frames"], u64::from(N));
+        assert_eq!(s["tx"]["frames"], u64::from(N));
+        assert_eq!(s["rx"]["bytes"], u64::from(N) * frame);
+        assert_eq!(s["tx"]["bytes"], u64::from(N) * frame);
+        for dir in ["rx", "tx"] {
+            for (cause, n) in s[dir]["dropped"].as_object().expect("drops") {
+                assert_eq!(n, 0, "{dir} dropped {cause}");
+            }
+        }
+    });
+}
