@@ -33,7 +33,10 @@ fn vm_config(dir: &Path, cmdline: &str, tap: &str, extra: &str) -> String {
 fn start(dir: &Path, cmdline: &str, extra: &str) -> (Live, String) {
     let config = vm_config(dir, cmdline, "tap0", extra);
     let stats = dir.join("stats.json").to_string_lossy().into_owned();
-    let live = Live::spawn(&["run", "--config", &config, "--stats-file", &stats], DEADLINE);
+    let live = Live::spawn(
+        &["run", "--config", &config, "--stats-file", &stats],
+        DEADLINE,
+    );
     (live, stats)
 }
 
@@ -59,7 +62,9 @@ fn the_guest_sends_a_frame_the_test_reads_from_the_tap_byte_for_byte() {
         let (mut g, stats) = start(&dir, "hearth.scenario=net-tx hearth.len=100", "");
         let info = g.wait_for("NET-INFO");
         assert_eq!(info, format!("NET-INFO mac={MAC} mtu=0"));
-        let frame = wire.recv(Duration::from_secs(20)).expect("a frame on the tap");
+        let frame = wire
+            .recv(Duration::from_secs(20))
+            .expect("a frame on the tap");
         let want = hearth_frame([0xff; 6], mac_bytes(MAC), 0, 100);
         assert_eq!(frame, want, "byte for byte");
         let line = g.wait_for("NET-TX");
@@ -217,5 +222,107 @@ fn a_flood_each_way_arrives_complete_and_in_order_with_counters_that_match() {
                 assert_eq!(n, 0, "{dir} dropped {cause}");
             }
         }
+    });
+}
+
+/// A VM of a monitor file: the test guest on its own tap.
+fn vm_member(name: &str, cmdline: &str, tap: &str, mac: &str) -> String {
+    format!(
+        r#"{{"name": "{name}",
+            "kernel": {{"path": "{}", "cmdline": "{cmdline}"}},
+            "memory": {{"size_mib": 64}},
+            "serial": {{"output": "stdout", "stdin": false}},
+            "net": [{{"id": "eth0", "tap": "{tap}", "mac": "{mac}"}}]}}"#,
+        guest_elf()
+    )
+}
+
+#[test]
+fn malformed_chains_on_either_queue_need_a_reset_or_drop_a_frame_and_other_vms_run_on() {
+    in_netns(|| {
+        add_tap("tap0");
+        add_tap("tap1");
+        let bad_wire = std::sync::Arc::new(PacketSocket::bind("tap0"));
+        let good_wire = PacketSocket::bind("tap1");
+        let dir = scratch_dir("net-hostile");
+        let text = format!(
+            r#"{{"vms": [{}, {}]}}"#,
+            vm_member(
+                "bad",
+                "hearth.scenario=hostile hearth.rounds=1",
+                "tap0",
+                MAC
+            ),
+            vm_member(
+                "good",
+                "hearth.scenario=net-rx",
+                "tap1",
+                "06:00:ac:10:00:03"
+            ),
+        );
+        let config = write_file(&dir, "monitor.json", &text);
+        let stats = dir.join("stats.json").to_string_lossy().into_owned();
+        let mut g = Live::spawn(
+            &["run", "--config", &config, "--stats-file", &stats],
+            DEADLINE,
+        );
+        g.wait_for("good| hearth-guest: NET-READY");
+        // Frames keep arriving on the hostile VM's tap, so that its receive
+        // chains are looked at too.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let feeder = {
+            let (wire, stop) = (bad_wire.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut k = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    wire.send(&hearth_frame(mac_bytes(MAC), PEER, k, 64));
+                    k += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let done = g.wait_for("HOSTILE-DONE");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        feeder.join().expect("feeder");
+        let lines: Vec<String> = g
+            .output()
+            .lines()
+            .filter(|l| l.starts_with("bad| hearth-guest: HOSTILE round="))
+            .map(String::from)
+            .collect();
+        // Two queues, nine kinds.
+        assert_eq!(done, "HOSTILE-DONE rounds=1 lines=18");
+        assert_eq!(lines.len(), 18, "{}", g.output());
+        let mut dropped = 0;
+        for line in &lines {
+            let f = fields(line);
+            assert!(!f.contains_key("setup"), "{line}");
+            match (f["needs_reset"].as_str(), f["used"].as_str()) {
+                ("1", "0") => {}
+                // A chain with a device-writable buffer on the transmit
+                // queue: that frame is dropped, the device carries on.
+                ("0", "1") if f["queue"] == "1" && f["kind"] == "overlap" => dropped += 1,
+                _ => panic!("neither a reset nor a dropped frame: {line}"),
+            }
+        }
+        assert_eq!(dropped, 1);
+        // The other VM was never disturbed.
+        let frame = hearth_frame(mac_bytes("06:00:ac:10:00:03"), PEER, 7, 100);
+        good_wire.send(&frame);
+        let line = g.wait_for("good| hearth-guest: NET-RX len=");
+        assert_eq!(
+            line,
+            format!(
+                "good| hearth-guest: NET-RX len=114 fnv={:016x}",
+                fnv1a64(&frame)
+            )
+        );
+        let (status, _, err) = g.finish(false);
+        assert!(status.success(), "{err}");
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("JSON");
+        let bad = &v["vms"][0]["net"][0];
+        assert_eq!(bad["failures"], 17);
+        assert_eq!(bad["tx"]["dropped"]["malformed"], 1);
     });
 }

@@ -43,7 +43,12 @@ fn enter_fresh_netns() {
                 std::ptr::null(),
             )
         };
-        assert_eq!(rc, 0, "mount {target:?}: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "mount {target:?}: {}",
+            std::io::Error::last_os_error()
+        );
     };
     // Nothing mounted here reaches the host's mount namespace.
     mount("none", "/", None, libc::MS_REC | libc::MS_PRIVATE);
@@ -92,7 +97,11 @@ impl PacketSocket {
                 i32::from(ETH_P_ALL.to_be()),
             )
         };
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: `fd` was just created and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: sockaddr_ll is plain data; all zeros is a valid value.
@@ -116,7 +125,12 @@ impl PacketSocket {
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: `frame` is valid for reads of its length for the call.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(n, frame.len() as isize, "send: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// The next frame the interface received (frames it sent itself are
