@@ -165,7 +165,7 @@ impl PacketSocket {
                     &mut len,
                 )
             };
-            if n < 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if n < 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             return Some(buf[..n as usize].to_vec());
