@@ -229,7 +229,16 @@ impl Build<'_> {
                     crate::virtio::net::NetHandle::new(spec, dev.device(), dev.state().clone());
                 self.devices.net.push(handle);
             }
-            DeviceKind::Block(_) | DeviceKind::Vsock => {
+            DeviceKind::Vsock => {
+                let spec = self.spec.vsock.as_ref().ok_or_else(|| {
+                    VmError::Unsupported(format!("{} without a vsock section", planned.name))
+                })?;
+                let (vsock, handle) = crate::virtio::vsock::new_vsock(spec)?;
+                let dev = self.attach(&planned.name, planned.slot, vsock)?;
+                let state = crate::bus::lock(&dev).state().clone();
+                self.devices.vsock = Some(handle(state));
+            }
+            DeviceKind::Block(_) => {
                 return Err(VmError::Unsupported(planned.name.clone()));
             }
         }

@@ -32,6 +32,8 @@ pub struct VmStats {
     pub serial: Option<(u64, u64)>,
     /// The network interfaces' figures (while the VM runs).
     pub net: Vec<crate::virtio::net::NetStats>,
+    /// The vsock device's figures.
+    pub vsock: Option<crate::virtio::vsock::VsockStats>,
 }
 
 fn balloon_json(b: &BalloonStats) -> Value {
@@ -122,6 +124,7 @@ pub fn to_json(
                     "dropped_bytes": dropped,
                 })),
                 "net": v.net.iter().map(|n| n.to_json()).collect::<Vec<_>>(),
+                "vsock": v.vsock.as_ref().map(|s| s.to_json()),
             })
         })
         .collect();
@@ -173,6 +176,7 @@ mod tests {
             balloon: None,
             serial: None,
             net: Vec::new(),
+            vsock: None,
         }
     }
 

@@ -62,6 +62,8 @@ pub struct VmDevices {
     pub balloon: Option<crate::mem::BalloonHandle>,
     /// The network interfaces, in plan order (`net0`, ...).
     pub net: Vec<crate::virtio::net::NetHandle>,
+    /// The vsock device (`vsock0`).
+    pub vsock: Option<crate::virtio::vsock::VsockHandle>,
 }
 
 /// What [`build_vm`] hands over.

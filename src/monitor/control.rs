@@ -26,6 +26,7 @@ impl Monitor {
             balloon: e.last_balloon.clone(),
             serial: e.output.as_ref().map(|r| (r.written(), r.dropped())),
             net: e.last_net.clone(),
+            vsock: e.last_vsock.clone(),
         };
         match &e.state {
             VmState::Running(vm) => VmStats {
@@ -36,6 +37,7 @@ impl Monitor {
                 acl: vm.verifier.stats(),
                 balloon: vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b)),
                 net: vm.devices.net.iter().map(|n| n.stats()).collect(),
+                vsock: vm.devices.vsock.as_ref().map(|v| v.stats()),
                 ..base
             },
             VmState::Stopping => base,

@@ -55,6 +55,7 @@ impl Monitor {
         let _ = ops.remove(vm_exit_events(&vm, id));
         entry.last_balloon = vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b));
         entry.last_net = vm.devices.net.iter().map(|n| n.stats()).collect();
+        entry.last_vsock = vm.devices.vsock.as_ref().map(|v| v.stats());
         let job = TearDown {
             id,
             throttle_events: self.sched.vm_stats(id).throttle_events,

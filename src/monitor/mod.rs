@@ -77,6 +77,7 @@ pub struct VmEntry {
     pub last_balloon: Option<crate::mem::BalloonStats>,
     /// The network interfaces' figures when the VM stopped.
     pub last_net: Vec<crate::virtio::net::NetStats>,
+    pub last_vsock: Option<crate::virtio::vsock::VsockStats>,
     /// Its serial output's ring (for the dropped-bytes count).
     pub output: Option<std::sync::Arc<crate::output::OutputRing>>,
 }

@@ -164,6 +164,7 @@ fn build_all(
                 memory: vm_spec.memory,
                 last_balloon: None,
                 last_net: Vec::new(),
+                last_vsock: None,
                 output: rings.get(id).cloned().flatten(),
             },
         );

@@ -44,6 +44,19 @@ impl DeviceThreadHandle {
     }
 }
 
+/// glibc reads `/proc/sys/vm/overcommit_memory` (`openat`) the first time
+/// a thread's malloc arena shrinks, and caches the answer for the process.
+/// A device thread frees large buffers (a closed connection's, a removed
+/// handler's), so make that first shrink happen here, before the seccomp
+/// filter, which has no `openat`: 2 MiB in 64 KiB blocks (below the mmap
+/// threshold, so they come from this thread's arena), then freed.
+fn prime_malloc() {
+    let blocks: Vec<Vec<u8>> = (0..32)
+        .map(|_| std::hint::black_box(vec![1u8; 64 << 10]))
+        .collect();
+    drop(std::hint::black_box(blocks));
+}
+
 /// The device thread of one VM.
 pub struct DeviceThread {
     handle: DeviceThreadHandle,
@@ -72,6 +85,7 @@ impl DeviceThread {
             let ids = crate::host::current_thread_ids()
                 .map(|(tid, cpu_clock)| ThreadIds { tid, cpu_clock });
             if let Some(filter) = &seccomp {
+                prime_malloc();
                 if let Err(e) = crate::seccomp::apply(filter) {
                     let _ = tx.send(Err(io::Error::other(e.to_string())));
                     return;
@@ -201,7 +215,9 @@ impl MutEventSubscriber for Active {
         match self.notify.get(tag as usize) {
             Some(evt) => {
                 let _ = evt.read();
-                let result = self.handler.queue_ready(tag as usize, &mut self.queues);
+                let result = self
+                    .handler
+                    .queue_ready_ops(tag as usize, &mut self.queues, ops);
                 self.check(result, ops);
                 self.queues.state.count_notification();
             }
