@@ -40,6 +40,7 @@ fn start(dir: &Path, cmdline: &str, extra: &str) -> (Live, String) {
     (live, stats)
 }
 
+#[allow(dead_code)]
 fn fields(line: &str) -> std::collections::HashMap<String, String> {
     line.split_whitespace()
         .filter_map(|t| t.split_once('='))
@@ -324,5 +325,45 @@ fn malformed_chains_on_either_queue_need_a_reset_or_drop_a_frame_and_other_vms_r
         let bad = &v["vms"][0]["net"][0];
         assert_eq!(bad["failures"], 17);
         assert_eq!(bad["tx"]["dropped"]["malformed"], 1);
+    });
+}
+
+#[test]
+fn a_firecracker_config_with_an_interface_and_a_vsock_runs_unchanged() {
+    in_netns(|| {
+        add_tap("tap0");
+        let wire = PacketSocket::bind("tap0");
+        let dir = scratch_dir("net-fc");
+        let config = serde_json::json!({
+            "boot-source": {
+                "kernel_image_path": guest_elf(),
+                "boot_args": "hearth.scenario=net-tx hearth.len=64"
+            },
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+            "network-interfaces": [{
+                "iface_id": "eth0",
+                "host_dev_name": "tap0",
+                "guest_mac": "06:00:AC:10:00:02",
+                "rx_rate_limiter": {"bandwidth": {"size": 1000000, "refill_time": 100}},
+                "tx_rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}
+            }],
+            "vsock": {"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "v.sock"}
+        });
+        let path = write_file(&dir, "vm_config.json", &config.to_string());
+        let stats = dir.join("stats.json").to_string_lossy().into_owned();
+        let mut g = Live::spawn(&["run", "--config", &path, "--stats-file", &stats], DEADLINE);
+        let frame = wire.recv(Duration::from_secs(20)).expect("a frame on the tap");
+        assert_eq!(frame, hearth_frame([0xff; 6], mac_bytes(MAC), 0, 64));
+        g.wait_for("NET-TX ok");
+        let (status, _, err) = g.finish(false);
+        assert!(status.success(), "{err}");
+        assert!(!dir.join("v.sock").exists(), "the vsock socket went with the VM");
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats"))
+            .expect("JSON");
+        let vm = &v["vms"][0];
+        assert_eq!(vm["net"][0]["id"], "eth0");
+        assert_eq!(vm["net"][0]["mac"], MAC);
+        assert_eq!(vm["net"][0]["tx"]["frames"], 1);
+        assert_eq!(vm["vsock"]["guest_cid"], 3);
     });
 }
