@@ -351,19 +351,85 @@ fn a_firecracker_config_with_an_interface_and_a_vsock_runs_unchanged() {
         });
         let path = write_file(&dir, "vm_config.json", &config.to_string());
         let stats = dir.join("stats.json").to_string_lossy().into_owned();
-        let mut g = Live::spawn(&["run", "--config", &path, "--stats-file", &stats], DEADLINE);
-        let frame = wire.recv(Duration::from_secs(20)).expect("a frame on the tap");
+        let mut g = Live::spawn(
+            &["run", "--config", &path, "--stats-file", &stats],
+            DEADLINE,
+        );
+        let frame = wire
+            .recv(Duration::from_secs(20))
+            .expect("a frame on the tap");
         assert_eq!(frame, hearth_frame([0xff; 6], mac_bytes(MAC), 0, 64));
         g.wait_for("NET-TX ok");
         let (status, _, err) = g.finish(false);
         assert!(status.success(), "{err}");
-        assert!(!dir.join("v.sock").exists(), "the vsock socket went with the VM");
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats"))
-            .expect("JSON");
+        assert!(
+            !dir.join("v.sock").exists(),
+            "the vsock socket went with the VM"
+        );
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("JSON");
         let vm = &v["vms"][0];
         assert_eq!(vm["net"][0]["id"], "eth0");
         assert_eq!(vm["net"][0]["mac"], MAC);
         assert_eq!(vm["net"][0]["tx"]["frames"], 1);
         assert_eq!(vm["vsock"]["guest_cid"], 3);
+    });
+}
+
+#[test]
+fn hearth_ctl_set_net_changes_an_interfaces_limiters_at_run_time() {
+    in_netns(|| {
+        add_tap("tap0");
+        let wire = PacketSocket::bind("tap0");
+        let dir = scratch_dir("net-ctl");
+        let sock = dir.join("api.sock").to_string_lossy().into_owned();
+        let text = format!(
+            r#"{{"host": {{"api": {{"socket": "{sock}"}}}}, "vms": [{}]}}"#,
+            vm_member("vm0", "hearth.scenario=net-rx", "tap0", MAC)
+        );
+        let config = write_file(&dir, "monitor.json", &text);
+        let mut g = Live::spawn(&["run", "--config", &config], DEADLINE);
+        g.wait_for("NET-READY");
+        let ctl = |args: &[&str]| {
+            let mut all = vec!["ctl", sock.as_str()];
+            all.extend_from_slice(args);
+            let run = run_hearth(&all, Duration::from_secs(10));
+            let reply: Value = serde_json::from_str(&run.stdout).expect("a JSON reply");
+            (run.code(), reply)
+        };
+        let (code, reply) = ctl(&[
+            "set-net",
+            "vm0",
+            "eth0",
+            "--rx",
+            r#"{"bandwidth": {"size": 100000, "refill_time": 100}}"#,
+            "--tx",
+            r#"{"ops": {"size": 10, "one_time_burst": 5, "refill_time": 1000}}"#,
+        ]);
+        assert_eq!(code, Some(0), "{reply}");
+        let r = &reply["result"];
+        assert_eq!(
+            r["rx_rate_limiter"]["bandwidth"],
+            serde_json::json!({"size": 100000, "one_time_burst": 0, "refill_time": 100})
+        );
+        assert_eq!(r["tx_rate_limiter"]["ops"]["one_time_burst"], 5);
+        // null removes a bucket; the others are kept.
+        let (_, reply) = ctl(&["set-net", "vm0", "eth0", "--tx", r#"{"ops": null}"#]);
+        assert_eq!(reply["result"]["tx_rate_limiter"]["ops"], Value::Null);
+        assert_eq!(
+            reply["result"]["rx_rate_limiter"]["bandwidth"]["size"],
+            100000
+        );
+        let (code, reply) = ctl(&["set-net", "vm0", "eth9", "--rx", "{}"]);
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            reply["error"],
+            "vm vm0 has no interface \"eth9\" (its interfaces: [\"eth0\"])"
+        );
+        // The interface still works under its new limits.
+        wire.send(&hearth_frame(mac_bytes(MAC), PEER, 1, 64));
+        g.wait_for("NET-RX-DONE frames=1");
+        let (status, _, err) = g.finish(false);
+        assert!(status.success(), "{err}");
     });
 }

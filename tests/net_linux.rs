@@ -74,7 +74,10 @@ fn linux_sends_dhcp_discovers_from_the_configured_mac_and_probes_net_and_vsock()
         });
         let path = write_file(&dir, "vm_config.json", &config.to_string());
         let stats = dir.join("stats.json").to_string_lossy().into_owned();
-        let g = Live::spawn(&["run", "--config", &path, "--stats-file", &stats], DEADLINE);
+        let g = Live::spawn(
+            &["run", "--config", &path, "--stats-file", &stats],
+            DEADLINE,
+        );
         let start = Instant::now();
         let mac = mac_bytes(MAC);
         let discover = loop {
@@ -101,18 +104,22 @@ fn linux_sends_dhcp_discovers_from_the_configured_mac_and_probes_net_and_vsock()
         );
         for bad in ["probe of virtio", "virtio_net: ", "vsock: ", "Call Trace"] {
             assert!(
-                !log.lines().any(|l| l.contains(bad) && !l.contains("Registered")),
+                !log.lines()
+                    .any(|l| l.contains(bad) && !l.contains("Registered")),
                 "{bad:?} in the boot log:\n{log}"
             );
         }
         assert!(!err.contains("panicked"), "{err}");
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats"))
-            .expect("JSON");
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("JSON");
         let vm = &v["vms"][0];
         assert_eq!(vm["net"][0]["active"], true, "virtio_net set its device up");
         assert_eq!(vm["net"][0]["needs_reset"], false);
         assert!(vm["net"][0]["tx"]["frames"].as_u64() >= Some(1), "{vm}");
-        assert_eq!(vm["vsock"]["active"], true, "the virtio vsock driver set its device up");
+        assert_eq!(
+            vm["vsock"]["active"], true,
+            "the virtio vsock driver set its device up"
+        );
         assert_eq!(vm["vsock"]["needs_reset"], false);
     });
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`protocol`]: the requests and replies;
 //! - [`acl`]: peer credentials against the access list;
+//! - [`limits`]: rate limiter changes (`set-net`);
 //! - [`ops`]: what each request does, through the [`ops::Control`] trait
 //!   the monitor implements (the wiring points for the memory allocator
 //!   and the device-access verifier are its two default methods);
@@ -12,6 +13,7 @@
 
 pub mod acl;
 pub mod client;
+pub mod limits;
 pub mod ops;
 pub mod protocol;
 pub mod server;

@@ -44,6 +44,18 @@ pub trait Control {
         Err("not supported yet: no memory allocator".into())
     }
 
+    /// Changes the rate limiters of a VM's network interface `iface`;
+    /// replies with both limiters as they are now.
+    fn set_net(
+        &mut self,
+        _vm: usize,
+        _iface: &str,
+        _rx: Option<super::limits::LimiterPatch>,
+        _tx: Option<super::limits::LimiterPatch>,
+    ) -> Result<Value, String> {
+        Err("not supported yet: no network interfaces".into())
+    }
+
     /// The device-access verifier's counters of a VM. The wiring point for
     /// the verifier (branch `acl`): the monitor overrides this once it has one.
     fn access_counters(&self, _vm: usize) -> Result<Value, String> {
@@ -141,6 +153,18 @@ pub fn execute(
                 return Err("set-memory needs \"weight\" and/or \"floor_mib\"".into());
             }
             ctl.set_memory(idx, weight, floor_mib)
+        }
+        Request::SetNet {
+            vm,
+            iface,
+            rx_rate_limiter,
+            tx_rate_limiter,
+        } => {
+            let idx = running(ctl, &vm)?;
+            if rx_rate_limiter.is_none() && tx_rate_limiter.is_none() {
+                return Err("set-net needs \"rx_rate_limiter\" and/or \"tx_rate_limiter\"".into());
+            }
+            ctl.set_net(idx, &iface, rx_rate_limiter, tx_rate_limiter)
         }
         Request::AccessCounters { vm } => {
             let idx = find(ctl, &vm)?;

@@ -147,6 +147,45 @@ impl Control for Monitor {
         self.stop_all(why);
     }
 
+    fn set_net(
+        &mut self,
+        vm: usize,
+        iface: &str,
+        rx: Option<crate::api::limits::LimiterPatch>,
+        tx: Option<crate::api::limits::LimiterPatch>,
+    ) -> Result<serde_json::Value, String> {
+        use crate::virtio::net::Direction;
+        let (_, e) = self.nth(vm).ok_or_else(|| "no such VM".to_string())?;
+        let v = e
+            .running()
+            .ok_or_else(|| format!("vm {} has stopped", e.name))?;
+        let net = v
+            .devices
+            .net
+            .iter()
+            .find(|n| n.id == iface)
+            .ok_or_else(|| {
+                let ids: Vec<&str> = v.devices.net.iter().map(|n| n.id.as_str()).collect();
+                format!(
+                    "vm {} has no interface {iface:?} (its interfaces: {ids:?})",
+                    e.name
+                )
+            })?;
+        for (dir, patch) in [(Direction::Rx, rx), (Direction::Tx, tx)] {
+            if let Some(patch) = patch {
+                let (bandwidth, ops) = patch.updates();
+                net.update_limiter(dir, bandwidth, ops);
+            }
+        }
+        let show = |d| crate::api::limits::limiter_json(&net.limiter_spec(d));
+        Ok(serde_json::json!({
+            "vm": e.name,
+            "iface": iface,
+            "rx_rate_limiter": show(Direction::Rx),
+            "tx_rate_limiter": show(Direction::Tx),
+        }))
+    }
+
     fn access_counters(&self, vm: usize) -> Result<serde_json::Value, String> {
         let (_, e) = self.nth(vm).ok_or_else(|| "no such VM".to_string())?;
         match &e.state {
