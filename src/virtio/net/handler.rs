@@ -97,14 +97,22 @@ impl NetHandler {
         let wait = {
             let mut l = lock(limiter);
             if l.try_consume(bytes as u64, now) {
-                return true;
+                match self.shared.share.get() {
+                    None => return true,
+                    Some(share) if share.try_take(bytes as u64, 1) => return true,
+                    Some(_) => {
+                        // The host budget said no: the share runtime's
+                        // next refill wakes the handler (`NetShared::wake`).
+                        l.refund(bytes as u64);
+                        drop(l);
+                        self.hold(dir);
+                        return false;
+                    }
+                }
             }
             l.wait_ns(bytes as u64, now)
         };
-        match dir {
-            Direction::Rx => self.rx_throttled = true,
-            Direction::Tx => self.tx_throttled = true,
-        }
+        self.hold(dir);
         // The timer serves both directions: keep the earlier wake-up.
         let due = now.saturating_add(wait);
         if self.timer_due.is_none_or(|d| due < d) {
@@ -114,6 +122,13 @@ impl NetHandler {
             }
         }
         false
+    }
+
+    fn hold(&mut self, dir: Direction) {
+        match dir {
+            Direction::Rx => self.rx_throttled = true,
+            Direction::Tx => self.tx_throttled = true,
+        }
     }
 
     /// Sends every frame the guest has queued (or until a limiter says

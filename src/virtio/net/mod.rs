@@ -17,7 +17,7 @@ pub mod stats;
 pub mod tap;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use super::timer::Timer;
@@ -25,6 +25,7 @@ use super::{Mailbox, QueueHandler, VirtioDevice};
 use crate::bus::lock;
 use crate::config::NetSpec;
 use crate::ratelimit::{BucketUpdate, RateLimiter};
+use crate::share::SharedBucket;
 pub use stats::NetStats;
 pub use tap::{NetBackend, Tap, TapError};
 
@@ -99,9 +100,27 @@ pub struct NetShared {
     /// Whether a handler serves the queues (the driver set DRIVER_OK and
     /// has not reset the device since).
     active: AtomicBool,
+    /// The VM's share of `host.net` (`net.weight`), once the monitor gives
+    /// it one: every frame, either way, takes its bytes and one op from it
+    /// after the interface's own limiter let it go. None: no host budget.
+    share: OnceLock<Arc<SharedBucket>>,
 }
 
 impl NetShared {
+    /// Puts the interface under the VM's share of the host budget (once;
+    /// a second call is ignored). The share runtime must then
+    /// [`NetShared::wake`] the interface when it refills a bucket that
+    /// work waits on.
+    pub fn set_share(&self, bucket: Arc<SharedBucket>) {
+        let _ = self.share.set(bucket);
+    }
+
+    /// Wakes the handler to try what waited for tokens again (a share
+    /// refill, a limit change).
+    pub fn wake(&self) {
+        self.limits_changed.send(());
+    }
+
     fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -143,6 +162,7 @@ impl Net {
                 timer: Timer::new()?,
                 epoch,
                 active: AtomicBool::new(false),
+                share: OnceLock::new(),
             }),
         })
     }
@@ -240,7 +260,7 @@ impl NetHandle {
             Direction::Tx => &self.shared.tx_limiter,
         };
         lock(limiter).update(bandwidth, ops, now);
-        self.shared.limits_changed.send(());
+        self.shared.wake();
     }
 
     /// The limiter of a direction, as it is now (for the API's reply).

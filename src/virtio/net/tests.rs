@@ -360,3 +360,27 @@ fn lifting_a_limit_at_run_time_lets_held_frames_go() {
     assert_eq!(s.counters.rx_frames, 2);
     assert!(s.to_json()["rx"]["limiter"]["throttled_ns"].as_u64() > Some(0));
 }
+
+#[test]
+fn the_vms_share_of_the_host_budget_holds_frames_until_a_refill_wakes_the_interface() {
+    let mut r = rig();
+    // An empty share: nothing goes until the first refill.
+    let bucket = Arc::new(crate::share::SharedBucket::new());
+    r.shared.set_share(bucket.clone());
+    let p = with_hdr(&frame(60, 3));
+    r.transmit(0, &p);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(r.d.used_idx(TX_QUEUE), 0, "held back by the share");
+    assert!(bucket.is_waiting());
+    let grant = crate::share::Grant {
+        vm: 0,
+        bytes_milli: None,
+        ops_milli: Some(10 * crate::share::MILLI),
+    };
+    assert!(bucket.fill(&grant), "work was waiting");
+    r.shared.wake();
+    let mut got = vec![0u8; 2048];
+    let n = r.host.recv(&mut got).expect("the frame, after the refill");
+    assert_eq!(&got[..n], &p[..]);
+    assert_eq!(bucket.stats().ops, 1);
+}
