@@ -147,7 +147,11 @@ impl Conn {
     pub fn peer_credit_from(&mut self, hdr: &Hdr) {
         self.peer_buf_alloc = hdr.buf_alloc;
         self.peer_fwd_cnt = hdr.fwd_cnt;
-        self.credit_requested = false;
+        // Ask again only once this stall is over: a guest busy sending
+        // (its packets carry its credit) must not draw a request each time.
+        if self.credit() > 0 {
+            self.credit_requested = false;
+        }
     }
 
     /// Bytes the guest can take now.
