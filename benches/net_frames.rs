@@ -67,7 +67,8 @@ impl Ring {
             .expect("avail idx");
     }
     fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
-        mem.read_obj(GuestAddress(self.used() + 2)).expect("used idx")
+        mem.read_obj(GuestAddress(self.used() + 2))
+            .expect("used idx")
     }
 }
 
@@ -126,8 +127,16 @@ fn rig() -> Rig {
     ));
     let tap = Tap::open("tap0").expect("tap");
     let none = RateLimiterSpec::default();
-    let net = Net::new(NetConfig { mac: MAC, mtu: None }, Arc::new(tap), &none, &none)
-        .expect("net");
+    let net = Net::new(
+        NetConfig {
+            mac: MAC,
+            mtu: None,
+        },
+        Arc::new(tap),
+        &none,
+        &none,
+    )
+    .expect("net");
     let mut dev = MmioTransport::new(net, mem.clone(), state, thread.handle()).expect("transport");
     w32(&mut dev, 0x70, 1);
     w32(&mut dev, 0x70, 3);
@@ -135,8 +144,14 @@ fn rig() -> Rig {
     w32(&mut dev, 0x20, 1); // VERSION_1
     w32(&mut dev, 0x70, 11);
     let rings = [
-        Ring { base: 0x1_0000, avail_idx: 0 },
-        Ring { base: 0x2_0000, avail_idx: 0 },
+        Ring {
+            base: 0x1_0000,
+            avail_idx: 0,
+        },
+        Ring {
+            base: 0x2_0000,
+            avail_idx: 0,
+        },
     ];
     for (i, r) in rings.iter().enumerate() {
         w32(&mut dev, 0x30, i as u32);
@@ -230,7 +245,12 @@ fn main() {
     }
     // SAFETY: unshare(2) of this (single-threaded so far) process.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "unshare: {} (run as root)", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "unshare: {} (run as root)",
+        std::io::Error::last_os_error()
+    );
     let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
     sh(&["ip", "tuntap", "add", "tap0", "mode", "tap"]);
     sh(&["ip", "link", "set", "tap0", "up"]);

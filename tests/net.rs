@@ -40,7 +40,6 @@ fn start(dir: &Path, cmdline: &str, extra: &str) -> (Live, String) {
     (live, stats)
 }
 
-#[allow(dead_code)]
 fn fields(line: &str) -> std::collections::HashMap<String, String> {
     line.split_whitespace()
         .filter_map(|t| t.split_once('='))
@@ -238,6 +237,27 @@ fn vm_member(name: &str, cmdline: &str, tap: &str, mac: &str) -> String {
     )
 }
 
+/// Checks the hostile VM's 18 lines: each a NEEDS_RESET, or (a writable
+/// buffer on the transmit queue) a dropped frame; returns the drops.
+fn check_hostile_lines(output: &str) -> usize {
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("bad| hearth-guest: HOSTILE round="))
+        .collect();
+    assert_eq!(lines.len(), 18, "{output}");
+    let mut dropped = 0;
+    for line in &lines {
+        let f = fields(line);
+        assert!(!f.contains_key("setup"), "{line}");
+        match (f["needs_reset"].as_str(), f["used"].as_str()) {
+            ("1", "0") => {}
+            ("0", "1") if f["queue"] == "1" && f["kind"] == "overlap" => dropped += 1,
+            _ => panic!("neither a reset nor a dropped frame: {line}"),
+        }
+    }
+    dropped
+}
+
 #[test]
 fn malformed_chains_on_either_queue_need_a_reset_or_drop_a_frame_and_other_vms_run_on() {
     in_netns(|| {
@@ -285,27 +305,9 @@ fn malformed_chains_on_either_queue_need_a_reset_or_drop_a_frame_and_other_vms_r
         let done = g.wait_for("HOSTILE-DONE");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         feeder.join().expect("feeder");
-        let lines: Vec<String> = g
-            .output()
-            .lines()
-            .filter(|l| l.starts_with("bad| hearth-guest: HOSTILE round="))
-            .map(String::from)
-            .collect();
         // Two queues, nine kinds.
         assert_eq!(done, "HOSTILE-DONE rounds=1 lines=18");
-        assert_eq!(lines.len(), 18, "{}", g.output());
-        let mut dropped = 0;
-        for line in &lines {
-            let f = fields(line);
-            assert!(!f.contains_key("setup"), "{line}");
-            match (f["needs_reset"].as_str(), f["used"].as_str()) {
-                ("1", "0") => {}
-                // A chain with a device-writable buffer on the transmit
-                // queue: that frame is dropped, the device carries on.
-                ("0", "1") if f["queue"] == "1" && f["kind"] == "overlap" => dropped += 1,
-                _ => panic!("neither a reset nor a dropped frame: {line}"),
-            }
-        }
+        let dropped = check_hostile_lines(&g.output());
         assert_eq!(dropped, 1);
         // The other VM was never disturbed.
         let frame = hearth_frame(mac_bytes("06:00:ac:10:00:03"), PEER, 7, 100);
