@@ -260,6 +260,15 @@ impl VsockHandler {
         let room = (chain.writable_len() as usize - HDR_LEN)
             .min(MAX_PAYLOAD)
             .min(c.credit() as usize);
+        if room == 0 {
+            // A receive buffer with room for a header only: it carries a
+            // credit update (always allowed), so the ring moves on and the
+            // data takes the next, larger buffer.
+            let hdr = c.header(cid, OP_CREDIT_UPDATE, 0, 0);
+            self.write_packet(q, chain, &hdr, 0)?;
+            self.enqueue(slot);
+            return Ok(Some(HDR_LEN));
+        }
         match recv(&c.fd, &mut self.rx_buf[..room], false) {
             Ok(0) => {
                 c.host_eof = true;

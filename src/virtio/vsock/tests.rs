@@ -228,3 +228,35 @@ fn malformed_packets_are_dropped_and_counted() {
     assert_eq!(counts(&r).dropped, 3);
     assert!(!r.d.dev.state().needs_reset());
 }
+
+#[test]
+fn receive_buffers_with_room_for_a_header_only_carry_credit_updates_not_a_stall() {
+    let mut r = rig("tiny");
+    // Use up the eight regular buffers with RSTs for stray packets.
+    for port in 0..8 {
+        r.send(from_guest(OP_RW, 1000 + port, 77), b"x");
+    }
+    r.received(7);
+    let host = UnixListener::bind(format!("{}_6001", r.uds.display())).expect("listener");
+    // Header-only buffers: the RESPONSE fits, data does not.
+    for slot in 8..12u16 {
+        r.d.post(
+            RX_QUEUE,
+            slot,
+            &[(RX_AREA + u64::from(slot) * 0x2000, 44, true)],
+        );
+    }
+    r.d.notify(RX_QUEUE as u32);
+    r.send(from_guest(OP_REQUEST, 40001, 6001), &[]);
+    assert_eq!(r.received(8).op, OP_RESPONSE);
+    let (mut peer, _) = host.accept().expect("accept");
+    peer.write_all(b"data").expect("write");
+    // The small buffers carry credit updates; the data waits for room.
+    for n in 9..12 {
+        assert_eq!(r.received(n).op, OP_CREDIT_UPDATE);
+    }
+    r.d.post(RX_QUEUE, 12, &[(RX_AREA + 12 * 0x2000, 44 + 4096, true)]);
+    r.d.notify(RX_QUEUE as u32);
+    let rw = r.received(12);
+    assert_eq!((rw.op, rw.len), (OP_RW, 4));
+}
