@@ -4,7 +4,7 @@
 # Idempotent: installs only what is missing. Run as root on Debian 12.
 set -euo pipefail
 
-PKGS=(build-essential binutils)
+PKGS=(build-essential binutils iproute2)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")

@@ -250,7 +250,25 @@ impl Build<'_> {
                 let dev = self.attach(&planned.name, planned.slot, balloon)?;
                 self.devices.balloon = Some(crate::mem::BalloonHandle::new(dev, self.spec));
             }
-            DeviceKind::Block(_) | DeviceKind::Net(_) | DeviceKind::Vsock => {
+            DeviceKind::Net(i) => {
+                let spec = &self.spec.net[i];
+                let net = crate::virtio::net::new_net(spec)?;
+                let dev = self.attach(&planned.name, planned.slot, net)?;
+                let dev = crate::bus::lock(&dev);
+                let handle =
+                    crate::virtio::net::NetHandle::new(spec, dev.device(), dev.state().clone());
+                self.devices.net.push(handle);
+            }
+            DeviceKind::Vsock => {
+                let spec = self.spec.vsock.as_ref().ok_or_else(|| {
+                    VmError::Unsupported(format!("{} without a vsock section", planned.name))
+                })?;
+                let (vsock, handle) = crate::virtio::vsock::new_vsock(spec)?;
+                let dev = self.attach(&planned.name, planned.slot, vsock)?;
+                let state = crate::bus::lock(&dev).state().clone();
+                self.devices.vsock = Some(handle(state));
+            }
+            DeviceKind::Block(_) => {
                 return Err(VmError::Unsupported(planned.name.clone()));
             }
         }

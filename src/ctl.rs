@@ -38,6 +38,18 @@ enum CtlCommand {
         #[arg(long)]
         floor_mib: Option<u64>,
     },
+    /// Change a network interface's rate limiters (Firecracker's PATCH of
+    /// an interface): --rx/--tx take a limiter as JSON, e.g.
+    /// '{"bandwidth": {"size": 1000000, "refill_time": 100}, "ops": null}'
+    /// (a bucket left out is kept, null removes it).
+    SetNet {
+        vm: String,
+        iface: String,
+        #[arg(long)]
+        rx: Option<String>,
+        #[arg(long)]
+        tx: Option<String>,
+    },
     /// The device-access verifier's counters of a VM.
     Counters { vm: String },
     /// Stop every VM (the monitor exits).
@@ -94,6 +106,16 @@ fn request(command: CtlCommand) -> Result<Value, String> {
             }
             if let Some(f) = floor_mib {
                 r["floor_mib"] = json!(f);
+            }
+            r
+        }
+        CtlCommand::SetNet { vm, iface, rx, tx } => {
+            let mut r = json!({"op": "set-net", "vm": vm, "iface": iface});
+            for (key, text) in [("rx_rate_limiter", rx), ("tx_rate_limiter", tx)] {
+                if let Some(text) = text {
+                    r[key] =
+                        serde_json::from_str(&text).map_err(|e| format!("{key}: not JSON: {e}"))?;
+                }
             }
             r
         }

@@ -202,6 +202,16 @@ pub fn thread_runnable(stat: &ProcFile) -> Option<bool> {
     })
 }
 
+/// Makes every thread allocate from glibc's main arena. A thread arena's
+/// first shrink makes glibc open `/proc/sys/vm/overcommit_memory`, which
+/// no seccomp filter of a running monitor allows (the main arena shrinks
+/// with `brk`); one arena also keeps per-thread memory down, which counts
+/// with many VMs in one process. Call before any thread starts.
+pub fn one_malloc_arena() {
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
 /// The calling thread's effective and permitted capabilities, as one mask
 /// (0 when it has none).
 pub fn capabilities() -> io::Result<u64> {

@@ -260,7 +260,18 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
         ThreadClass::Output => &[libc::SYS_close, libc::SYS_fcntl],
         ThreadClass::Builder => BUILDER,
     };
-    for &nr in COMMON.iter().chain(extra) {
+    // Filters stack: the threads a worker starts (vCPUs, device threads,
+    // log writers) keep its filter under their own, so it allows all of
+    // theirs.
+    let started: &[&[i64]] = match class {
+        ThreadClass::Builder => &[DEVICE, VCPU, &[libc::SYS_close, libc::SYS_fcntl]],
+        _ => &[],
+    };
+    for &nr in COMMON
+        .iter()
+        .chain(extra)
+        .chain(started.iter().copied().flatten())
+    {
         map.insert(nr, Vec::new());
     }
     let ioctls: &[u64] = match class {
@@ -268,8 +279,9 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
         // TCGETS, TCSETS (the raw terminal restored), FIONBIO (sockets
         // made non-blocking).
         ThreadClass::EventLoop => &[libc::TCGETS, libc::TCSETS, libc::FIONBIO],
-        // Sockets made non-blocking.
-        ThreadClass::Device => &[libc::FIONBIO],
+        // Sockets made non-blocking; a tap's offloads set to what the
+        // guest's network driver negotiated.
+        ThreadClass::Device => &[libc::FIONBIO, libc::TUNSETOFFLOAD],
         ThreadClass::Output => &[],
         ThreadClass::Builder => &[],
     };

@@ -30,6 +30,10 @@ pub struct VmStats {
     /// Serial output: bytes written out, and bytes dropped because the
     /// output ring was full (a destination that does not drain).
     pub serial: Option<(u64, u64)>,
+    /// The network interfaces' figures (while the VM runs).
+    pub net: Vec<crate::virtio::net::NetStats>,
+    /// The vsock device's figures.
+    pub vsock: Option<crate::virtio::vsock::VsockStats>,
 }
 
 fn balloon_json(b: &BalloonStats) -> Value {
@@ -120,6 +124,8 @@ pub fn to_json(
                     "written_bytes": written,
                     "dropped_bytes": dropped,
                 })),
+                "net": v.net.iter().map(|n| n.to_json()).collect::<Vec<_>>(),
+                "vsock": v.vsock.as_ref().map(|s| s.to_json()),
             })
         })
         .collect();
@@ -170,6 +176,8 @@ mod tests {
             acl: VerifierStats::default(),
             balloon: None,
             serial: None,
+            net: Vec::new(),
+            vsock: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error("{0}")]
     Acl(#[from] CompileError),
+    #[error("{name}: {detail}")]
+    Backend { name: String, detail: String },
     #[error("{0}: this device is not supported yet")]
     Unsupported(String),
     #[error("{what}: {source}")]
@@ -58,6 +60,10 @@ pub type Serial = SerialDevice<IrqLine>;
 #[derive(Default)]
 pub struct VmDevices {
     pub balloon: Option<crate::mem::BalloonHandle>,
+    /// The network interfaces, in plan order (`net0`, ...).
+    pub net: Vec<crate::virtio::net::NetHandle>,
+    /// The vsock device (`vsock0`).
+    pub vsock: Option<crate::virtio::vsock::VsockHandle>,
 }
 
 /// What [`build_vm`] hands over.
@@ -115,6 +121,10 @@ pub struct VmReport {
     pub unclaimed_mmio: u64,
     /// The access verifier's counters at the end.
     pub acl: VerifierStats,
+    /// Its network interfaces' and vsock's final figures (taken once the
+    /// device thread has stopped, so nothing is left in flight).
+    pub net: Vec<crate::virtio::net::NetStats>,
+    pub vsock: Option<crate::virtio::vsock::VsockStats>,
 }
 
 impl Vm {
@@ -224,6 +234,8 @@ impl Vm {
             unclaimed_pio: self.pio.unclaimed(),
             unclaimed_mmio: self.mmio.unclaimed(),
             acl: self.verifier.stats(),
+            net: self.devices.net.iter().map(|n| n.stats()).collect(),
+            vsock: self.devices.vsock.as_ref().map(|v| v.stats()),
         }
     }
 }

@@ -188,7 +188,6 @@ scenario_net_flood:
 .Lfl_loop:
 	call	net_tx_reclaim
 	movl	%eax, %ebx			/* progress */
-	addq	%rax, %r12
 	call	fill_tx
 	orl	%eax, %ebx
 	xorl	%edi, %edi
@@ -196,6 +195,13 @@ scenario_net_flood:
 	testl	%eax, %eax
 	js	.Lfl_bad_id
 	orl	%eax, %ebx
+	/*
+	 * Given back = sent - still held: net_tx_slot (in fill_tx) reclaims
+	 * too, so the loop's own net_tx_reclaim calls do not see them all.
+	 */
+	call	net_tx_in_flight
+	movq	fl_sent(%rip), %r12
+	subq	%rax, %r12
 	cmpq	fl_count(%rip), %r12
 	jb	2f
 	movq	fl_rx(%rip), %rax

@@ -4,6 +4,7 @@
 //!
 //! - [`protocol`]: the requests and replies;
 //! - [`acl`]: peer credentials against the access list;
+//! - [`limits`]: rate limiter changes (`set-net`);
 //! - [`ops`]: what each request does, through the [`ops::Control`] trait
 //!   the monitor implements;
 //! - [`deferred`]: requests answered later (a VM being built or torn down);
@@ -13,6 +14,7 @@
 pub mod acl;
 pub mod client;
 pub mod deferred;
+pub mod limits;
 pub mod listener;
 pub mod ops;
 pub mod protocol;

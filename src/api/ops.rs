@@ -63,6 +63,16 @@ pub trait Control {
         floor_mib: Option<u64>,
     ) -> Result<Value, String>;
 
+    /// Changes the rate limiters of a VM's network interface `iface`;
+    /// replies with both limiters as they are now.
+    fn set_net(
+        &mut self,
+        vm: usize,
+        iface: &str,
+        rx: Option<super::limits::LimiterPatch>,
+        tx: Option<super::limits::LimiterPatch>,
+    ) -> Result<Value, String>;
+
     /// The device-access verifier's counters of a VM.
     fn access_counters(&self, vm: usize) -> Result<Value, String>;
 }
@@ -196,6 +206,18 @@ fn immediate(
                 return Err("set-memory needs \"weight\" and/or \"floor_mib\"".into());
             }
             ctl.set_memory(idx, weight, floor_mib)
+        }
+        Request::SetNet {
+            vm,
+            iface,
+            rx_rate_limiter,
+            tx_rate_limiter,
+        } => {
+            let idx = running(ctl, &vm)?;
+            if rx_rate_limiter.is_none() && tx_rate_limiter.is_none() {
+                return Err("set-net needs \"rx_rate_limiter\" and/or \"tx_rate_limiter\"".into());
+            }
+            ctl.set_net(idx, &iface, rx_rate_limiter, tx_rate_limiter)
         }
         Request::AccessCounters { vm } => {
             let idx = find(ctl, &vm)?;

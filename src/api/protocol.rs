@@ -41,6 +41,15 @@ pub enum Request {
         weight: Option<u64>,
         floor_mib: Option<u64>,
     },
+    /// A network interface's rate limiters (Firecracker's PATCH of
+    /// `/network-interfaces/{iface_id}`): per bucket, absent keeps it,
+    /// `null` removes it, an object replaces it.
+    SetNet {
+        vm: String,
+        iface: String,
+        rx_rate_limiter: Option<super::limits::LimiterPatch>,
+        tx_rate_limiter: Option<super::limits::LimiterPatch>,
+    },
     /// The device-access verifier's counters of one VM.
     AccessCounters {
         vm: String,
@@ -96,6 +105,7 @@ impl Request {
             | Request::Stop { vm }
             | Request::SetCpu { vm, .. }
             | Request::SetMemory { vm, .. }
+            | Request::SetNet { vm, .. }
             | Request::Start { vm }
             | Request::Restart { vm }
             | Request::Delete { vm } => (Grant::Control, Some(vm)),
@@ -166,6 +176,27 @@ mod tests {
         assert!(e(br#"{"op":"pause","vm":"a","x":1}"#).contains("unknown field `x`"));
         assert!(e(br#"{"op":"list","extra":1}"#).contains("unknown field `extra`"));
         assert!(e(br#"{"op":"shutdown","now":true}"#).contains("unknown field `now`"));
+    }
+
+    #[test]
+    fn set_net_takes_firecrackers_limiter_shape() {
+        let r = Request::parse(
+            br#"{"op":"set-net","vm":"a","iface":"eth0","tx_rate_limiter":{"ops":{"size":10,"refill_time":100}}}"#,
+        )
+        .expect("parses");
+        let Request::SetNet {
+            iface,
+            rx_rate_limiter,
+            tx_rate_limiter,
+            ..
+        } = &r
+        else {
+            panic!("{r:?}");
+        };
+        assert_eq!(iface, "eth0");
+        assert!(rx_rate_limiter.is_none());
+        assert!(tx_rate_limiter.is_some_and(|t| t.ops.is_some() && t.bandwidth.is_none()));
+        assert_eq!(r.needs(), (Grant::Control, Some("a")));
     }
 
     #[test]

@@ -31,6 +31,8 @@ impl Monitor {
             acl: Default::default(),
             balloon: e.last_balloon.clone(),
             serial: e.output.as_ref().map(|r| (r.written(), r.dropped())),
+            net: e.last_net.clone(),
+            vsock: e.last_vsock.clone(),
         };
         match &e.state {
             VmState::Running(vm) => VmStats {
@@ -40,6 +42,8 @@ impl Monitor {
                 exits: vm.exit_stats(),
                 acl: vm.verifier.stats(),
                 balloon: vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b)),
+                net: vm.devices.net.iter().map(|n| n.stats()).collect(),
+                vsock: vm.devices.vsock.as_ref().map(|v| v.stats()),
                 ..base
             },
             VmState::Building | VmState::Created(_) | VmState::Stopping => base,
@@ -255,6 +259,8 @@ impl Control for Monitor {
             VmState::Stopped(_) => {
                 e.waiting.push(waiter);
                 e.last_balloon = None;
+                e.last_net.clear();
+                e.last_vsock = None;
                 if let Some(ring) = e.output.take() {
                     terminal.remove(&ring);
                 }
@@ -269,6 +275,45 @@ impl Control for Monitor {
                 Ok(Answer::Later)
             }
         }
+    }
+
+    fn set_net(
+        &mut self,
+        vm: usize,
+        iface: &str,
+        rx: Option<crate::api::limits::LimiterPatch>,
+        tx: Option<crate::api::limits::LimiterPatch>,
+    ) -> Result<serde_json::Value, String> {
+        use crate::virtio::net::Direction;
+        let (_, e) = self.nth(vm).ok_or_else(|| "no such VM".to_string())?;
+        let v = e
+            .running()
+            .ok_or_else(|| format!("vm {} has stopped", e.name))?;
+        let net = v
+            .devices
+            .net
+            .iter()
+            .find(|n| n.id == iface)
+            .ok_or_else(|| {
+                let ids: Vec<&str> = v.devices.net.iter().map(|n| n.id.as_str()).collect();
+                format!(
+                    "vm {} has no interface {iface:?} (its interfaces: {ids:?})",
+                    e.name
+                )
+            })?;
+        for (dir, patch) in [(Direction::Rx, rx), (Direction::Tx, tx)] {
+            if let Some(patch) = patch {
+                let (bandwidth, ops) = patch.updates();
+                net.update_limiter(dir, bandwidth, ops);
+            }
+        }
+        let show = |d| crate::api::limits::limiter_json(&net.limiter_spec(d));
+        Ok(serde_json::json!({
+            "vm": e.name,
+            "iface": iface,
+            "rx_rate_limiter": show(Direction::Rx),
+            "tx_rate_limiter": show(Direction::Tx),
+        }))
     }
 
     fn access_counters(&self, vm: usize) -> Result<serde_json::Value, String> {

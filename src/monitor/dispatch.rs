@@ -150,6 +150,8 @@ impl Monitor {
             return;
         };
         entry.paused = false;
+        entry.last_net = report.net.clone();
+        entry.last_vsock = report.vsock.clone();
         entry.transition(VmState::Stopped(report));
         match entry.after_stop {
             AfterStop::Keep => {
@@ -170,6 +172,8 @@ impl Monitor {
             AfterStop::Restart => {
                 entry.after_stop = AfterStop::Keep;
                 entry.last_balloon = None;
+                entry.last_net.clear();
+                entry.last_vsock = None;
                 if let Some(ring) = entry.output.take() {
                     self.plan.terminal.remove(&ring);
                 }

@@ -127,6 +127,9 @@ pub struct VmEntry {
     pub memory: MemorySpec,
     /// The balloon's figures when the VM stopped (kept for statistics).
     pub last_balloon: Option<crate::mem::BalloonStats>,
+    /// The network interfaces' figures when the VM stopped.
+    pub last_net: Vec<crate::virtio::net::NetStats>,
+    pub last_vsock: Option<crate::virtio::vsock::VsockStats>,
     /// Its serial output's ring (for the written and dropped counts).
     pub output: Option<Arc<OutputRing>>,
     /// Control-socket requests answered when the VM reaches its next state.
@@ -146,6 +149,8 @@ impl VmEntry {
             state: VmState::Building,
             paused: false,
             last_balloon: None,
+            last_net: Vec::new(),
+            last_vsock: None,
             output: None,
             waiting: Vec::new(),
             after_stop: AfterStop::Keep,

@@ -200,6 +200,7 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
     // Before any thread exists, so every thread inherits the blocked mask
     // and SIGINT/SIGTERM only ever arrive through the signalfd.
     let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
+    crate::host::one_malloc_arena();
     if spec.host.sandbox.is_some() {
         if opts.stats_file.is_some() {
             return Err(MonitorError::StatsInSandbox);

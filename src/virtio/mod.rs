@@ -19,8 +19,13 @@
 
 pub mod balloon;
 pub mod mmio;
+pub mod net;
 pub mod queue;
+#[cfg(test)]
+pub(crate) mod testdrv;
 pub mod thread;
+pub mod timer;
+pub mod vsock;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -218,6 +223,19 @@ pub trait QueueHandler: Send {
     /// The guest notified queue `index` (several notifications may have
     /// been coalesced: take everything available).
     fn queue_ready(&mut self, index: usize, q: &mut Queues) -> Result<(), QueueError>;
+
+    /// What the device thread calls for a notification: `queue_ready`,
+    /// unless the handler needs the event ops too (to watch or forget fds
+    /// of its own, such as the sockets of a vsock device).
+    fn queue_ready_ops(
+        &mut self,
+        index: usize,
+        q: &mut Queues,
+        ops: &mut EventOps,
+    ) -> Result<(), QueueError> {
+        let _ = ops;
+        self.queue_ready(index, q)
+    }
 
     /// An event on one of the handler's own fds.
     fn event(

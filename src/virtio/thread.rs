@@ -201,7 +201,9 @@ impl MutEventSubscriber for Active {
         match self.notify.get(tag as usize) {
             Some(evt) => {
                 let _ = evt.read();
-                let result = self.handler.queue_ready(tag as usize, &mut self.queues);
+                let result = self
+                    .handler
+                    .queue_ready_ops(tag as usize, &mut self.queues, ops);
                 self.check(result, ops);
                 self.queues.state.count_notification();
             }

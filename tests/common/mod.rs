@@ -152,3 +152,5 @@ pub fn linux_cmdline() -> String {
         .trim()
         .to_string()
 }
+
+pub mod netns;
