@@ -53,7 +53,10 @@ pub fn plan(args: FirecrackerArgs) -> Result<(MonitorSpec, RunOptions), ExitCode
         },
     };
     if spec.vms.len() > 1 {
-        eprintln!("hearth: error: --config-file: hearth firecracker runs one VM; the file has {}", spec.vms.len());
+        eprintln!(
+            "hearth: error: --config-file: hearth firecracker runs one VM; the file has {}",
+            spec.vms.len()
+        );
         return Err(ExitCode::from(1));
     }
     if args.no_seccomp {

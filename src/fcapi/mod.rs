@@ -70,10 +70,21 @@ pub fn firecracker_endpoint(
     listener: std::os::unix::net::UnixListener,
     file: SocketFile,
 ) -> NewEndpoint {
-    let slot = match &opts.booted_from {
-        Some(config) => Slot::attached(&opts.vm_name, &opts.id, &opts.base_dir, Some(config.clone())),
-        None => Slot::new(&opts.vm_name, &opts.id, &opts.base_dir, serde_json::Map::new()),
+    let mut slot = match &opts.booted_from {
+        Some(config) => Slot::attached(
+            &opts.vm_name,
+            &opts.id,
+            &opts.base_dir,
+            Some(config.clone()),
+        ),
+        None => Slot::new(
+            &opts.vm_name,
+            &opts.id,
+            &opts.base_dir,
+            serde_json::Map::new(),
+        ),
     };
+    slot.owns_process = true;
     log::info!("Firecracker API on {}", opts.api_sock.display());
     NewEndpoint {
         listener,
@@ -113,7 +124,9 @@ pub fn create_with_api(
     let name = match template.get("name") {
         Some(Value::String(n)) if valid_name(n) => n.clone(),
         Some(other) => return Err(format!("name: {other} must match [A-Za-z0-9_-]{{1,32}}")),
-        None => return Err("name: required with api_socket (the VM's name in this monitor)".into()),
+        None => {
+            return Err("name: required with api_socket (the VM's name in this monitor)".into())
+        }
     };
     if !api_socket.is_absolute() {
         return Err(format!("api_socket {api_socket:?} is not an absolute path"));

@@ -206,28 +206,49 @@ mod tests {
     fn sections_are_checked_as_they_arrive() {
         let mut p = Preboot::new(Path::new("/"));
         let e = p
-            .put_section("boot-source", json!({"kernel_image_path": "/no/such/kernel"}))
+            .put_section(
+                "boot-source",
+                json!({"kernel_image_path": "/no/such/kernel"}),
+            )
             .unwrap_err();
-        assert!(e.starts_with("boot-source.kernel_image_path: \"/no/such/kernel\""), "{e}");
+        assert!(
+            e.starts_with("boot-source.kernel_image_path: \"/no/such/kernel\""),
+            "{e}"
+        );
         assert!(!p.has("boot-source"), "a refused section is not kept");
         // A machine config before the boot source: the missing boot source
         // is not this request's problem.
-        p.put_section("machine-config", json!({"vcpu_count": 2, "mem_size_mib": 64}))
-            .unwrap();
+        p.put_section(
+            "machine-config",
+            json!({"vcpu_count": 2, "mem_size_mib": 64}),
+        )
+        .unwrap();
         let e = p
-            .put_section("machine-config", json!({"vcpu_count": 99, "mem_size_mib": 64}))
+            .put_section(
+                "machine-config",
+                json!({"vcpu_count": 99, "mem_size_mib": 64}),
+            )
             .unwrap_err();
-        assert!(e.contains("machine-config.vcpu_count: 99 is out of range"), "{e}");
+        assert!(
+            e.contains("machine-config.vcpu_count: 99 is out of range"),
+            "{e}"
+        );
         let e = p
-            .put_section("machine-config", json!({"vcpu_count": 1, "mem_size_mib": 64, "x": 1}))
+            .put_section(
+                "machine-config",
+                json!({"vcpu_count": 1, "mem_size_mib": 64, "x": 1}),
+            )
             .unwrap_err();
-        assert!(e.contains("machine-config") && e.contains("`x`"), "{e}");
+        assert!(e.contains("machine-config: unknown field \"x\""), "{e}");
         assert_eq!(p.machine_config()["vcpu_count"], 2);
         p.patch_machine_config(json!({"mem_size_mib": 48})).unwrap();
         assert_eq!(p.machine_config()["mem_size_mib"], 48);
         assert_eq!(p.machine_config()["vcpu_count"], 2);
-        p.put_section("boot-source", json!({"kernel_image_path": guest(), "boot_args": "x=1"}))
-            .unwrap();
+        p.put_section(
+            "boot-source",
+            json!({"kernel_image_path": guest(), "boot_args": "x=1"}),
+        )
+        .unwrap();
         let def = p.definition().unwrap();
         assert_eq!(def["cpu"]["vcpus"], 2);
         assert_eq!(def["memory"]["size_mib"], 48);
@@ -242,11 +263,18 @@ mod tests {
         let e = p.put_entry(List::Drives, "root", bad).unwrap_err();
         assert!(e.contains("drives[0].path_on_host"), "{e}");
         let e = p
-            .put_entry(List::Drives, "root", json!({"drive_id": "root", "path_on_host": guest()}))
+            .put_entry(
+                List::Drives,
+                "root",
+                json!({"drive_id": "root", "path_on_host": guest()}),
+            )
             .unwrap_err();
         assert!(e.contains("drives[0].is_root_device: required"), "{e}");
         assert!(!p.has("drives"));
-        assert!(p.definition().unwrap_err().contains("boot-source: required"));
+        assert!(p
+            .definition()
+            .unwrap_err()
+            .contains("boot-source: required"));
         let cfg = p.vm_config(None);
         assert_eq!(cfg["drives"], json!([]));
         assert_eq!(cfg["machine-config"]["mem_size_mib"], 128);

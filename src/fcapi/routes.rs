@@ -101,7 +101,8 @@ struct BalloonUpdate {
     amount_mib: u32,
 }
 
-const SNAPSHOTS: &str = "snapshots (PUT /snapshot/create, /snapshot/load) are not supported by Hearth";
+const SNAPSHOTS: &str =
+    "snapshots (PUT /snapshot/create, /snapshot/load) are not supported by Hearth";
 const CPU_TEMPLATES: &str = "custom CPU templates (PUT /cpu-config) are not supported by Hearth";
 const MMDS: &str = "the microVM metadata service (MMDS) is not supported by Hearth";
 const ENTROPY: &str = "an entropy device (virtio-rng) is not supported by Hearth";
@@ -177,7 +178,10 @@ fn entry(list: List, id: Option<&str>, body: &[u8]) -> Result<(String, Value), R
 fn invalid(method: Method, path: &str) -> Response {
     Response::fault(
         400,
-        format!("Invalid request method and/or path: {} {path}.", method.name()),
+        format!(
+            "Invalid request method and/or path: {} {path}.",
+            method.name()
+        ),
     )
 }
 
@@ -323,7 +327,10 @@ mod tests {
         assert_eq!(ok(Get, "/", None), Action::GetInstanceInfo);
         assert_eq!(ok(Get, "/vm/config", None), Action::GetVmConfig);
         assert_eq!(ok(Get, "/machine-config", None), Action::GetMachineConfig);
-        assert_eq!(ok(Get, "/balloon/statistics", None), Action::GetBalloonStats);
+        assert_eq!(
+            ok(Get, "/balloon/statistics", None),
+            Action::GetBalloonStats
+        );
         let start = r#"{"action_type": "InstanceStart"}"#;
         assert_eq!(ok(Put, "/actions", Some(start)), Action::Start);
         let cad = r#"{"action_type": "SendCtrlAltDel"}"#;
@@ -356,9 +363,15 @@ mod tests {
     #[test]
     fn firecrackers_errors() {
         use Method::*;
-        assert_eq!(fault(Get, "/nope", None), "Invalid request method and/or path: GET /nope.");
+        assert_eq!(
+            fault(Get, "/nope", None),
+            "Invalid request method and/or path: GET /nope."
+        );
         assert_eq!(fault(Put, "/boot-source", None), "Empty PUT request.");
-        assert_eq!(fault(Get, "/", Some("{}")), "GET request cannot have a body.");
+        assert_eq!(
+            fault(Get, "/", Some("{}")),
+            "GET request cannot have a body."
+        );
         assert_eq!(
             fault(Put, "/drives/a", Some(r#"{"drive_id": "b"}"#)),
             "The id from the path does not match the id from the body!"

@@ -141,7 +141,10 @@ impl<C: Control + Send> FcApiServer<C> {
         };
         let ev = Events::with_data(&new.listener, listener_tag(s), EventSet::IN);
         if let Err(e) = ops.add(ev) {
-            log::error!("Firecracker API: cannot watch {}: {e}", new.file.path().display());
+            log::error!(
+                "Firecracker API: cannot watch {}: {e}",
+                new.file.path().display()
+            );
             self.registry.closed(&new.slot.name);
             return;
         }
@@ -159,7 +162,11 @@ impl<C: Control + Send> FcApiServer<C> {
             self.close_conn(s, c, ops);
         }
         if let Some(ep) = self.endpoints.get_mut(s).and_then(Option::take) {
-            let _ = ops.remove(Events::with_data(&ep.listener, listener_tag(s), EventSet::IN));
+            let _ = ops.remove(Events::with_data(
+                &ep.listener,
+                listener_tag(s),
+                EventSet::IN,
+            ));
             log::info!("{}: its Firecracker API socket is closed", ep.slot.name);
             self.registry.closed(&ep.slot.name);
         }
@@ -197,12 +204,16 @@ impl<C: Control + Send> FcApiServer<C> {
             };
             let _ = stream.set_nonblocking(true);
             let Some(c) = ep.conns.iter().position(Option::is_none) else {
-                let busy = Response::fault(503, format!("too many connections (at most {MAX_CONNS})"));
+                let busy =
+                    Response::fault(503, format!("too many connections (at most {MAX_CONNS})"));
                 let _ = (&stream).write(&busy.to_bytes(false));
                 continue;
             };
             if let Err(e) = ops.add(Events::with_data(&stream, conn_tag(s, c), EventSet::IN)) {
-                log::warn!("{}: API socket: cannot watch a connection: {e}", ep.slot.name);
+                log::warn!(
+                    "{}: API socket: cannot watch a connection: {e}",
+                    ep.slot.name
+                );
                 continue;
             }
             ep.conns[c] = Some(Conn {
@@ -223,7 +234,11 @@ impl<C: Control + Send> FcApiServer<C> {
             return;
         };
         if let Some(conn) = ep.conns.get_mut(c).and_then(Option::take) {
-            let _ = ops.remove(Events::with_data(&conn.stream, conn_tag(s, c), conn.interest));
+            let _ = ops.remove(Events::with_data(
+                &conn.stream,
+                conn_tag(s, c),
+                conn.interest,
+            ));
             if let Some((t, _)) = conn.waiting {
                 self.waiting.remove(&t);
             }

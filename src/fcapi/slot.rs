@@ -60,6 +60,10 @@ pub struct Slot {
     sink: Option<MetricsSink>,
     metrics: FcMetrics,
     pub last_flush: Instant,
+    /// The process is this VM's alone (`hearth firecracker`): `PUT
+    /// /logger` may set the process's log file and level.
+    pub owns_process: bool,
+    logger: Option<Value>,
 }
 
 fn fault(message: impl Into<String>) -> Reply {
@@ -83,6 +87,8 @@ impl Slot {
             sink: None,
             metrics: FcMetrics::default(),
             last_flush: Instant::now(),
+            owns_process: false,
+            logger: None,
         }
     }
 
@@ -135,7 +141,11 @@ impl Slot {
             )),
             Action::GetVmConfig => {
                 let metrics = self.metrics_config.as_ref().map(|m| json!(m));
-                Reply::Now(Response::json(&self.preboot.vm_config(metrics)))
+                let mut config = self.preboot.vm_config(metrics);
+                if let Some(logger) = &self.logger {
+                    config["logger"] = logger.clone();
+                }
+                Reply::Now(Response::json(&config))
             }
             Action::GetMachineConfig => Reply::Now(Response::json(&self.preboot.machine_config())),
             Action::GetBalloon => match self.balloon() {
@@ -143,10 +153,9 @@ impl Slot {
                 None => fault(NO_BALLOON),
             },
             Action::GetBalloonStats => self.balloon_stats(ctl),
+            Action::PutSection("logger", body) => self.put_logger(body),
             Action::PutSection(key, body) => self.configure(|p| p.put_section(key, body)),
-            Action::PatchMachineConfig(body) => {
-                self.configure(|p| p.patch_machine_config(body))
-            }
+            Action::PatchMachineConfig(body) => self.configure(|p| p.patch_machine_config(body)),
             Action::PutEntry(list, id, body) => self.configure(|p| p.put_entry(list, &id, body)),
             Action::PutMetrics(config) => self.put_metrics(config),
             Action::Start => self.start(ctl, waiter),
@@ -196,6 +205,46 @@ impl Slot {
         }
     }
 
+    /// `PUT /logger`: with the process to itself, its log file and level;
+    /// in a shared monitor only what asks for nothing (the monitor's log
+    /// is every VM's).
+    fn put_logger(&mut self, body: Value) -> Reply {
+        if self.phase != Phase::Config {
+            return fault(NOT_AFTER_START);
+        }
+        let config: LoggerConfig = match serde_json::from_value(body.clone()) {
+            Ok(c) => c,
+            Err(e) => return fault(format!("Logger error: logger: {e}")),
+        };
+        if config.module.is_some() {
+            return fault(
+                "Logger error: logger.module: filtering by module is not supported by Hearth yet",
+            );
+        }
+        let level = match config.level.as_deref().map(log_level).transpose() {
+            Ok(level) => level,
+            Err(e) => return fault(format!("Logger error: logger.level: {e}")),
+        };
+        let asks = config.log_path.is_some() || level.is_some();
+        if asks && !self.owns_process {
+            return fault(
+                "Logger error: this VM shares its monitor's log (stderr, --log-level); \
+                 give neither \"log_path\" nor \"level\"",
+            );
+        }
+        if let Some(path) = &config.log_path {
+            match MetricsSink::open_raw(path) {
+                Ok(file) => crate::logger::log_to_file(file),
+                Err(e) => return fault(format!("Logger error: logger.log_path: {e}")),
+            }
+        }
+        if let Some(level) = level {
+            log::set_max_level(level);
+        }
+        self.logger = Some(body);
+        done()
+    }
+
     fn put_metrics(&mut self, config: MetricsConfig) -> Reply {
         if self.phase != Phase::Config {
             return fault(NOT_AFTER_START);
@@ -242,7 +291,11 @@ impl Slot {
 
     /// `InstanceStart` on a VM created but not started (`create` with a
     /// whole definition and `start: false`).
-    fn start_created(&mut self, ctl: &mut dyn Control, waiter: &mut dyn FnMut() -> Waiter) -> Reply {
+    fn start_created(
+        &mut self,
+        ctl: &mut dyn Control,
+        waiter: &mut dyn FnMut() -> Waiter,
+    ) -> Reply {
         let (Some(idx), Some(state)) = (index(ctl, &self.name), vm_state(ctl, &self.name)) else {
             return fault(format!("vm {} is gone", self.name));
         };
@@ -324,12 +377,17 @@ impl Slot {
             return fault(NO_BALLOON);
         };
         if config["stats_polling_interval_s"].as_u64().unwrap_or(0) == 0 {
-            return fault("Balloon config error: Statistics for the balloon device are not enabled.");
+            return fault(
+                "Balloon config error: Statistics for the balloon device are not enabled.",
+            );
         }
         let entry = vm_entry(ctl, &self.name).unwrap_or(Value::Null);
         let m = &entry["memory"];
         let mib = |k: &str| m[k].as_u64();
-        let (target, actual) = (mib("balloon_target_mib").unwrap_or(0), mib("balloon_actual_mib").unwrap_or(0));
+        let (target, actual) = (
+            mib("balloon_target_mib").unwrap_or(0),
+            mib("balloon_actual_mib").unwrap_or(0),
+        );
         let mut out = json!({
             "target_pages": target * PAGES_PER_MIB,
             "actual_pages": actual * PAGES_PER_MIB,
@@ -382,7 +440,10 @@ impl Slot {
         let mut bytes = line.to_string().into_bytes();
         bytes.push(b'\n');
         if sink.write_line(&bytes) == Written::Dropped {
-            log::debug!("{}: a metrics line was dropped (its reader is behind)", self.name);
+            log::debug!(
+                "{}: a metrics line was dropped (its reader is behind)",
+                self.name
+            );
         }
         self.last_flush = Instant::now();
         true
@@ -392,6 +453,36 @@ impl Slot {
     pub fn metrics_path(&self) -> Option<PathBuf> {
         self.sink.as_ref().map(|s| s.path().to_path_buf())
     }
+}
+
+/// `PUT /logger`'s body (Firecracker's `LoggerConfig`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoggerConfig {
+    log_path: Option<PathBuf>,
+    level: Option<String>,
+    #[allow(dead_code)]
+    show_level: Option<bool>,
+    #[allow(dead_code)]
+    show_log_origin: Option<bool>,
+    module: Option<String>,
+}
+
+/// Firecracker's log levels (any case; `Warn` too).
+fn log_level(name: &str) -> Result<log::LevelFilter, String> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "off" => log::LevelFilter::Off,
+        "error" => log::LevelFilter::Error,
+        "warning" | "warn" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        _ => {
+            return Err(format!(
+                "{name:?} is not a level (Off, Error, Warning, Info, Debug, Trace)"
+            ))
+        }
+    })
 }
 
 /// Which request counter an action feeds (Firecracker's metrics groups).
@@ -483,11 +574,16 @@ mod tests {
         let template = json!({"name": "x", "cpu": {"vcpus": 8, "weight": 300, "max": 0.5},
                               "memory": {"size_mib": 1, "floor_mib": 32},
                               "kernel": {"path": "/evil"}, "io": {"weight": 5}});
-        let Value::Object(t) = template else { unreachable!() };
+        let Value::Object(t) = template else {
+            unreachable!()
+        };
         merge_template(&mut def, "web", &t);
         assert_eq!(def["name"], "web");
         assert_eq!(def["cpu"], json!({"vcpus": 2, "weight": 300, "max": 0.5}));
-        assert_eq!(def["memory"], json!({"size_mib": 64, "weight": 100, "floor_mib": 32}));
+        assert_eq!(
+            def["memory"],
+            json!({"size_mib": 64, "weight": 100, "floor_mib": 32})
+        );
         assert_eq!(def["serial"], json!({"output": "stdout", "stdin": false}));
         assert_eq!(def["kernel"]["path"], "/k");
         assert_eq!(def["io"]["weight"], 5);

@@ -62,7 +62,11 @@ fn os(what: &'static str, path: &Path) -> FcApiError {
 /// refused (as Firecracker refuses it), unless `replace_stale` and it is
 /// a socket nobody listens on (checked by connecting: only before the
 /// event loop's seccomp filter, which forbids `connect`).
-pub fn bind(path: &Path, mode: u32, replace_stale: bool) -> Result<(UnixListener, SocketFile), FcApiError> {
+pub fn bind(
+    path: &Path,
+    mode: u32,
+    replace_stale: bool,
+) -> Result<(UnixListener, SocketFile), FcApiError> {
     let bytes = path.as_os_str().as_bytes();
     let mut addr = libc::sockaddr_un {
         sun_family: libc::AF_UNIX as libc::sa_family_t,
@@ -231,11 +235,20 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert!(UnixStream::connect(&path).is_ok());
         // In use: refused, stale or not.
-        assert!(matches!(bind(&path, 0o600, false), Err(FcApiError::Exists { .. })));
-        assert!(matches!(bind(&path, 0o600, true), Err(FcApiError::Exists { .. })));
+        assert!(matches!(
+            bind(&path, 0o600, false),
+            Err(FcApiError::Exists { .. })
+        ));
+        assert!(matches!(
+            bind(&path, 0o600, true),
+            Err(FcApiError::Exists { .. })
+        ));
         drop(listener);
         // Nobody listens now, but the file is there: replaced only when allowed.
-        assert!(matches!(bind(&path, 0o600, false), Err(FcApiError::Exists { .. })));
+        assert!(matches!(
+            bind(&path, 0o600, false),
+            Err(FcApiError::Exists { .. })
+        ));
         std::mem::forget(file);
         let (_l, file) = bind(&path, 0o640, true).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -243,7 +256,10 @@ mod tests {
         drop(file);
         assert!(!path.exists());
         let long = dir.join("x".repeat(120));
-        assert!(matches!(bind(&long, 0o600, false), Err(FcApiError::Path { .. })));
+        assert!(matches!(
+            bind(&long, 0o600, false),
+            Err(FcApiError::Path { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -19,7 +19,11 @@ use serde_json::{json, Map, Value};
 const REQUEST_FIELDS: &[(&str, &[&str])] = &[
     (
         "get_api_requests",
-        &["instance_info_count", "machine_cfg_count", "vmm_version_count"],
+        &[
+            "instance_info_count",
+            "machine_cfg_count",
+            "vmm_version_count",
+        ],
     ),
     (
         "put_api_requests",
@@ -64,7 +68,11 @@ const DELTAS: &[(&str, &str, &[&str])] = &[
     ("vcpu", "exit_mmio_write", &["exits", "mmio_write"]),
     ("uart", "write_count", &["serial", "written_bytes"]),
     ("uart", "missed_write_count", &["serial", "dropped_bytes"]),
-    ("balloon", "stats_updates_count", &["memory", "stats_updates"]),
+    (
+        "balloon",
+        "stats_updates_count",
+        &["memory", "stats_updates"],
+    ),
     ("balloon", "event_fails", &["memory", "failures"]),
 ];
 

@@ -19,20 +19,104 @@ struct Family {
 
 /// Per-VM families: name, help, type, where in a VM's entry, scale.
 const VM_FAMILIES: &[(&str, &str, &str, &[&str], f64)] = &[
-    ("hearth_vm_vcpus", "vCPUs of the VM.", "gauge", &["vcpus"], 1.0),
-    ("hearth_vm_cpu_seconds_total", "CPU time the VM's vCPUs used.", "counter", &["cpu", "used_ns"], 1e-9),
-    ("hearth_vm_cpu_weight", "The VM's CPU weight.", "gauge", &["cpu", "weight"], 1.0),
-    ("hearth_vm_cpu_max", "The VM's CPU cap in host CPUs (absent: none).", "gauge", &["cpu", "max"], 1.0),
-    ("hearth_vm_cpu_share", "The VM's fraction of the CPU time all VMs used.", "gauge", &["cpu", "share"], 1.0),
-    ("hearth_vm_throttle_events_total", "Times the CPU scheduler parked the VM.", "counter", &["cpu", "throttle_events"], 1.0),
-    ("hearth_vm_serial_written_bytes_total", "Serial output bytes written out.", "counter", &["serial", "written_bytes"], 1.0),
-    ("hearth_vm_serial_dropped_bytes_total", "Serial output bytes dropped (a destination that did not drain).", "counter", &["serial", "dropped_bytes"], 1.0),
-    ("hearth_vm_balloon_target_bytes", "The balloon size asked of the guest.", "gauge", &["memory", "balloon_target_mib"], MIB),
-    ("hearth_vm_balloon_actual_bytes", "The balloon size the guest reports.", "gauge", &["memory", "balloon_actual_mib"], MIB),
-    ("hearth_vm_guest_memory_bytes", "The guest's RAM less its balloon.", "gauge", &["memory", "guest_mib"], MIB),
-    ("hearth_vm_guest_free_bytes", "Free memory the guest last reported.", "gauge", &["memory", "guest_free_mib"], MIB),
-    ("hearth_vm_guest_available_bytes", "Available memory the guest last reported.", "gauge", &["memory", "guest_available_mib"], MIB),
-    ("hearth_vm_balloon_stats_updates_total", "Balloon statistics updates from the guest.", "counter", &["memory", "stats_updates"], 1.0),
+    (
+        "hearth_vm_vcpus",
+        "vCPUs of the VM.",
+        "gauge",
+        &["vcpus"],
+        1.0,
+    ),
+    (
+        "hearth_vm_cpu_seconds_total",
+        "CPU time the VM's vCPUs used.",
+        "counter",
+        &["cpu", "used_ns"],
+        1e-9,
+    ),
+    (
+        "hearth_vm_cpu_weight",
+        "The VM's CPU weight.",
+        "gauge",
+        &["cpu", "weight"],
+        1.0,
+    ),
+    (
+        "hearth_vm_cpu_max",
+        "The VM's CPU cap in host CPUs (absent: none).",
+        "gauge",
+        &["cpu", "max"],
+        1.0,
+    ),
+    (
+        "hearth_vm_cpu_share",
+        "The VM's fraction of the CPU time all VMs used.",
+        "gauge",
+        &["cpu", "share"],
+        1.0,
+    ),
+    (
+        "hearth_vm_throttle_events_total",
+        "Times the CPU scheduler parked the VM.",
+        "counter",
+        &["cpu", "throttle_events"],
+        1.0,
+    ),
+    (
+        "hearth_vm_serial_written_bytes_total",
+        "Serial output bytes written out.",
+        "counter",
+        &["serial", "written_bytes"],
+        1.0,
+    ),
+    (
+        "hearth_vm_serial_dropped_bytes_total",
+        "Serial output bytes dropped (a destination that did not drain).",
+        "counter",
+        &["serial", "dropped_bytes"],
+        1.0,
+    ),
+    (
+        "hearth_vm_balloon_target_bytes",
+        "The balloon size asked of the guest.",
+        "gauge",
+        &["memory", "balloon_target_mib"],
+        MIB,
+    ),
+    (
+        "hearth_vm_balloon_actual_bytes",
+        "The balloon size the guest reports.",
+        "gauge",
+        &["memory", "balloon_actual_mib"],
+        MIB,
+    ),
+    (
+        "hearth_vm_guest_memory_bytes",
+        "The guest's RAM less its balloon.",
+        "gauge",
+        &["memory", "guest_mib"],
+        MIB,
+    ),
+    (
+        "hearth_vm_guest_free_bytes",
+        "Free memory the guest last reported.",
+        "gauge",
+        &["memory", "guest_free_mib"],
+        MIB,
+    ),
+    (
+        "hearth_vm_guest_available_bytes",
+        "Available memory the guest last reported.",
+        "gauge",
+        &["memory", "guest_available_mib"],
+        MIB,
+    ),
+    (
+        "hearth_vm_balloon_stats_updates_total",
+        "Balloon statistics updates from the guest.",
+        "counter",
+        &["memory", "stats_updates"],
+        1.0,
+    ),
 ];
 
 /// The exit kinds of `exits` in a VM's entry.
@@ -47,12 +131,48 @@ const EXIT_KINDS: &[&str] = &[
 
 /// Monitor-wide families: name, help, type, path, scale.
 const MONITOR_FAMILIES: &[(&str, &str, &str, &[&str], f64)] = &[
-    ("hearth_uptime_seconds", "Seconds since the monitor started.", "gauge", &["elapsed_s"], 1.0),
-    ("hearth_monitor_thread_cpu_seconds_total", "CPU time of the event-loop thread.", "counter", &["monitor_thread_cpu_ns"], 1e-9),
-    ("hearth_peak_rss_bytes", "The monitor's peak resident memory.", "gauge", &["peak_rss_kib"], 1024.0),
-    ("hearth_scheduler_ticks_total", "CPU scheduler ticks.", "counter", &["scheduler", "ticks"], 1.0),
-    ("hearth_scheduler_cost_seconds_total", "Event-loop CPU time the scheduler ticks took.", "counter", &["scheduler", "cost_ns"], 1e-9),
-    ("hearth_memory_budget_bytes", "The memory allocator's budget (absent: none).", "gauge", &["memory", "budget_mib"], MIB),
+    (
+        "hearth_uptime_seconds",
+        "Seconds since the monitor started.",
+        "gauge",
+        &["elapsed_s"],
+        1.0,
+    ),
+    (
+        "hearth_monitor_thread_cpu_seconds_total",
+        "CPU time of the event-loop thread.",
+        "counter",
+        &["monitor_thread_cpu_ns"],
+        1e-9,
+    ),
+    (
+        "hearth_peak_rss_bytes",
+        "The monitor's peak resident memory.",
+        "gauge",
+        &["peak_rss_kib"],
+        1024.0,
+    ),
+    (
+        "hearth_scheduler_ticks_total",
+        "CPU scheduler ticks.",
+        "counter",
+        &["scheduler", "ticks"],
+        1.0,
+    ),
+    (
+        "hearth_scheduler_cost_seconds_total",
+        "Event-loop CPU time the scheduler ticks took.",
+        "counter",
+        &["scheduler", "cost_ns"],
+        1e-9,
+    ),
+    (
+        "hearth_memory_budget_bytes",
+        "The memory allocator's budget (absent: none).",
+        "gauge",
+        &["memory", "budget_mib"],
+        MIB,
+    ),
 ];
 
 fn lookup<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
@@ -181,8 +301,14 @@ mod tests {
             "monitor_thread_cpu_ns": 5,
         });
         let text = prometheus_text(&doc);
-        assert!(text.contains("# TYPE hearth_vm_cpu_seconds_total counter\n"), "{text}");
-        assert!(text.contains("hearth_vm_cpu_seconds_total{vm=\"web\"} 1.5\n"), "{text}");
+        assert!(
+            text.contains("# TYPE hearth_vm_cpu_seconds_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hearth_vm_cpu_seconds_total{vm=\"web\"} 1.5\n"),
+            "{text}"
+        );
         assert!(text.contains("hearth_vm_exits_total{vm=\"web\",kind=\"pio_write\"} 7\n"));
         assert!(text.contains("hearth_vm_state{vm=\"web\",state=\"running\"} 1\n"));
         assert!(text.contains("hearth_vm_state{vm=\"db\\\"x\",state=\"stopped\"} 1\n"));

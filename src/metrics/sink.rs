@@ -46,6 +46,12 @@ pub enum Written {
 }
 
 impl MetricsSink {
+    /// Opens `path` as [`MetricsSink::open`] does, for another writer (the
+    /// log).
+    pub fn open_raw(path: &Path) -> Result<File, SinkError> {
+        Ok(MetricsSink::open(path)?.file)
+    }
+
     /// Opens `path` for writing without blocking: an existing FIFO (opened
     /// read-write, so that opening never waits for a reader) or a regular
     /// file (created, mode 0600, if missing; appended to).

@@ -275,9 +275,11 @@ impl Control for Monitor {
 
     fn set_balloon(&mut self, vm: usize, amount_mib: u64) -> Result<serde_json::Value, String> {
         if self.mem.budget_mib().is_some() {
-            return Err("this monitor's memory allocator sizes every balloon (host.memory); \
+            return Err(
+                "this monitor's memory allocator sizes every balloon (host.memory); \
                         change the VM's memory weight or floor instead (set-memory)"
-                .into());
+                    .into(),
+            );
         }
         let (_, e) = self.nth(vm).ok_or("no such VM")?;
         let v = e
