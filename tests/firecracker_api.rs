@@ -93,6 +93,14 @@ fn the_getting_started_sequence_boots_and_post_boot_requests_drive_the_vm() {
     put(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
     assert_eq!(get(&sock, "/")["state"], "Running");
     assert_eq!(get(&sock, "/machine-config")["mem_size_mib"], 64);
+    // Ctrl+Alt+Del waits in the i8042 (this guest has no keyboard driver).
+    put(
+        &sock,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "SendCtrlAltDel"}"#,
+    );
+    assert_eq!(get(&sock, "/")["state"], "Running");
     let after = fault(
         &sock,
         "PUT",
@@ -138,6 +146,9 @@ fn the_getting_started_sequence_boots_and_post_boot_requests_drive_the_vm() {
     assert_eq!(line["put_api_requests"]["boot_source_count"], 2, "{line}");
     assert_eq!(line["put_api_requests"]["boot_source_fails"], 1, "{line}");
     assert_eq!(line["put_api_requests"]["machine_cfg_count"], 1, "{line}");
+    // InstanceStart twice, SendCtrlAltDel, FlushMetrics (this line counts itself).
+    assert_eq!(line["put_api_requests"]["actions_count"], 4, "{line}");
+    assert_eq!(line["put_api_requests"]["actions_fails"], 1, "{line}");
     assert!(
         line["get_api_requests"]["instance_info_count"]
             .as_u64()

@@ -119,11 +119,16 @@ impl Slot {
         ctl: &mut dyn Control,
         waiter: &mut dyn FnMut() -> Waiter,
     ) -> Reply {
+        // Counted first, so that a FlushMetrics line counts itself.
         let counted = counter(&action);
-        let reply = self.act(action, ctl, waiter);
         if let Some((group, what)) = counted {
-            let failed = matches!(&reply, Reply::Now(r) if r.status >= 400);
-            self.metrics.count(group, what, failed);
+            self.metrics.count(group, what, false);
+        }
+        let reply = self.act(action, ctl, waiter);
+        if let (Some((group, what)), Reply::Now(r)) = (counted, &reply) {
+            if r.status >= 400 {
+                self.metrics.fail(group, what);
+            }
         }
         reply
     }

@@ -94,6 +94,15 @@ impl FcMetrics {
     /// Counts one request to `group` (`"put_api_requests"`, ...) about
     /// `what` (`"drive"`, `"actions"`, ...), and whether it failed.
     pub fn count(&mut self, group: &'static str, what: &'static str, failed: bool) {
+        self.bump(group, what, true, failed);
+    }
+
+    /// Counts a failure of a request already counted.
+    pub fn fail(&mut self, group: &'static str, what: &'static str) {
+        self.bump(group, what, false, true);
+    }
+
+    fn bump(&mut self, group: &'static str, what: &'static str, count: bool, failed: bool) {
         let Some((_, fields)) = REQUEST_FIELDS.iter().find(|(g, _)| *g == group) else {
             return;
         };
@@ -103,7 +112,7 @@ impl FcMetrics {
                 .copied()
                 .find(|f| f.strip_suffix(suffix) == Some(what))
         };
-        if let Some(f) = want("_count") {
+        if let Some(f) = want("_count").filter(|_| count) {
             *self.requests.entry((group, f)).or_default() += 1;
         }
         if failed {

@@ -269,6 +269,17 @@ impl Control for Monitor {
         }
     }
 
+    fn send_ctrl_alt_del(&mut self, vm: usize) -> Result<(), String> {
+        let (_, e) = self.nth(vm).ok_or("no such VM")?;
+        let v = e
+            .running()
+            .ok_or_else(|| format!("vm {} is not running", e.name))?;
+        let keyboard = v.devices.keyboard.as_ref().ok_or("the VM has no i8042")?;
+        crate::bus::lock(keyboard)
+            .send_ctrl_alt_del()
+            .map_err(|e| e.to_string())
+    }
+
     fn firecracker_apis(&self) -> Option<std::sync::Arc<crate::fcapi::Registry>> {
         self.fc_apis.clone()
     }
