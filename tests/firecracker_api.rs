@@ -9,6 +9,7 @@ mod fc;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::scratch_dir;
@@ -36,44 +37,7 @@ fn the_getting_started_sequence_boots_and_post_boot_requests_drive_the_vm() {
     assert_eq!(mode, 0o600, "the API socket is its owner's alone");
     assert_eq!(get(&sock, "/")["state"], "Not started");
     assert_eq!(get(&sock, "/")["id"], "demo");
-
-    // The guide's calls, as written (its kernel and boot arguments, plus
-    // the test guest's scenario).
-    let log = dir.join("firecracker.log");
-    put(&sock, "PUT", "/logger", &format!(
-        "{{\n  \"log_path\": \"{}\",\n  \"level\": \"Debug\",\n  \"show_level\": true,\n  \"show_log_origin\": true\n}}",
-        log.display()
-    ));
-    put(&sock, "PUT", "/boot-source", &format!(
-        "{{\n  \"kernel_image_path\": \"{}\",\n  \"boot_args\": \"console=ttyS0 reboot=k panic=1 hearth.scenario=idle\"\n}}",
-        guest()
-    ));
-    let metrics = dir.join("metrics.json");
-    put(
-        &sock,
-        "PUT",
-        "/metrics",
-        &json!({"metrics_path": metrics}).to_string(),
-    );
-    put(
-        &sock,
-        "PUT",
-        "/machine-config",
-        r#"{"vcpu_count": 2, "mem_size_mib": 64}"#,
-    );
-    let config = get(&sock, "/vm/config");
-    assert_eq!(config["boot-source"]["kernel_image_path"], guest());
-    assert_eq!(config["machine-config"]["vcpu_count"], 2);
-    assert_eq!(
-        config["metrics"]["metrics_path"],
-        metrics.to_str().expect("utf-8")
-    );
-    put(
-        &sock,
-        "PUT",
-        "/actions",
-        r#"{"action_type": "InstanceStart"}"#,
-    );
+    let (log, metrics) = getting_started(&sock, &dir);
 
     // InstanceStart answered once the VM runs.
     assert_eq!(get(&sock, "/")["state"], "Running");
@@ -87,22 +51,81 @@ fn the_getting_started_sequence_boots_and_post_boot_requests_drive_the_vm() {
         boot.contains("reboot=k panic=1 hearth.scenario=idle pci=off"),
         "{boot}"
     );
+    drive_post_boot(&sock);
+    check_metrics_line(&sock, &metrics);
 
-    put(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#);
-    assert_eq!(get(&sock, "/")["state"], "Paused");
-    put(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
-    assert_eq!(get(&sock, "/")["state"], "Running");
-    assert_eq!(get(&sock, "/machine-config")["mem_size_mib"], 64);
+    // The guide's log file has the monitor's log (at Debug, the requests).
+    let logged = std::fs::read_to_string(&log).expect("log file");
+    assert!(logged.contains("API PUT /actions"), "{logged}");
+
+    // Like Firecracker's process, the monitor ends with SIGTERM (128+15)
+    // and takes its socket with it.
+    let status = fc.terminate();
+    assert_eq!(status.code(), Some(143), "{}", fc.stderr());
+    assert!(!sock.exists(), "the socket file is removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The guide's calls, up to InstanceStart; the log and metrics files.
+fn getting_started(sock: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    // The guide's calls, as written (its kernel and boot arguments, plus
+    // the test guest's scenario).
+    let log = dir.join("firecracker.log");
+    put(sock, "PUT", "/logger", &format!(
+        "{{\n  \"log_path\": \"{}\",\n  \"level\": \"Debug\",\n  \"show_level\": true,\n  \"show_log_origin\": true\n}}",
+        log.display()
+    ));
+    put(sock, "PUT", "/boot-source", &format!(
+        "{{\n  \"kernel_image_path\": \"{}\",\n  \"boot_args\": \"console=ttyS0 reboot=k panic=1 hearth.scenario=idle\"\n}}",
+        guest()
+    ));
+    let metrics = dir.join("metrics.json");
+    put(
+        sock,
+        "PUT",
+        "/metrics",
+        &json!({"metrics_path": metrics}).to_string(),
+    );
+    put(
+        sock,
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 64}"#,
+    );
+    let config = get(sock, "/vm/config");
+    assert_eq!(config["boot-source"]["kernel_image_path"], guest());
+    assert_eq!(config["machine-config"]["vcpu_count"], 2);
+    assert_eq!(
+        config["metrics"]["metrics_path"],
+        metrics.to_str().expect("utf-8")
+    );
+    put(
+        sock,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+    );
+
+    (log, metrics)
+}
+
+/// Pause, resume, Ctrl+Alt+Del; what may not be done after the start.
+fn drive_post_boot(sock: &Path) {
+    put(sock, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert_eq!(get(sock, "/")["state"], "Paused");
+    put(sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    assert_eq!(get(sock, "/")["state"], "Running");
+    assert_eq!(get(sock, "/machine-config")["mem_size_mib"], 64);
     // Ctrl+Alt+Del waits in the i8042 (this guest has no keyboard driver).
     put(
-        &sock,
+        sock,
         "PUT",
         "/actions",
         r#"{"action_type": "SendCtrlAltDel"}"#,
     );
-    assert_eq!(get(&sock, "/")["state"], "Running");
+    assert_eq!(get(sock, "/")["state"], "Running");
     let after = fault(
-        &sock,
+        sock,
         "PUT",
         "/boot-source",
         Some(&format!("{{\"kernel_image_path\": \"{}\"}}", guest())),
@@ -112,22 +135,24 @@ fn the_getting_started_sequence_boots_and_post_boot_requests_drive_the_vm() {
         "The requested operation is not supported after starting the microVM."
     );
     let again = fault(
-        &sock,
+        sock,
         "PUT",
         "/actions",
         Some(r#"{"action_type": "InstanceStart"}"#),
     );
     assert!(again.contains("not supported after starting"), "{again}");
+}
 
-    // Metrics: a line on FlushMetrics, with the VM's exits (its console
-    // output is port writes) and the requests served.
+/// Metrics: a line on FlushMetrics, with the VM's exits (its console
+/// output is port writes) and the requests served.
+fn check_metrics_line(sock: &Path, metrics: &Path) {
     put(
-        &sock,
+        sock,
         "PUT",
         "/actions",
         r#"{"action_type": "FlushMetrics"}"#,
     );
-    let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    let text = std::fs::read_to_string(metrics).expect("metrics file");
     let line: serde_json::Value =
         serde_json::from_str(text.lines().last().expect("a line")).expect("JSON line");
     assert!(
@@ -155,17 +180,6 @@ fn the_getting_started_sequence_boots_and_post_boot_requests_drive_the_vm() {
             .unwrap_or(0)
             >= 4
     );
-
-    // The guide's log file has the monitor's log (at Debug, the requests).
-    let logged = std::fs::read_to_string(&log).expect("log file");
-    assert!(logged.contains("API PUT /actions"), "{logged}");
-
-    // Like Firecracker's process, the monitor ends with SIGTERM (128+15)
-    // and takes its socket with it.
-    let status = fc.terminate();
-    assert_eq!(status.code(), Some(143), "{}", fc.stderr());
-    assert!(!sock.exists(), "the socket file is removed");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -270,7 +284,18 @@ fn bad_requests_get_firecrackers_errors_naming_the_field() {
         msg.starts_with("Start microvm error: boot-source: required"),
         "{msg}"
     );
-    // Post-boot requests before the boot.
+    refused_before_the_boot(&sock);
+    refused_by_name(&sock);
+    // Nothing refused was kept.
+    let config = get(&sock, "/vm/config");
+    assert_eq!(config["boot-source"], serde_json::Value::Null);
+    assert_eq!(config["drives"], json!([]));
+    fc.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Post-boot requests before the boot.
+fn refused_before_the_boot(sock: &Path) {
     for (method, path, body) in [
         ("PATCH", "/vm", r#"{"state": "Paused"}"#),
         ("PATCH", "/balloon", r#"{"amount_mib": 1}"#),
@@ -281,38 +306,35 @@ fn bad_requests_get_firecrackers_errors_naming_the_field() {
             r#"{"drive_id": "rootfs", "path_on_host": "/x"}"#,
         ),
     ] {
-        let msg = fault(&sock, method, path, Some(body));
+        let msg = fault(sock, method, path, Some(body));
         assert_eq!(
             msg,
             "The requested operation is not supported before starting the microVM."
         );
     }
-    let msg = fault(&sock, "GET", "/balloon/statistics", None);
+    let msg = fault(sock, "GET", "/balloon/statistics", None);
     assert!(msg.contains("before starting"), "{msg}");
-    assert!(fault(&sock, "GET", "/balloon", None).contains("No balloon device found"));
-    // What Hearth lacks, by name.
+    assert!(fault(sock, "GET", "/balloon", None).contains("No balloon device found"));
+}
+
+/// What Hearth lacks, by name.
+fn refused_by_name(sock: &Path) {
     for (path, what) in [
         ("/snapshot/create", "snapshots"),
         ("/cpu-config", "CPU templates"),
         ("/mmds", "MMDS"),
         ("/entropy", "entropy device"),
     ] {
-        let msg = fault(&sock, "PUT", path, Some("{}"));
+        let msg = fault(sock, "PUT", path, Some("{}"));
         assert!(msg.contains(what), "{path}: {msg}");
     }
     assert!(fault(
-        &sock,
+        sock,
         "PUT",
         "/machine-config",
         Some(r#"{"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "T2"}"#)
     )
     .contains("CPU templates"));
-    // Nothing refused was kept.
-    let config = get(&sock, "/vm/config");
-    assert_eq!(config["boot-source"], serde_json::Value::Null);
-    assert_eq!(config["drives"], json!([]));
-    fc.terminate();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -103,9 +103,18 @@ fn one_monitor_serves_a_firecracker_api_per_vm() {
     );
     assert_eq!(get(&b, "/")["state"], "Running");
 
-    // The same figures as Prometheus text, on the control socket and
-    // through `hearth ctl`.
-    let text = ctl(&control, json!({"op": "metrics"}));
+    check_prometheus(&control);
+    check_deletes(&control, &dir, &a);
+    ctl(&control, json!({"op": "shutdown"}));
+    assert_eq!(monitor.wait().code(), Some(0), "{}", monitor.stderr());
+    assert!(!b.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same figures as Prometheus text, on the control socket and
+/// through `hearth ctl`.
+fn check_prometheus(control: &Path) {
+    let text = ctl(control, json!({"op": "metrics"}));
     let text = text.as_str().expect("text");
     assert!(
         text.contains("hearth_vm_state{vm=\"a\",state=\"paused\"} 1"),
@@ -121,7 +130,7 @@ fn one_monitor_serves_a_firecracker_api_per_vm() {
     );
     let out = std::process::Command::new(hearth())
         .arg("ctl")
-        .arg(&control)
+        .arg(control)
         .arg("metrics")
         .output()
         .expect("hearth ctl");
@@ -134,10 +143,12 @@ fn one_monitor_serves_a_firecracker_api_per_vm() {
         printed.contains("hearth_vm_cpu_seconds_total{vm=\"b\"}"),
         "{printed}"
     );
+}
 
-    // Deleting a VM closes its API socket, as Firecracker's process ends
-    // with its VM; an API never started is deleted by its name.
-    ctl(&control, json!({"op": "delete", "vm": "a"}));
+/// Deleting a VM closes its API socket, as Firecracker's process ends
+/// with its VM; an API never started is deleted by its name.
+fn check_deletes(control: &Path, dir: &Path, a: &Path) {
+    ctl(control, json!({"op": "delete", "vm": "a"}));
     let start = std::time::Instant::now();
     while a.exists() {
         assert!(start.elapsed() < DEADLINE, "a.sock stayed");
@@ -145,12 +156,12 @@ fn one_monitor_serves_a_firecracker_api_per_vm() {
     }
     let c = dir.join("c.sock");
     ctl(
-        &control,
+        control,
         json!({"op": "create", "vm": {"name": "c"}, "api_socket": c}),
     );
     assert!(c.exists());
     assert_eq!(
-        ctl(&control, json!({"op": "delete", "vm": "c"}))["state"],
+        ctl(control, json!({"op": "delete", "vm": "c"}))["state"],
         "deleted"
     );
     let start = std::time::Instant::now();
@@ -158,10 +169,6 @@ fn one_monitor_serves_a_firecracker_api_per_vm() {
         assert!(start.elapsed() < DEADLINE, "c.sock stayed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    ctl(&control, json!({"op": "shutdown"}));
-    assert_eq!(monitor.wait().code(), Some(0), "{}", monitor.stderr());
-    assert!(!b.exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

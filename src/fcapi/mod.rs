@@ -11,6 +11,8 @@
 //!   operations after `InstanceStart`;
 //! - [`socket`]: binding sockets, and the registry through which the
 //!   control socket's `create` adds one at run time;
+//! - [`template`]: Hearth's own settings merged into such a VM;
+//! - [`logger`]: `PUT /logger`;
 //! - [`server`]: the sockets and their connections in the event loop.
 //!
 //! `hearth firecracker --api-sock PATH` is a monitor serving one such
@@ -18,11 +20,13 @@
 //! running monitor's control socket adds one more.
 
 pub mod http;
+pub mod logger;
 pub mod preboot;
 pub mod routes;
 pub mod server;
 pub mod slot;
 pub mod socket;
+pub mod template;
 
 use std::path::{Path, PathBuf};
 

@@ -217,27 +217,18 @@ impl Slot {
         if self.phase != Phase::Config {
             return fault(NOT_AFTER_START);
         }
-        let config: LoggerConfig = match serde_json::from_value(body.clone()) {
-            Ok(c) => c,
-            Err(e) => return fault(format!("Logger error: logger: {e}")),
+        let (log_path, level) = match super::logger::parse(&body) {
+            Ok(parsed) => parsed,
+            Err(e) => return fault(format!("Logger error: {e}")),
         };
-        if config.module.is_some() {
-            return fault(
-                "Logger error: logger.module: filtering by module is not supported by Hearth yet",
-            );
-        }
-        let level = match config.level.as_deref().map(log_level).transpose() {
-            Ok(level) => level,
-            Err(e) => return fault(format!("Logger error: logger.level: {e}")),
-        };
-        let asks = config.log_path.is_some() || level.is_some();
+        let asks = log_path.is_some() || level.is_some();
         if asks && !self.owns_process {
             return fault(
                 "Logger error: this VM shares its monitor's log (stderr, --log-level); \
                  give neither \"log_path\" nor \"level\"",
             );
         }
-        if let Some(path) = &config.log_path {
+        if let Some(path) = &log_path {
             match MetricsSink::open_raw(path) {
                 Ok(file) => crate::logger::log_to_file(file),
                 Err(e) => return fault(format!("Logger error: logger.log_path: {e}")),
@@ -277,7 +268,7 @@ impl Slot {
             Ok(d) => d,
             Err(e) => return fault(format!("Start microvm error: {e}")),
         };
-        merge_template(&mut definition, &self.name, &self.template);
+        super::template::merge_template(&mut definition, &self.name, &self.template);
         let base = self.preboot.base_dir().to_path_buf();
         let w = waiter();
         let ticket = w.ticket;
@@ -460,36 +451,6 @@ impl Slot {
     }
 }
 
-/// `PUT /logger`'s body (Firecracker's `LoggerConfig`).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoggerConfig {
-    log_path: Option<PathBuf>,
-    level: Option<String>,
-    #[allow(dead_code)]
-    show_level: Option<bool>,
-    #[allow(dead_code)]
-    show_log_origin: Option<bool>,
-    module: Option<String>,
-}
-
-/// Firecracker's log levels (any case; `Warn` too).
-fn log_level(name: &str) -> Result<log::LevelFilter, String> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "off" => log::LevelFilter::Off,
-        "error" => log::LevelFilter::Error,
-        "warning" | "warn" => log::LevelFilter::Warn,
-        "info" => log::LevelFilter::Info,
-        "debug" => log::LevelFilter::Debug,
-        "trace" => log::LevelFilter::Trace,
-        _ => {
-            return Err(format!(
-                "{name:?} is not a level (Off, Error, Warning, Info, Debug, Trace)"
-            ))
-        }
-    })
-}
-
 /// Which request counter an action feeds (Firecracker's metrics groups).
 fn counter(action: &Action) -> Option<(&'static str, &'static str)> {
     Some(match action {
@@ -519,29 +480,6 @@ fn counter(action: &Action) -> Option<(&'static str, &'static str)> {
     })
 }
 
-/// Hearth's own settings from `template` over the definition Firecracker's
-/// configuration made: the name, the serial port (the monitor's stdout, not
-/// its stdin, unless the template says otherwise), the access list, I/O
-/// shares, and CPU and memory policy (never the vCPUs or the RAM size,
-/// which are Firecracker's).
-pub fn merge_template(definition: &mut Value, name: &str, template: &Map<String, Value>) {
-    definition["name"] = json!(name);
-    definition["serial"] = json!({"output": "stdout", "stdin": false});
-    for (key, value) in template {
-        match (key.as_str(), value) {
-            ("cpu" | "memory", Value::Object(fields)) => {
-                for (field, v) in fields {
-                    if !matches!(field.as_str(), "vcpus" | "size_mib") {
-                        definition[key.as_str()][field.as_str()] = v.clone();
-                    }
-                }
-            }
-            ("name" | "kernel" | "drives" | "net" | "vsock", _) => {}
-            (other, v) => definition[other] = v.clone(),
-        }
-    }
-}
-
 /// The VM's position among the monitor's VMs.
 pub fn index(ctl: &dyn Control, name: &str) -> Option<usize> {
     ctl.vm_names().iter().position(|n| n == name)
@@ -564,33 +502,4 @@ pub fn entry_in(doc: &Value, name: &str) -> Option<Value> {
 /// "building", "created", "running", "paused", "stopping" or how it ended.
 pub fn vm_state(ctl: &dyn Control, name: &str) -> Option<String> {
     vm_entry(ctl, name).and_then(|v| v["state"].as_str().map(str::to_string))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_template_keeps_firecrackers_machine() {
-        let mut def = json!({"name": "vm0", "cpu": {"vcpus": 2, "weight": 100},
-                             "memory": {"size_mib": 64, "weight": 100},
-                             "serial": {"output": "stdout", "stdin": true},
-                             "kernel": {"path": "/k"}});
-        let template = json!({"name": "x", "cpu": {"vcpus": 8, "weight": 300, "max": 0.5},
-                              "memory": {"size_mib": 1, "floor_mib": 32},
-                              "kernel": {"path": "/evil"}, "io": {"weight": 5}});
-        let Value::Object(t) = template else {
-            unreachable!()
-        };
-        merge_template(&mut def, "web", &t);
-        assert_eq!(def["name"], "web");
-        assert_eq!(def["cpu"], json!({"vcpus": 2, "weight": 300, "max": 0.5}));
-        assert_eq!(
-            def["memory"],
-            json!({"size_mib": 64, "weight": 100, "floor_mib": 32})
-        );
-        assert_eq!(def["serial"], json!({"output": "stdout", "stdin": false}));
-        assert_eq!(def["kernel"]["path"], "/k");
-        assert_eq!(def["io"]["weight"], 5);
-    }
 }
