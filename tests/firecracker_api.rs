@@ -404,3 +404,53 @@ fn hostile_clients_cannot_stall_the_api_or_grow_it() {
     fc.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_config_file_boots_at_once_with_or_without_the_api() {
+    let dir = scratch_dir("fc-config-file");
+    // --no-api: as `hearth run --config`.
+    let hello = common::write_file(
+        &dir,
+        "hello.json",
+        &json!({
+            "boot-source": {"kernel_image_path": guest(), "boot_args": "hearth.scenario=hello"},
+        })
+        .to_string(),
+    );
+    let run = common::run_hearth(
+        &["firecracker", "--no-api", "--config-file", &hello],
+        DEADLINE,
+    );
+    assert!(
+        run.stdout.contains("hearth-guest: HELLO OK"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    // With the API: booted at once, and served after boot.
+    let file = common::write_file(
+        &dir,
+        "vm.json",
+        &json!({
+            "boot-source": {"kernel_image_path": guest(), "boot_args": "hearth.scenario=idle"},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
+        })
+        .to_string(),
+    );
+    let (mut fc, sock) = firecracker(&dir, &["--config-file", &file]);
+    fc.wait_line("hearth-guest: IDLE");
+    assert_eq!(get(&sock, "/")["state"], "Running");
+    let config = get(&sock, "/vm/config");
+    assert_eq!(config["boot-source"]["boot_args"], "hearth.scenario=idle");
+    let msg = fault(
+        &sock,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 1, "mem_size_mib": 64}"#),
+    );
+    assert!(msg.contains("not supported after starting"), "{msg}");
+    put(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert_eq!(get(&sock, "/")["state"], "Paused");
+    fc.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
