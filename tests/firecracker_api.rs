@@ -400,6 +400,27 @@ fn hostile_clients_cannot_stall_the_api_or_grow_it() {
     }
     assert!(start.elapsed() < Duration::from_secs(20));
     assert_eq!(get(&sock, "/")["state"], "Not started");
+    // A client that sends InstanceStart and hangs up: the VM starts all
+    // the same, and the socket knows it.
+    put(
+        &sock,
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": guest(),
+        "boot_args": "hearth.scenario=idle"})
+        .to_string(),
+    );
+    let body = r#"{"action_type": "InstanceStart"}"#;
+    let start = format!(
+        "PUT /actions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw(&sock, start.as_bytes(), Duration::from_millis(1));
+    let since = std::time::Instant::now();
+    while get(&sock, "/")["state"] != "Running" {
+        assert!(since.elapsed() < DEADLINE, "the VM never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(holders);
     fc.terminate();
     let _ = std::fs::remove_dir_all(&dir);

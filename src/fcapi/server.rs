@@ -106,7 +106,10 @@ pub struct FcApiServer<C: Control + Send> {
     registry: Arc<Registry>,
     endpoints: Vec<Option<Endpoint>>,
     completions: Arc<Completions>,
-    waiting: HashMap<Ticket, (usize, usize)>,
+    /// Deferred requests: their socket (by index and VM name, in case the
+    /// index is reused) and connection. Kept when the connection closes:
+    /// the socket's VM still learns how its start ended.
+    waiting: HashMap<Ticket, (usize, String, usize)>,
     tick: TimerFd,
 }
 
@@ -239,9 +242,6 @@ impl<C: Control + Send> FcApiServer<C> {
                 conn_tag(s, c),
                 conn.interest,
             ));
-            if let Some((t, _)) = conn.waiting {
-                self.waiting.remove(&t);
-            }
         }
     }
 
@@ -307,7 +307,11 @@ impl<C: Control + Send> FcApiServer<C> {
                         }
                         Reply::Later(ticket) => {
                             conn.waiting = Some((ticket, req.keep_alive));
-                            self.waiting.insert(ticket, (s, c));
+                            let name = self.endpoints[s]
+                                .as_ref()
+                                .map(|ep| ep.slot.name.clone())
+                                .unwrap_or_default();
+                            self.waiting.insert(ticket, (s, name, c));
                         }
                     }
                 }
@@ -376,19 +380,26 @@ impl<C: Control + Send> FcApiServer<C> {
         self.after_io(s, c, conn, alive, ops);
     }
 
-    /// Answers to `InstanceStart`s (and starts of created VMs).
+    /// Answers to `InstanceStart`s (and starts of created VMs): the VM's
+    /// slot learns how the start ended, and the connection, if it is still
+    /// there, gets the response.
     fn on_answers(&mut self, ops: &mut EventOps) {
         for (ticket, answer) in self.completions.take() {
-            let Some((s, c)) = self.waiting.remove(&ticket) else {
+            let Some((s, name, c)) = self.waiting.remove(&ticket) else {
                 continue;
             };
             let response = match self.endpoints.get_mut(s).and_then(Option::as_mut) {
-                Some(ep) => ep.slot.started(answer),
-                None => continue,
+                Some(ep) if ep.slot.name == name => ep.slot.started(answer),
+                _ => continue,
             };
             let Some(mut conn) = self.take_conn(s, c) else {
                 continue;
             };
+            if conn.waiting.is_none_or(|(t, _)| t != ticket) {
+                // The connection closed; this one is another client's.
+                self.put_conn(s, c, conn);
+                continue;
+            }
             let keep_alive = conn.waiting.take().is_some_and(|(_, k)| k);
             conn.output.extend(response.to_bytes(keep_alive));
             conn.closing |= !keep_alive;
