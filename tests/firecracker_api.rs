@@ -141,6 +141,13 @@ fn drive_post_boot(sock: &Path) {
         Some(r#"{"action_type": "InstanceStart"}"#),
     );
     assert!(again.contains("not supported after starting"), "{again}");
+    let patch = fault(
+        sock,
+        "PATCH",
+        "/drives/rootfs",
+        Some(r#"{"drive_id": "rootfs", "path_on_host": "/x"}"#),
+    );
+    assert!(patch.contains("not supported by Hearth yet"), "{patch}");
 }
 
 /// Metrics: a line on FlushMetrics, with the VM's exits (its console
@@ -290,8 +297,42 @@ fn bad_requests_get_firecrackers_errors_naming_the_field() {
     let config = get(&sock, "/vm/config");
     assert_eq!(config["boot-source"], serde_json::Value::Null);
     assert_eq!(config["drives"], json!([]));
+    devices_before_the_boot(&sock, &dir);
     fc.terminate();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Drives, interfaces and vsock: checked and kept per entry.
+fn devices_before_the_boot(sock: &Path, dir: &Path) {
+    let disk = dir.join("rootfs.ext4");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
+    let drive = json!({"drive_id": "rootfs", "path_on_host": disk,
+                       "is_root_device": true, "is_read_only": false});
+    put(sock, "PUT", "/drives/rootfs", &drive.to_string());
+    let iface = json!({"iface_id": "net1", "guest_mac": "06:00:AC:10:00:02",
+                       "host_dev_name": "hearthnotap0"});
+    let msg = fault(
+        sock,
+        "PUT",
+        "/network-interfaces/net1",
+        Some(&iface.to_string()),
+    );
+    assert!(
+        msg.starts_with("network-interfaces[0].host_dev_name: \"hearthnotap0\" does not exist"),
+        "{msg}"
+    );
+    let vsock = json!({"guest_cid": 3, "uds_path": dir.join("v.sock")});
+    put(sock, "PUT", "/vsock", &vsock.to_string());
+    put(sock, "PATCH", "/machine-config", r#"{"mem_size_mib": 96}"#);
+    let config = get(sock, "/vm/config");
+    assert_eq!(
+        config["drives"][0]["path_on_host"],
+        disk.to_str().expect("utf-8")
+    );
+    assert_eq!(config["network-interfaces"], json!([]));
+    assert_eq!(config["vsock"]["guest_cid"], 3);
+    assert_eq!(config["machine-config"]["mem_size_mib"], 96);
+    assert_eq!(get(sock, "/machine-config")["vcpu_count"], 1);
 }
 
 /// Post-boot requests before the boot.
@@ -400,27 +441,7 @@ fn hostile_clients_cannot_stall_the_api_or_grow_it() {
     }
     assert!(start.elapsed() < Duration::from_secs(20));
     assert_eq!(get(&sock, "/")["state"], "Not started");
-    // A client that sends InstanceStart and hangs up: the VM starts all
-    // the same, and the socket knows it.
-    put(
-        &sock,
-        "PUT",
-        "/boot-source",
-        &json!({"kernel_image_path": guest(),
-        "boot_args": "hearth.scenario=idle"})
-        .to_string(),
-    );
-    let body = r#"{"action_type": "InstanceStart"}"#;
-    let start = format!(
-        "PUT /actions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    raw(&sock, start.as_bytes(), Duration::from_millis(1));
-    let since = std::time::Instant::now();
-    while get(&sock, "/")["state"] != "Running" {
-        assert!(since.elapsed() < DEADLINE, "the VM never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    start_and_hang_up(&sock);
     drop(holders);
     fc.terminate();
     let _ = std::fs::remove_dir_all(&dir);
@@ -474,4 +495,28 @@ fn a_config_file_boots_at_once_with_or_without_the_api() {
     assert_eq!(get(&sock, "/")["state"], "Paused");
     fc.terminate();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client that sends InstanceStart and hangs up: the VM starts all the
+/// same, and the socket knows it.
+fn start_and_hang_up(sock: &Path) {
+    put(
+        sock,
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": guest(),
+        "boot_args": "hearth.scenario=idle"})
+        .to_string(),
+    );
+    let body = r#"{"action_type": "InstanceStart"}"#;
+    let start = format!(
+        "PUT /actions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw(sock, start.as_bytes(), Duration::from_millis(1));
+    let since = std::time::Instant::now();
+    while get(sock, "/")["state"] != "Running" {
+        assert!(since.elapsed() < DEADLINE, "the VM never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
