@@ -4,7 +4,7 @@
 //! socket. Each [`Action`] becomes a response here, or an answer later
 //! (`InstanceStart` waits for the VM to be built and started).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
@@ -443,11 +443,6 @@ impl Slot {
         }
         self.last_flush = Instant::now();
         true
-    }
-
-    /// Where the metrics go, if anywhere.
-    pub fn metrics_path(&self) -> Option<PathBuf> {
-        self.sink.as_ref().map(|s| s.path().to_path_buf())
     }
 }
 
