@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, cpu, EntryPoint};
 use crate::bus::{AddressSpace, Bus, SharedDevice};
-use crate::config::{DeviceKind, PlannedDevice, VmSpec};
+use crate::config::{DeviceKind, DevicePlan, PlannedDevice, VmSpec};
 use crate::devices::cmos::{CMOS_BASE, CMOS_LEN};
 use crate::devices::i8042::{I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialOut, COM1_BASE, COM1_IRQ, COM1_LEN};
@@ -83,7 +83,7 @@ struct Build<'a> {
 
 /// Builds the VM of `spec`: its vCPUs exist but do not run until
 /// [`Vm::start`].
-pub fn build_vm(kvm: &Kvm, spec: &VmSpec, opts: BuildOptions) -> Result<Vm, VmError> {
+pub fn build_vm(kvm: &Kvm, spec: &VmSpec, mut opts: BuildOptions) -> Result<Vm, VmError> {
     let fd = create_vm_fd(kvm)?;
     let mem = create_memory(&fd, spec.memory_mib * MIB)?;
     if spec.memory.prefault {
@@ -98,7 +98,7 @@ pub fn build_vm(kvm: &Kvm, spec: &VmSpec, opts: BuildOptions) -> Result<Vm, VmEr
         &plan.cmdline,
     )?;
     cpu::setup_page_tables(&mem).map_err(|source| VmError::Cpu { id: 0, source })?;
-    let (exits, id) = match opts.exits {
+    let (exits, id) = match opts.exits.take() {
         Some(e) => e,
         None => (
             ExitQueue::new().map_err(io_err("create an exit eventfd"))?,
@@ -106,7 +106,6 @@ pub fn build_vm(kvm: &Kvm, spec: &VmSpec, opts: BuildOptions) -> Result<Vm, VmEr
         ),
     };
     let shared = Arc::new(VmShared::new(&spec.name, exits, id));
-
     let mut b = Build {
         spec,
         fd,
@@ -116,32 +115,10 @@ pub fn build_vm(kvm: &Kvm, spec: &VmSpec, opts: BuildOptions) -> Result<Vm, VmEr
         devices: VmDevices::default(),
         doorbells: Vec::new(),
         device_thread: None,
-        device_seccomp: opts.device_seccomp,
+        device_seccomp: opts.device_seccomp.take(),
     };
-    let serial = b.legacy_devices(&shared, opts.serial_out)?;
-    for d in opts.extra {
-        let bus = match d.space {
-            AddressSpace::Pio => &mut b.pio,
-            AddressSpace::Mmio => &mut b.mmio,
-        };
-        bus.insert(&d.name, d.base, d.len, d.device)?;
-    }
-    for device in &plan.virtio {
-        b.virtio_device(device)?;
-    }
-    let verifier = Arc::new(Verifier::new(
-        &spec.name,
-        &spec.acl,
-        &device_ranges(&b.pio, &b.mmio),
-    )?);
-    let (pio_ranges, mmio_ranges) = verifier.range_counts();
-    log::debug!(
-        "{}: ACL compiled to {pio_ranges} port and {mmio_ranges} MMIO ranges over {} rules",
-        spec.name,
-        verifier.rules().len()
-    );
-    b.register_doorbells(&verifier)?;
-
+    let serial = b.devices(&shared, &plan, &mut opts)?;
+    let verifier = b.verifier()?;
     let (pio, mmio) = (Arc::new(b.pio), Arc::new(b.mmio));
     let vcpus = create_vcpus(kvm, &b.fd, &b.mem, spec, setup.entry, |id, fd| Vcpu {
         id,
@@ -196,6 +173,46 @@ fn create_vm_fd(kvm: &Kvm) -> Result<VmFd, VmError> {
 }
 
 impl Build<'_> {
+    /// Every device on its bus: the legacy ones, the caller's extras, the
+    /// plan's virtio devices. Returns the serial port (the console's).
+    fn devices(
+        &mut self,
+        shared: &Arc<VmShared>,
+        plan: &DevicePlan,
+        opts: &mut BuildOptions,
+    ) -> Result<Arc<Mutex<crate::vm::Serial>>, VmError> {
+        let serial = self.legacy_devices(shared, opts.serial_out.take())?;
+        for d in std::mem::take(&mut opts.extra) {
+            let bus = match d.space {
+                AddressSpace::Pio => &mut self.pio,
+                AddressSpace::Mmio => &mut self.mmio,
+            };
+            bus.insert(&d.name, d.base, d.len, d.device)?;
+        }
+        for device in &plan.virtio {
+            self.virtio_device(device)?;
+        }
+        Ok(serial)
+    }
+
+    /// The VM's ACL compiled over its buses, and its doorbells registered
+    /// where the ACL allows them.
+    fn verifier(&mut self) -> Result<Arc<Verifier>, VmError> {
+        let verifier = Arc::new(Verifier::new(
+            &self.spec.name,
+            &self.spec.acl,
+            &device_ranges(&self.pio, &self.mmio),
+        )?);
+        let (pio_ranges, mmio_ranges) = verifier.range_counts();
+        log::debug!(
+            "{}: ACL compiled to {pio_ranges} port and {mmio_ranges} MMIO ranges over {} rules",
+            self.spec.name,
+            verifier.rules().len()
+        );
+        self.register_doorbells(&verifier)?;
+        Ok(verifier)
+    }
+
     /// COM1, the i8042 (its reset line stops the VM) and the CMOS clock.
     fn legacy_devices(
         &mut self,

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod output;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod sched;
 pub mod seccomp;
 pub mod share;

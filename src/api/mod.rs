@@ -13,10 +13,12 @@
 pub mod acl;
 pub mod client;
 pub mod deferred;
+pub mod listener;
 pub mod ops;
 pub mod protocol;
 pub mod server;
 
 pub use deferred::{Answer, Completions, Ticket, Waiter};
+pub use listener::{ApiError, Listener};
 pub use ops::{Control, STOPPED_BY_API};
-pub use server::{ApiError, ApiServer, Listener};
+pub use server::ApiServer;

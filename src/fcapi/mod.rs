@@ -122,6 +122,9 @@ pub fn create_with_api(
     let registry = ctl
         .firecracker_apis()
         .ok_or("this monitor does not serve Firecracker API sockets")?;
+    if crate::sandbox::active() {
+        return Err("this monitor runs in its sandbox: it creates no socket after start-up".into());
+    }
     let Value::Object(template) = vm else {
         return Err("vm: expected an object (a VM definition or template)".into());
     };

@@ -25,6 +25,10 @@ pub const NOT_AFTER_START: &str =
     "The requested operation is not supported after starting the microVM.";
 const STARTING: &str = "The microVM is starting (InstanceStart is in progress); try again.";
 const NO_BALLOON: &str = "Balloon config error: No balloon device found.";
+/// A sandboxed monitor opens no file after start-up: it checks no kernel
+/// or drive, opens no metrics or log file.
+const SANDBOXED: &str = "this monitor runs in its sandbox: it opens no file after start-up, so \
+     it configures no VM through the API (give the VM in its config file instead)";
 
 /// Where the socket's VM is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +204,9 @@ impl Slot {
 
     /// A pre-boot change, refused once the VM is starting or started.
     fn configure(&mut self, change: impl FnOnce(&mut Preboot) -> Result<(), String>) -> Reply {
+        if crate::sandbox::active() {
+            return fault(SANDBOXED);
+        }
         match self.phase {
             Phase::Config => match change(&mut self.preboot) {
                 Ok(()) => done(),
@@ -228,6 +235,9 @@ impl Slot {
                  give neither \"log_path\" nor \"level\"",
             );
         }
+        if log_path.is_some() && crate::sandbox::active() {
+            return fault(SANDBOXED);
+        }
         if let Some(path) = &log_path {
             match MetricsSink::open_raw(path) {
                 Ok(file) => crate::logger::log_to_file(file),
@@ -244,6 +254,9 @@ impl Slot {
     fn put_metrics(&mut self, config: MetricsConfig) -> Reply {
         if self.phase != Phase::Config {
             return fault(NOT_AFTER_START);
+        }
+        if crate::sandbox::active() {
+            return fault(SANDBOXED);
         }
         match MetricsSink::open(&config.metrics_path) {
             Ok(sink) => {

@@ -32,7 +32,11 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        // A sandboxed monitor sees no file system (the next start replaces
+        // a stale socket).
+        if !crate::sandbox::active() {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 

@@ -76,6 +76,10 @@ impl VmEntry {
     }
 }
 
+/// Why a sandboxed monitor builds no VM after start-up.
+const SANDBOXED: &str = "this monitor runs in its sandbox: it opens no file after start-up, \
+     so it builds no VM (list the VMs in its monitor file instead)";
+
 impl Monitor {
     /// Validates a VM definition for this monitor: as a VM of its file
     /// would be, against its host policy and the VMs it holds.
@@ -130,6 +134,7 @@ impl Control for Monitor {
             cost,
             crate::host::current_thread_cpu_ns(),
         );
+        stats::add_tick_lateness(&mut value, self.sched.jitter());
         let (mem_ticks, mem_cost) = self.mem.cost();
         stats::add_memory(&mut value, self.mem.budget_mib(), mem_ticks, mem_cost);
         value
@@ -191,6 +196,9 @@ impl Control for Monitor {
         if self.shutting_down {
             return Err("the monitor is shutting down".into());
         }
+        if self.host.sandbox.is_some() {
+            return Err(SANDBOXED.into());
+        }
         let spec = self.validate_new(&definition, base_dir)?;
         let id = self.next_id;
         self.next_id += 1;
@@ -237,6 +245,9 @@ impl Control for Monitor {
     }
 
     fn restart(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String> {
+        if self.host.sandbox.is_some() {
+            return Err(SANDBOXED.into());
+        }
         let terminal = self.plan.terminal.clone();
         let (id, e) = self.nth_mut(vm).ok_or("no such VM")?;
         match &e.state {

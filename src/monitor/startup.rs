@@ -49,6 +49,10 @@ pub enum MonitorError {
     #[error("hearth serve needs a control socket (--api-socket or host.api)")]
     NoSocket,
     #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("--stats-file cannot be written from the sandbox (it has no file system); read the statistics with `hearth ctl SOCKET stats`")]
+    StatsInSandbox,
+    #[error(transparent)]
     FcApi(#[from] crate::fcapi::FcApiError),
 }
 
@@ -209,6 +213,15 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
     // Before any thread exists, so every thread inherits the blocked mask
     // and SIGINT/SIGTERM only ever arrive through the signalfd.
     let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
+    if spec.host.sandbox.is_some() {
+        if opts.stats_file.is_some() {
+            return Err(MonitorError::StatsInSandbox);
+        }
+        // While this is the only thread: every thread starts in these.
+        // A network namespace of its own unless a tap is in the host's.
+        crate::sandbox::unshare(spec.vms.iter().all(|v| v.net.is_empty()))?;
+    }
+    crate::host::open_proc();
     crate::vcpu::install_kick_handler().map_err(|e| MonitorError::Setup {
         what: "install the vCPU kick handler",
         source: io::Error::from_raw_os_error(e.errno()),
@@ -267,16 +280,36 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
             .map_err(setup_err("Firecracker API"))?;
         em.add_subscriber(Arc::new(Mutex::new(server)));
     }
-    if spec.host.seccomp {
-        // From here on the loop only uses the calls in its allowlist
-        // (docs/security.md).
-        seccomp::install(ThreadClass::EventLoop)?;
-    }
+    confine(spec, &monitor)?;
     event_loop(&mut em, &monitor)?;
     // The guests are gone; give their last output a moment to reach the
     // terminal, but never wait on a reader that does not drain.
     terminal.finish(Duration::from_secs(1));
     let mut m = lock(&monitor);
+    report(&mut m)
+}
+
+/// Everything is open and every thread has started: the sandbox, if the
+/// host wants one, then the event loop's seccomp filter (docs/security.md).
+fn confine(spec: &MonitorSpec, monitor: &Arc<Mutex<Monitor>>) -> Result<(), MonitorError> {
+    if let Some(jail) = &spec.host.sandbox {
+        crate::sandbox::enter(jail)?;
+        if spec.host.seccomp {
+            let sealed = Arc::new(seccomp::sandboxed(ThreadClass::Builder)?);
+            lock(monitor).workers.seal(sealed);
+        }
+    }
+    if spec.host.seccomp {
+        match spec.host.sandbox {
+            Some(_) => seccomp::install_sandboxed(ThreadClass::EventLoop)?,
+            None => seccomp::install(ThreadClass::EventLoop)?,
+        }
+    }
+    Ok(())
+}
+
+/// How the run ended.
+fn report(m: &mut Monitor) -> Result<MonitorReport, MonitorError> {
     if let Some(message) = m.fatal.take() {
         return Err(MonitorError::Build(message));
     }

@@ -86,81 +86,22 @@ fn slot_mask(read: bool, write: bool, sizes: u8) -> u8 {
     (if read { sizes } else { 0 }) | (if write { sizes << 4 } else { 0 })
 }
 
-/// Compiles `spec` for a VM with `devices`.
-pub(crate) fn compile(spec: &AclSpec, devices: &[DeviceRange]) -> Result<Compiled, CompileError> {
-    let mut rules = vec![RuleInfo {
-        label: "default".into(),
-        target: "all".into(),
-        action: spec.default,
-    }];
-    let mut placed: Vec<(AddressSpace, Placed)> = Vec::new();
-    let push_rule = |rules: &mut Vec<RuleInfo>, info: RuleInfo| -> u16 {
-        rules.push(info);
+/// Rules in precedence order and where each applies, while compiling.
+#[derive(Default)]
+struct Painter {
+    rules: Vec<RuleInfo>,
+    placed: Vec<(AddressSpace, Placed)>,
+}
+
+impl Painter {
+    /// Adds a rule covering `ranges` for the access slots in `slots`.
+    fn paint(&mut self, info: RuleInfo, ranges: &[SpaceRange], slots: u8) {
+        self.rules.push(info);
         // The number of rules is bounded by validation (MAX_ACL_RULES) plus
         // the devices of one VM, far below u16::MAX.
-        u16::try_from(rules.len() - 1).unwrap_or(u16::MAX)
-    };
-    if spec.own_devices {
-        for d in devices {
-            let rule = push_rule(
-                &mut rules,
-                RuleInfo {
-                    label: format!("device {}", d.name),
-                    target: format!("{} {:#x}-{:#x}", space_name(d.space), d.first, d.last),
-                    action: AclAction::Allow,
-                },
-            );
-            placed.push((
-                d.space,
-                Placed {
-                    rule,
-                    first: d.first,
-                    last: d.last,
-                    slots: 0xff,
-                },
-            ));
-        }
-    }
-    for (i, r) in spec.rules.iter().enumerate() {
-        let label = format!("rules[{i}]");
-        let slots = slot_mask(r.read, r.write, r.sizes);
-        let (target, ranges): (String, Vec<(AddressSpace, u64, u64)>) = match &r.target {
-            AclTarget::Ports { first, last } => (
-                format!("ports {first:#x}-{last:#x}"),
-                vec![(AddressSpace::Pio, *first, *last)],
-            ),
-            AclTarget::Mmio { first, last } => (
-                format!("mmio {first:#x}-{last:#x}"),
-                vec![(AddressSpace::Mmio, *first, *last)],
-            ),
-            AclTarget::Device(name) => {
-                let found: Vec<_> = devices
-                    .iter()
-                    .filter(|d| d.name == *name)
-                    .map(|d| (d.space, d.first, d.last))
-                    .collect();
-                if found.is_empty() {
-                    let mut known: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
-                    known.dedup();
-                    return Err(CompileError::UnknownDevice {
-                        rule: label,
-                        name: name.clone(),
-                        known: known.join(", "),
-                    });
-                }
-                (format!("device {name}"), found)
-            }
-        };
-        let rule = push_rule(
-            &mut rules,
-            RuleInfo {
-                label,
-                target,
-                action: r.action,
-            },
-        );
-        for (space, first, last) in ranges {
-            placed.push((
+        let rule = u16::try_from(self.rules.len() - 1).unwrap_or(u16::MAX);
+        for &(space, first, last) in ranges {
+            self.placed.push((
                 space,
                 Placed {
                     rule,
@@ -171,17 +112,86 @@ pub(crate) fn compile(spec: &AclSpec, devices: &[DeviceRange]) -> Result<Compile
             ));
         }
     }
-    let in_space = |space: AddressSpace| -> Vec<&Placed> {
-        placed
+
+    fn in_space(&self, space: AddressSpace) -> Vec<&Placed> {
+        self.placed
             .iter()
             .filter(|(s, _)| *s == space)
             .map(|(_, p)| p)
             .collect()
-    };
+    }
+}
+
+/// An inclusive range of one address space.
+type SpaceRange = (AddressSpace, u64, u64);
+
+/// What a rule's target covers: its label and ranges.
+fn target_ranges(
+    target: &AclTarget,
+    label: &str,
+    devices: &[DeviceRange],
+) -> Result<(String, Vec<SpaceRange>), CompileError> {
+    Ok(match target {
+        AclTarget::Ports { first, last } => (
+            format!("ports {first:#x}-{last:#x}"),
+            vec![(AddressSpace::Pio, *first, *last)],
+        ),
+        AclTarget::Mmio { first, last } => (
+            format!("mmio {first:#x}-{last:#x}"),
+            vec![(AddressSpace::Mmio, *first, *last)],
+        ),
+        AclTarget::Device(name) => {
+            let found: Vec<_> = devices
+                .iter()
+                .filter(|d| d.name == *name)
+                .map(|d| (d.space, d.first, d.last))
+                .collect();
+            if found.is_empty() {
+                let mut known: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+                known.dedup();
+                return Err(CompileError::UnknownDevice {
+                    rule: label.to_string(),
+                    name: name.clone(),
+                    known: known.join(", "),
+                });
+            }
+            (format!("device {name}"), found)
+        }
+    })
+}
+
+/// Compiles `spec` for a VM with `devices`.
+pub(crate) fn compile(spec: &AclSpec, devices: &[DeviceRange]) -> Result<Compiled, CompileError> {
+    let mut p = Painter::default();
+    p.rules.push(RuleInfo {
+        label: "default".into(),
+        target: "all".into(),
+        action: spec.default,
+    });
+    if spec.own_devices {
+        for d in devices {
+            let info = RuleInfo {
+                label: format!("device {}", d.name),
+                target: format!("{} {:#x}-{:#x}", space_name(d.space), d.first, d.last),
+                action: AclAction::Allow,
+            };
+            p.paint(info, &[(d.space, d.first, d.last)], 0xff);
+        }
+    }
+    for (i, r) in spec.rules.iter().enumerate() {
+        let label = format!("rules[{i}]");
+        let (target, ranges) = target_ranges(&r.target, &label, devices)?;
+        let info = RuleInfo {
+            label,
+            target,
+            action: r.action,
+        };
+        p.paint(info, &ranges, slot_mask(r.read, r.write, r.sizes));
+    }
     Ok(Compiled {
-        pio: compile_space(&in_space(AddressSpace::Pio), PIO_LAST),
-        mmio: compile_space(&in_space(AddressSpace::Mmio), u64::MAX),
-        rules,
+        pio: compile_space(&p.in_space(AddressSpace::Pio), PIO_LAST),
+        mmio: compile_space(&p.in_space(AddressSpace::Mmio), u64::MAX),
+        rules: p.rules,
     })
 }
 

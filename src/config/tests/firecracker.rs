@@ -282,6 +282,13 @@ fn unsupported_machine_config_values_are_refused() {
     ] {
         one_error(fx.parse(&machine(m)), path, &needles);
     }
+}
+
+#[test]
+fn firecrackers_vcpu_limits_hold() {
+    let fx = Fixture::new("fc_machine_limits");
+    let machine =
+        |m: Value| json!({"boot-source": {"kernel_image_path": "vmlinux"}, "machine-config": m});
     // 32 vCPUs is Firecracker's maximum and fine for Hearth.
     let spec = fx
         .parse(&machine(json!({"vcpu_count": 32, "mem_size_mib": 64})))
