@@ -281,3 +281,47 @@ fn the_linux_kit_boots_through_the_api() {
     assert_eq!(status.code(), Some(0), "{}", fc.stderr());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_sandboxed_monitor_refuses_api_sockets_and_lives_on() {
+    let dir = scratch_dir("fc-sandbox");
+    let control = dir.join("hearth.sock");
+    let config = write_file(
+        &dir,
+        "monitor.json",
+        &json!({
+            "host": {"api": {"socket": control}},
+            "vms": [{"name": "a", "kernel": {"path": guest(), "cmdline": "hearth.scenario=idle"},
+                     "memory": {"size_mib": 32}, "serial": {"output": "off", "stdin": false}}],
+        })
+        .to_string(),
+    );
+    let mut monitor = Proc::start(
+        &["run", "--config", &config, "--sandbox"],
+        &control,
+        DEADLINE,
+    );
+    let api = dir.join("b.sock");
+    let reply = hearth::api::client::call(
+        &control,
+        &json!({"op": "create",
+        "vm": {"name": "b"}, "api_socket": api}),
+    )
+    .expect("reply");
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap_or("").contains("sandbox"),
+        "{reply}"
+    );
+    assert!(!api.exists());
+    // Still alive (a forbidden call would have killed it), and its
+    // Prometheus text needs no file.
+    let text = ctl(&control, json!({"op": "metrics"}));
+    assert!(text
+        .as_str()
+        .unwrap_or("")
+        .contains("hearth_vm_state{vm=\"a\",state=\"running\"} 1"));
+    ctl(&control, json!({"op": "shutdown"}));
+    assert_eq!(monitor.wait().code(), Some(0), "{}", monitor.stderr());
+    let _ = std::fs::remove_dir_all(&dir);
+}
