@@ -22,7 +22,7 @@ use crate::devices::i8042::{I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialOut, COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::devices::{Cmos, IrqLine, SerialDevice, I8042};
 use crate::layout::{ram_ranges, MmioSlot, KVM_TSS_ADDR, MIB};
-use crate::lifecycle::{ExitQueue, VmOutcome, VmShared};
+use crate::lifecycle::{ExitQueue, VmShared};
 use crate::vcpu::Vcpu;
 use crate::verifier::{DeviceRange, Op, Verifier};
 use crate::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
@@ -225,14 +225,18 @@ impl Build<'_> {
             .map_err(kvm_err("register serial irqfd"))?;
         let out = out.unwrap_or_else(|| Box::new(std::io::sink()));
         let serial = Arc::new(Mutex::new(SerialDevice::new(IrqLine(irq), out)));
-        let reset_vm = shared.clone();
-        let i8042 = I8042::new(move || {
-            reset_vm.request_stop(VmOutcome::Reset);
-        });
+        let kbd = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("create keyboard irqfd"))?;
+        self.fd
+            .register_irqfd(&kbd, crate::vm::KEYBOARD_IRQ)
+            .map_err(kvm_err("register keyboard irqfd"))?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(crate::vm::I8042Lines {
+            vm: shared.clone(),
+            keyboard: kbd,
+        })));
+        self.devices.keyboard = Some(i8042.clone());
         self.pio
             .insert("serial0", COM1_BASE, COM1_LEN, serial.clone())?;
-        self.pio
-            .insert("i8042", I8042_BASE, I8042_LEN, Arc::new(Mutex::new(i8042)))?;
+        self.pio.insert("i8042", I8042_BASE, I8042_LEN, i8042)?;
         self.pio.insert(
             "cmos",
             CMOS_BASE,

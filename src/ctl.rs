@@ -52,6 +52,9 @@ enum CtlCommand {
     },
     /// The device-access verifier's counters of a VM.
     Counters { vm: String },
+    /// The statistics of the VMs you may see as Prometheus text (printed
+    /// as is, for a node exporter's textfile collector or a scraper).
+    Metrics,
     /// Stop every VM (the monitor exits).
     Shutdown,
     /// Add a VM from a definition file (Hearth's JSON for one VM; relative
@@ -120,6 +123,7 @@ fn request(command: CtlCommand) -> Result<Value, String> {
             r
         }
         CtlCommand::Counters { vm } => json!({"op": "access-counters", "vm": vm}),
+        CtlCommand::Metrics => json!({"op": "metrics"}),
         CtlCommand::Shutdown => json!({"op": "shutdown"}),
         CtlCommand::Create { file, start } => create_request(&file, start)?,
         CtlCommand::Start { vm } => json!({"op": "start", "vm": vm}),
@@ -161,6 +165,10 @@ pub fn main(args: CtlArgs) -> ExitCode {
         }
     };
     match hearth::api::client::call(&args.socket, &request) {
+        Ok(reply) if request["op"] == "metrics" && reply["ok"] == true => {
+            print!("{}", reply["result"].as_str().unwrap_or_default());
+            ExitCode::SUCCESS
+        }
         Ok(reply) => {
             let text = serde_json::to_string_pretty(&reply).unwrap_or_else(|_| reply.to_string());
             println!("{text}");

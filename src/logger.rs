@@ -2,6 +2,7 @@
 //! by `--log-level` or `HEARTH_LOG`.
 
 use std::io::Write;
+use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -24,6 +25,13 @@ impl Log for StderrLogger {
             Level::Trace => "trace: ",
         };
         let t = crate::since_start().as_secs_f64();
+        if let Ok(mut file) = FILE.lock() {
+            if let Some(f) = file.as_mut() {
+                // A FIFO nobody drains: the line is dropped (the file is non-blocking).
+                let _ = writeln!(f, "[{t:9.3}] hearth: {level}{}", record.args());
+                return;
+            }
+        }
         // Start on a fresh line: guest output may have left the cursor mid-line.
         let _ = writeln!(
             std::io::stderr().lock(),
@@ -36,6 +44,17 @@ impl Log for StderrLogger {
 }
 
 static LOGGER: StderrLogger = StderrLogger;
+
+/// Where log lines go instead of stderr, once set.
+static FILE: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// Sends every later log line to `file` instead of stderr (`hearth
+/// firecracker`'s `PUT /logger` with a `log_path`).
+pub fn log_to_file(file: std::fs::File) {
+    if let Ok(mut f) = FILE.lock() {
+        *f = Some(file);
+    }
+}
 
 /// Installs the logger at `level`.
 pub fn init(level: LevelFilter) {

@@ -10,6 +10,7 @@ use hearth::config::{self, MonitorSpec, VmFlags};
 use hearth::monitor;
 
 mod ctl;
+mod firecracker_cmd;
 
 /// Exit status when every VM reset or powered off (or the user quit).
 const EXIT_OK: u8 = 0;
@@ -54,6 +55,10 @@ enum Command {
     /// deleted through its control socket while it runs; it stops on a
     /// `shutdown` request, SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Run one VM as the `firecracker` binary does: configured and started
+    /// through Firecracker's REST API on --api-sock (or booted from
+    /// --config-file), ending when the VM ends.
+    Firecracker(firecracker_cmd::FirecrackerArgs),
 }
 
 #[derive(Args)]
@@ -181,6 +186,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let opts = monitor::RunOptions {
         stats_file: args.stats_file,
         serve: true,
+        ..Default::default()
     };
     finish(monitor::run(&spec, &opts))
 }
@@ -215,6 +221,7 @@ fn run(args: RunArgs) -> ExitCode {
     let opts = monitor::RunOptions {
         stats_file: args.stats_file,
         serve: false,
+        ..Default::default()
     };
     finish(monitor::run(&spec, &opts))
 }
@@ -269,6 +276,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Serve(args) => serve(args),
+        Command::Firecracker(args) => match firecracker_cmd::plan(args) {
+            Ok((spec, opts)) => finish(monitor::run(&spec, &opts)),
+            Err(code) => code,
+        },
         Command::Ctl(args) => ctl::main(args),
         Command::Convert { file } => match config::convert_file(&file) {
             Ok(json) => {

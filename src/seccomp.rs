@@ -103,6 +103,7 @@ const NOT_IN_SANDBOX: &[i64] = &[
     libc::SYS_socket,
     libc::SYS_bind,
     libc::SYS_listen,
+    libc::SYS_fchmodat,
 ];
 
 /// A vCPU thread: KVM_RUN and its exits. Serial output (stdout or a file),
@@ -146,6 +147,13 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_gettid,
     // Timers re-armed.
     libc::SYS_timerfd_settime,
+    // Firecracker API sockets added at run time (`create` with
+    // `api_socket`): bound, given their mode, listened on (`socket` only
+    // for AF_UNIX, see `rules`).
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_fchmodat,
+    libc::SYS_listen,
     // The terminal restored, the monitor's exit.
     libc::SYS_ioctl,
     libc::SYS_exit_group,
@@ -291,6 +299,17 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
         map.insert(libc::SYS_ioctl, Vec::new());
     } else {
         map.insert(libc::SYS_ioctl, ioctl_rule(ioctls)?);
+    }
+    if class == ThreadClass::EventLoop {
+        map.insert(
+            libc::SYS_socket,
+            vec![SeccompRule::new(vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::AF_UNIX as u64,
+            )?])?],
+        );
     }
     if matches!(class, ThreadClass::Vcpu | ThreadClass::Output) {
         map.insert(

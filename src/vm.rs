@@ -64,6 +64,28 @@ pub struct VmDevices {
     pub net: Vec<crate::virtio::net::NetHandle>,
     /// The vsock device (`vsock0`).
     pub vsock: Option<crate::virtio::vsock::VsockHandle>,
+    /// The i8042, for Ctrl+Alt+Del from the host.
+    pub keyboard: Option<Arc<Mutex<crate::devices::I8042<I8042Lines>>>>,
+}
+
+/// The i8042's keyboard interrupt (ISA IRQ 1).
+pub const KEYBOARD_IRQ: u32 = 1;
+
+/// What a VM's i8042 drives: its reset line (the VM stops with
+/// `VmOutcome::Reset`) and its keyboard interrupt (an irqfd).
+pub struct I8042Lines {
+    pub vm: Arc<VmShared>,
+    pub keyboard: vmm_sys_util::eventfd::EventFd,
+}
+
+impl crate::devices::i8042::ResetLine for I8042Lines {
+    fn reset(&mut self) {
+        self.vm.request_stop(VmOutcome::Reset);
+    }
+
+    fn keyboard_interrupt(&mut self) {
+        let _ = self.keyboard.write(1);
+    }
 }
 
 /// What [`build_vm`] hands over.

@@ -75,6 +75,24 @@ pub trait Control {
 
     /// The device-access verifier's counters of a VM.
     fn access_counters(&self, vm: usize) -> Result<Value, String>;
+
+    /// Sets a running VM's balloon to a fixed size (Firecracker's `PATCH
+    /// /balloon`).
+    fn set_balloon(&mut self, _vm: usize, _amount_mib: u64) -> Result<Value, String> {
+        Err("not supported yet: setting a balloon's size".into())
+    }
+
+    /// Presses Ctrl+Alt+Del on a running VM's keyboard controller
+    /// (Firecracker's `SendCtrlAltDel`).
+    fn send_ctrl_alt_del(&mut self, _vm: usize) -> Result<(), String> {
+        Err("SendCtrlAltDel is not supported by Hearth yet".into())
+    }
+
+    /// The Firecracker API sockets of this monitor (`create` with
+    /// `api_socket`), when it serves them.
+    fn firecracker_apis(&self) -> Option<std::sync::Arc<crate::fcapi::Registry>> {
+        None
+    }
 }
 
 fn find(ctl: &dyn Control, name: &str) -> Result<usize, String> {
@@ -121,22 +139,36 @@ pub fn execute(
             vm,
             base_dir,
             start,
+            api_socket,
         } => {
             let base_dir = match base_dir {
                 Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
                 Some(d) => return Err(format!("base_dir {d:?} is not an absolute path")),
                 None => PathBuf::from("/"),
             };
-            ctl.create(vm, &base_dir, start, waiter())
+            match api_socket {
+                None => ctl.create(vm, &base_dir, start, waiter()),
+                Some(socket) => crate::fcapi::create_with_api(
+                    ctl,
+                    vm,
+                    &base_dir,
+                    start,
+                    Path::new(&socket),
+                    waiter,
+                ),
+            }
         }
         Request::Start { vm } => {
             let idx = find(ctl, &vm)?;
             ctl.start(idx, waiter())
         }
-        Request::Delete { vm } => {
-            let idx = find(ctl, &vm)?;
-            ctl.delete(idx, waiter())
-        }
+        Request::Delete { vm } => match find(ctl, &vm) {
+            Ok(idx) => ctl.delete(idx, waiter()),
+            // A Firecracker API socket whose VM was never started.
+            Err(e) => crate::fcapi::delete_unstarted(ctl, &vm)
+                .map(Answer::Now)
+                .ok_or(e),
+        },
         Request::Restart { vm } => {
             let idx = find(ctl, &vm)?;
             ctl.restart(idx, waiter())
@@ -166,6 +198,9 @@ fn immediate(
             Ok(json!({ "vms": vms }))
         }
         Request::Stats { vm: None } => Ok(readable_stats(ctl, acl, peer)),
+        Request::Metrics {} => Ok(Value::String(crate::metrics::prometheus_text(
+            &readable_stats(ctl, acl, peer),
+        ))),
         Request::Stats { vm: Some(name) } => {
             find(ctl, &name)?;
             let doc = ctl.stats_json();

@@ -56,6 +56,8 @@ pub enum Request {
     },
     /// Stop every VM (the monitor then exits).
     Shutdown {},
+    /// The statistics of the VMs the client may read as Prometheus text.
+    Metrics {},
     /// Add a VM: `vm` is its definition (Hearth's JSON, as one entry of a
     /// monitor file's `vms`); relative paths in it resolve against
     /// `base_dir` (absolute). Built off the event loop; answered once built
@@ -65,6 +67,11 @@ pub enum Request {
         base_dir: Option<String>,
         #[serde(default)]
         start: bool,
+        /// Serve Firecracker's API for this VM on this Unix socket
+        /// (absolute path); `vm` may then be a template without `kernel`,
+        /// the VM being configured and started through that socket.
+        #[serde(default)]
+        api_socket: Option<String>,
     },
     /// Start a created VM's vCPUs.
     Start {
@@ -96,7 +103,9 @@ impl Request {
     /// filtered per VM, see [`Request::filtered`]).
     pub fn needs(&self) -> (Grant, Option<&str>) {
         match self {
-            Request::List {} | Request::Stats { vm: None } => (Grant::Read, None),
+            Request::List {} | Request::Stats { vm: None } | Request::Metrics {} => {
+                (Grant::Read, None)
+            }
             Request::Stats { vm: Some(vm) } | Request::AccessCounters { vm } => {
                 (Grant::Read, Some(vm))
             }
@@ -117,7 +126,10 @@ impl Request {
     /// Whether the reply lists only the VMs the client may read, rather
     /// than needing a grant for the whole monitor.
     pub fn filtered(&self) -> bool {
-        matches!(self, Request::List {} | Request::Stats { vm: None })
+        matches!(
+            self,
+            Request::List {} | Request::Stats { vm: None } | Request::Metrics {}
+        )
     }
 }
 

@@ -54,7 +54,8 @@ pub use convert::{convert_file, spec_to_json};
 pub use devices::{DeviceKind, DevicePlan, LegacyDevice, PlannedDevice, LEGACY_DEVICES};
 pub use error::{ConfigError, ConfigErrors};
 pub use firecracker::{
-    FIRECRACKER_DEFAULT_BOOT_ARGS, FIRECRACKER_DEFAULT_MEM_MIB, FIRECRACKER_MAX_VCPUS,
+    FIRECRACKER_DEFAULT_BOOT_ARGS, FIRECRACKER_DEFAULT_MEM_MIB, FIRECRACKER_DEFAULT_VCPUS,
+    FIRECRACKER_MAX_VCPUS,
 };
 pub use host::{sandbox_user, DEFAULT_SANDBOX_USER};
 pub use spec::*;

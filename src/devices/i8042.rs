@@ -1,11 +1,16 @@
-//! A minimal i8042 keyboard controller: enough for Linux to probe it and
-//! for `reboot=k` (command 0xFE, pulse the reset line) to reset the VM.
+//! A minimal i8042 keyboard controller: enough for Linux to probe it, for
+//! `reboot=k` (command 0xFE, pulse the reset line) to reset the VM, and
+//! for the host to press Ctrl+Alt+Del (Firecracker's `SendCtrlAltDel`: the
+//! scan codes go through the output buffer, with the keyboard interrupt
+//! when the guest enabled it).
 //!
 //! Not `vm_superio::I8042Device`: that device answers every read with 0, so
 //! its output buffer never fills and a kernel built with the i8042 driver
 //! (Firecracker's guest kernels are) waits out 10,000 status polls and gives
 //! up on the controller; see docs/design.md, "What the kept crates do", and
 //! the `linux_probe` tests below.
+
+use std::collections::VecDeque;
 
 use crate::bus::BusDevice;
 
@@ -29,10 +34,19 @@ const CMD_KBD_TEST: u8 = 0xab;
 const CMD_READ_OUTPUT_PORT: u8 = 0xd0;
 const CMD_RESET: u8 = 0xfe;
 
+/// Control register: the keyboard interrupt (IRQ 1) is enabled.
+const CTR_KBD_INT: u8 = 0x01;
+/// Scan codes waiting for the guest, at most (Firecracker's buffer).
+const KEYS_MAX: usize = 16;
+/// Ctrl, Alt, Delete: the scan codes Firecracker sends (set 2 make codes).
+const CTRL_ALT_DEL: [u8; 4] = [0x14, 0x11, 0xe0, 0x71];
+
 /// What the controller does to its VM.
 pub trait ResetLine: Send {
     /// The guest pulsed the CPU reset line.
     fn reset(&mut self);
+    /// A scan code waits for the guest (IRQ 1); nothing by default.
+    fn keyboard_interrupt(&mut self) {}
 }
 
 impl<F: FnMut() + Send> ResetLine for F {
@@ -47,7 +61,14 @@ pub struct I8042<R: ResetLine> {
     control: u8,
     output: Option<u8>,
     expecting_ctr: bool,
+    /// Scan codes the host pressed, not yet read.
+    keys: VecDeque<u8>,
 }
+
+/// The keyboard's buffer has no room for the whole key sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the i8042 keyboard buffer is full (the guest does not read its keyboard)")]
+pub struct KeyboardFull;
 
 impl<R: ResetLine> I8042<R> {
     pub fn new(reset: R) -> Self {
@@ -57,6 +78,24 @@ impl<R: ResetLine> I8042<R> {
             control: 0,
             output: None,
             expecting_ctr: false,
+            keys: VecDeque::with_capacity(KEYS_MAX),
+        }
+    }
+
+    /// Presses Ctrl+Alt+Del: the scan codes wait in the output buffer, and
+    /// the keyboard interrupt fires if the guest enabled it.
+    pub fn send_ctrl_alt_del(&mut self) -> Result<(), KeyboardFull> {
+        if KEYS_MAX - self.keys.len() < CTRL_ALT_DEL.len() {
+            return Err(KeyboardFull);
+        }
+        self.keys.extend(CTRL_ALT_DEL);
+        self.key_interrupt();
+        Ok(())
+    }
+
+    fn key_interrupt(&mut self) {
+        if !self.keys.is_empty() && self.control & CTR_KBD_INT != 0 {
+            self.reset.keyboard_interrupt();
         }
     }
 
@@ -81,9 +120,17 @@ impl<R: ResetLine> BusDevice for I8042<R> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         let value = match offset {
-            DATA => self.output.take().unwrap_or(0),
+            DATA => match self.output.take() {
+                Some(byte) => byte,
+                None => {
+                    let key = self.keys.pop_front().unwrap_or(0);
+                    // More to read: interrupt again.
+                    self.key_interrupt();
+                    key
+                }
+            },
             COMMAND => {
-                let full = if self.output.is_some() {
+                let full = if self.output.is_some() || !self.keys.is_empty() {
                     STATUS_OUTPUT_FULL
                 } else {
                     0
@@ -133,6 +180,41 @@ mod tests {
         let mut b = [0u8; 1];
         dev.read(offset, &mut b);
         b[0]
+    }
+
+    #[test]
+    fn ctrl_alt_del_reaches_the_guest_with_its_interrupt() {
+        struct Lines(Arc<AtomicUsize>);
+        impl ResetLine for Lines {
+            fn reset(&mut self) {}
+            fn keyboard_interrupt(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let irqs = Arc::new(AtomicUsize::new(0));
+        let mut dev = I8042::new(Lines(irqs.clone()));
+        // Interrupt disabled (the guest has no keyboard driver): queued only.
+        dev.send_ctrl_alt_del().unwrap();
+        assert_eq!(irqs.load(Ordering::SeqCst), 0);
+        assert_eq!(read(&mut dev, COMMAND) & STATUS_OUTPUT_FULL, 1);
+        dev.write(COMMAND, &[CMD_WRITE_CTR]);
+        dev.write(DATA, &[CTR_KBD_INT]);
+        let codes: Vec<u8> = (0..4).map(|_| read(&mut dev, DATA)).collect();
+        assert_eq!(codes, CTRL_ALT_DEL);
+        assert_eq!(read(&mut dev, COMMAND) & STATUS_OUTPUT_FULL, 0);
+        // Enabled (from the second read on): an interrupt while bytes wait.
+        assert_eq!(irqs.load(Ordering::SeqCst), 3);
+        dev.send_ctrl_alt_del().unwrap();
+        assert_eq!(irqs.load(Ordering::SeqCst), 4);
+        for _ in 0..4 {
+            read(&mut dev, DATA);
+        }
+        assert_eq!(irqs.load(Ordering::SeqCst), 7);
+        // A guest that never reads: the buffer fills and says so.
+        for _ in 0..4 {
+            dev.send_ctrl_alt_del().unwrap();
+        }
+        assert_eq!(dev.send_ctrl_alt_del(), Err(KeyboardFull));
     }
 
     #[test]

@@ -325,6 +325,48 @@ impl Control for Monitor {
         }
     }
 
+    fn send_ctrl_alt_del(&mut self, vm: usize) -> Result<(), String> {
+        let (_, e) = self.nth(vm).ok_or("no such VM")?;
+        let v = e
+            .running()
+            .ok_or_else(|| format!("vm {} is not running", e.name))?;
+        let keyboard = v.devices.keyboard.as_ref().ok_or("the VM has no i8042")?;
+        crate::bus::lock(keyboard)
+            .send_ctrl_alt_del()
+            .map_err(|e| e.to_string())
+    }
+
+    fn firecracker_apis(&self) -> Option<std::sync::Arc<crate::fcapi::Registry>> {
+        self.fc_apis.clone()
+    }
+
+    fn set_balloon(&mut self, vm: usize, amount_mib: u64) -> Result<serde_json::Value, String> {
+        if self.mem.budget_mib().is_some() {
+            return Err(
+                "this monitor's memory allocator sizes every balloon (host.memory); \
+                        change the VM's memory weight or floor instead (set-memory)"
+                    .into(),
+            );
+        }
+        let (_, e) = self.nth(vm).ok_or("no such VM")?;
+        let v = e
+            .running()
+            .ok_or_else(|| format!("vm {} is not running", e.name))?;
+        let b = v
+            .devices
+            .balloon
+            .as_ref()
+            .ok_or("No balloon device found.")?;
+        if amount_mib > b.size_mib {
+            return Err(format!(
+                "Amount of pages requested is too large: {amount_mib} MiB, the VM has {} MiB",
+                b.size_mib
+            ));
+        }
+        b.set_balloon_mib(amount_mib);
+        Ok(json!({"vm": e.name, "amount_mib": amount_mib}))
+    }
+
     fn set_memory(
         &mut self,
         vm: usize,

@@ -230,6 +230,10 @@ pub(crate) struct Monitor {
     console: Option<(VmId, crate::console::ConsoleTarget)>,
     /// A startup VM failed to build: the run ends with this error.
     fatal: Option<String>,
+    /// The Firecracker API sockets it serves (`create` with `api_socket`).
+    fc_apis: Option<Arc<crate::fcapi::Registry>>,
+    /// `hearth firecracker`: the run ends when its VM has come and gone.
+    exit_with_vm: bool,
 }
 
 impl Monitor {
@@ -240,7 +244,8 @@ impl Monitor {
             .vms
             .values()
             .all(|e| matches!(e.state, VmState::Stopped(_)));
-        all_stopped && (!self.serving || self.shutting_down)
+        let vm_gone = self.exit_with_vm && !self.vms.is_empty();
+        all_stopped && (!self.serving || self.shutting_down || vm_gone)
     }
 
     fn stop_all(&mut self, why: &str) {

@@ -52,6 +52,8 @@ pub enum MonitorError {
     Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("--stats-file cannot be written from the sandbox (it has no file system); read the statistics with `hearth ctl SOCKET stats`")]
     StatsInSandbox,
+    #[error(transparent)]
+    FcApi(#[from] crate::fcapi::FcApiError),
 }
 
 fn setup_err(what: &'static str) -> impl FnOnce(io::Error) -> MonitorError {
@@ -66,6 +68,9 @@ pub struct RunOptions {
     /// Run as a service: until a shutdown request or a signal, whether or
     /// not any VM runs (`hearth serve`).
     pub serve: bool,
+    /// `hearth firecracker`: serve Firecracker's API for one VM on this
+    /// socket; the run ends when that VM has run and stopped.
+    pub firecracker: Option<crate::fcapi::FirecrackerOptions>,
 }
 
 /// How the monitor's run ended.
@@ -121,7 +126,8 @@ fn start_monitor(
     signals: Signals,
     console: Option<(usize, ConsoleTarget)>,
 ) -> Result<Monitor, MonitorError> {
-    let plan = build_plan(spec, opts.serve)?;
+    // `hearth firecracker` writes its one VM's console as Firecracker does: unprefixed.
+    let plan = build_plan(spec, opts.serve && opts.firecracker.is_none())?;
     let workers = Workers::start(
         crate::host::online_cpus().max(2),
         kvm,
@@ -167,6 +173,13 @@ fn start_monitor(
         exits: ExitQueue::new().map_err(setup_err("exit eventfd"))?,
         console,
         fatal: None,
+        fc_apis: match spec.host.api.is_some() || opts.firecracker.is_some() {
+            true => Some(Arc::new(
+                crate::fcapi::Registry::new().map_err(setup_err("Firecracker API registry"))?,
+            )),
+            false => None,
+        },
+        exit_with_vm: opts.firecracker.is_some(),
     };
     for vm in &spec.vms {
         let id = monitor.next_id;
@@ -215,9 +228,14 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         source: io::Error::from_raw_os_error(e.errno()),
     })?;
     let kvm = Arc::new(Kvm::new().map_err(MonitorError::Kvm)?);
-    if opts.serve && spec.host.api.is_none() {
+    if opts.serve && spec.host.api.is_none() && opts.firecracker.is_none() {
         return Err(MonitorError::NoSocket);
     }
+    let fc_socket = opts
+        .firecracker
+        .as_ref()
+        .map(|f| crate::fcapi::bind(&f.api_sock, crate::fcapi::DEFAULT_MODE, true))
+        .transpose()?;
     // Bound before any VM exists, so a socket in use fails the run early.
     let api = spec
         .host
@@ -252,6 +270,15 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
     if let Some(listener) = api {
         let server =
             ApiServer::new(listener, monitor.clone()).map_err(setup_err("control socket"))?;
+        em.add_subscriber(Arc::new(Mutex::new(server)));
+    }
+    let registry = lock(&monitor).fc_apis.clone();
+    if let Some(registry) = registry {
+        if let (Some(f), Some((listener, file))) = (&opts.firecracker, fc_socket) {
+            registry.add(crate::fcapi::firecracker_endpoint(f, listener, file));
+        }
+        let server = crate::fcapi::FcApiServer::new(monitor.clone(), registry)
+            .map_err(setup_err("Firecracker API"))?;
         em.add_subscriber(Arc::new(Mutex::new(server)));
     }
     confine(spec, &monitor)?;
