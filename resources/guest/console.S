@@ -104,6 +104,31 @@ put_hex:
 	addq	$32, %rsp
 	ret
 
+/*
+ * put_hex_digits(n: rdi, digits: esi): print the low digits (1-16) hex
+ * digits of n, with leading zeros and no 0x (put_hex16: all 16).
+ */
+	.globl	put_hex16, put_hex_digits
+put_hex16:
+	movl	$16, %esi
+put_hex_digits:
+	subq	$32, %rsp
+	leaq	31(%rsp), %r8
+	movb	$0, (%r8)
+	leaq	hex_digits(%rip), %rcx
+1:	movl	%edi, %edx
+	andl	$0xf, %edx
+	movb	(%rcx, %rdx), %dl
+	decq	%r8
+	movb	%dl, (%r8)
+	shrq	$4, %rdi
+	decl	%esi
+	jg	1b
+	movq	%r8, %rdi
+	call	puts
+	addq	$32, %rsp
+	ret
+
 /* console_lock(): spin (xchg) until this CPU owns the console. */
 	.globl	console_lock
 console_lock:

@@ -24,6 +24,22 @@ scenario_table:
 	SCENARIO mem-grow, scenario_mem_grow
 	SCENARIO mem-idle, scenario_mem_idle
 	SCENARIO bad-virtio, scenario_bad_virtio
+	SCENARIO blk-info, scenario_blk_info
+	SCENARIO blk-read, scenario_blk_read
+	SCENARIO blk-write, scenario_blk_write
+	SCENARIO blk-err, scenario_blk_err
+	SCENARIO blk-loop, scenario_blk_loop
+	SCENARIO blk-bench, scenario_blk_bench
+	SCENARIO blk-bad, scenario_blk_bad
+	SCENARIO net-info, scenario_net_info
+	SCENARIO net-tx, scenario_net_tx
+	SCENARIO net-rx, scenario_net_rx
+	SCENARIO net-arp, scenario_net_arp
+	SCENARIO net-flood, scenario_net_flood
+	SCENARIO net-bench, scenario_net_bench
+	SCENARIO hostile, scenario_hostile
+	SCENARIO vsock-echo, scenario_vsock_echo
+	SCENARIO vsock-connect, scenario_vsock_connect
 	.quad	0, 0				/* end of the table */
 
 scenario_key:

@@ -19,9 +19,14 @@
 //! - an idle VM's virtual time is pulled up to `bound` behind the slowest
 //!   active VM, so it cannot bank credit while idle and then monopolise the
 //!   CPUs when it wakes;
-//! - `cpu.max` is a hard cap: over each period (10 ticks) a VM may use at
-//!   most `max × period` of CPU; past that all its vCPUs are parked until the
-//!   period ends.
+//! - `cpu.max` is a hard cap, accounted as CFS bandwidth control does: each
+//!   period (10 ticks) grants a quota of `max × period` of CPU; a VM that
+//!   has used its quota is parked until a period refills it, and what it
+//!   used beyond the quota (it can only be stopped at a tick or at a
+//!   deadline, so it always overruns a little) is carried into the next
+//!   period as debt. [`Policy::next_deadline_ns`] tells the runtime when
+//!   the first capped VM may run out, so that it can check between ticks
+//!   ([`Policy::check_caps`]) instead of letting the VM overrun by a tick.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +38,11 @@ const UNIT_WEIGHT: f64 = 100.0;
 
 /// Ticks per `cpu.max` accounting period.
 pub const CAP_PERIOD_TICKS: u32 = 10;
+
+/// The shortest delay [`Policy::next_deadline_ns`] asks for: a VM with less
+/// quota left than this overruns by at most this much (carried as debt)
+/// rather than making the runtime wake up over and over.
+pub const MIN_CAP_CHECK_NS: u64 = 200_000;
 
 /// What the runtime measured for one VM over the last tick.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,9 +77,65 @@ struct VmState {
     vtime: f64,
     last_used: u64,
     demand: u32,
+    /// CPU used in this cap period, including debt carried from earlier ones.
     period_used: u64,
+    /// The vCPUs it was last allowed to run.
+    allowed: u32,
     throttle: Throttle,
     throttle_events: u64,
+}
+
+impl VmState {
+    /// Accounts CPU used up to `used_ns` (the VM's total).
+    fn account(&mut self, used_ns: u64) {
+        let delta = used_ns.saturating_sub(self.last_used);
+        self.last_used = used_ns;
+        self.vtime += delta as f64 * UNIT_WEIGHT / f64::from(self.weight);
+        self.period_used = self.period_used.saturating_add(delta);
+    }
+
+    /// The CPU a period grants under the cap, in ns.
+    fn quota(&self, period_ns: u64) -> Option<u64> {
+        self.max.map(|m| (m * period_ns as f64) as u64)
+    }
+
+    /// Parks the VM if it has used its quota; true when it was just parked.
+    fn enforce_cap(&mut self, period_ns: u64) -> bool {
+        match self.quota(period_ns) {
+            Some(q) if !self.throttle.cap && self.period_used >= q => {
+                self.throttle.cap = true;
+                self.throttle_events += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A new period: the quota refills, paying the debt first. Unused
+    /// quota is not carried (no banking).
+    fn new_period(&mut self, period_ns: u64) {
+        match self.quota(period_ns) {
+            Some(q) => {
+                self.period_used = self.period_used.saturating_sub(q);
+                if self.period_used < q {
+                    self.throttle.cap = false;
+                }
+            }
+            None => {
+                self.period_used = 0;
+                self.throttle.cap = false;
+            }
+        }
+    }
+
+    /// How many CPUs it can use at once now.
+    fn usable(&self) -> u32 {
+        if self.throttle.cap {
+            return 0;
+        }
+        let cap = self.max.map_or(u32::MAX, |m| m.ceil() as u32);
+        self.demand.min(cap)
+    }
 }
 
 /// The policy's state across ticks.
@@ -100,9 +166,19 @@ impl Policy {
         self.bound
     }
 
-    /// Adds a VM. It starts level with the slowest active VM.
+    fn period_ns(&self) -> u64 {
+        self.tick_ns * u64::from(CAP_PERIOD_TICKS)
+    }
+
+    /// Adds a VM. It starts level with the slowest active VM, and is
+    /// charged for the part of the current cap period already gone (a VM
+    /// starting late in a period does not get a whole quota for it).
     pub fn add_vm(&mut self, vm: VmId, weight: u32, max: Option<f64>, vcpus: u32, used_ns: u64) {
         let vtime = self.min_active_vtime().unwrap_or(0.0);
+        let period_used = max.map_or(0, |m| {
+            let gone = f64::from(self.tick_in_period) / f64::from(CAP_PERIOD_TICKS);
+            (m * self.period_ns() as f64 * gone) as u64
+        });
         self.vms.insert(
             vm,
             VmState {
@@ -112,7 +188,8 @@ impl Policy {
                 vtime,
                 last_used: used_ns,
                 demand: 0,
-                period_used: 0,
+                period_used,
+                allowed: vcpus,
                 throttle: Throttle::default(),
                 throttle_events: 0,
             },
@@ -131,10 +208,15 @@ impl Policy {
         }
     }
 
-    /// Changes a VM's cap.
+    /// Changes a VM's cap. What it used in this period counts against the
+    /// new cap; removing the cap forgives its debt.
     pub fn set_max(&mut self, vm: VmId, max: Option<f64>) {
         if let Some(s) = self.vms.get_mut(&vm) {
             s.max = max;
+            if max.is_none() {
+                s.period_used = 0;
+                s.throttle.cap = false;
+            }
         }
     }
 
@@ -156,23 +238,23 @@ impl Policy {
             .min_by(f64::total_cmp)
     }
 
-    /// One tick: account `samples` and decide every VM's allowance.
+    /// One tick: account `samples` and decide every VM's allowance. Call
+    /// once per periodic tick (the cap periods count these calls).
     pub fn tick(&mut self, samples: &[(VmId, Sample)]) -> Vec<Allowance> {
         self.tick_in_period += 1;
         let new_period = self.tick_in_period >= CAP_PERIOD_TICKS;
         if new_period {
             self.tick_in_period = 0;
         }
-        let period_ns = self.tick_ns * u64::from(CAP_PERIOD_TICKS);
+        let period_ns = self.period_ns();
 
         for (vm, sample) in samples {
             let Some(s) = self.vms.get_mut(vm) else {
                 continue;
             };
-            let delta = sample.used_ns.saturating_sub(s.last_used);
-            s.last_used = sample.used_ns;
-            s.vtime += delta as f64 * UNIT_WEIGHT / f64::from(s.weight);
-            s.period_used += delta;
+            // The CPU used since the last sample belongs to the period
+            // that is ending: account it before the refill.
+            s.account(sample.used_ns);
             // A parked vCPU cannot show it wants CPU: while throttled, the
             // VM keeps the demand it had (or more, if more became busy).
             s.demand = if s.throttle.fair || s.throttle.cap {
@@ -181,316 +263,162 @@ impl Policy {
                 sample.busy_vcpus
             }
             .min(s.vcpus);
-            // The cap.
+        }
+        for s in self.vms.values_mut() {
             if new_period {
-                s.period_used = 0;
-                s.throttle.cap = false;
+                s.new_period(period_ns);
             }
-            if let Some(max) = s.max {
-                if s.period_used as f64 >= max * period_ns as f64 && !s.throttle.cap {
-                    s.throttle.cap = true;
-                    s.throttle_events += 1;
-                }
-            }
+            s.enforce_cap(period_ns);
         }
 
-        // How many CPUs each active VM can use at once.
-        let usable = |s: &VmState| -> u32 {
-            if s.throttle.cap {
-                return 0;
-            }
-            let cap = s.max.map_or(u32::MAX, |m| m.ceil() as u32);
-            s.demand.min(cap)
-        };
-        let wanted: u32 = self.vms.values().map(usable).sum();
-        let contended = wanted > self.cpus;
-
-        if !contended {
-            // Nobody waits for a CPU: release everyone and level the
-            // virtual times so that uncontended use is never held against
-            // a VM later.
-            let top = self
-                .vms
-                .values()
-                .map(|s| s.vtime)
-                .max_by(f64::total_cmp)
-                .unwrap_or(0.0);
-            for s in self.vms.values_mut() {
-                s.throttle.fair = false;
-                s.vtime = top;
-            }
+        let wanted: u32 = self.vms.values().map(VmState::usable).sum();
+        if wanted > self.cpus {
+            self.throttle_the_leaders();
         } else {
-            let runnable_min = self
-                .vms
+            self.level();
+        }
+        self.allowances()
+    }
+
+    /// Nobody waits for a CPU: release everyone and level the virtual times
+    /// so that uncontended use is never held against a VM later.
+    fn level(&mut self) {
+        let top = self
+            .vms
+            .values()
+            .map(|s| s.vtime)
+            .max_by(f64::total_cmp)
+            .unwrap_or(0.0);
+        for s in self.vms.values_mut() {
+            s.throttle.fair = false;
+            s.vtime = top;
+        }
+    }
+
+    /// Under contention: throttle the VMs more than `bound` ahead of the
+    /// slowest runnable one, release those that it has caught up with.
+    fn throttle_the_leaders(&mut self) {
+        let runnable_min = self
+            .vms
+            .values()
+            .filter(|s| s.usable() > 0 && !s.throttle.fair)
+            .map(|s| s.vtime)
+            .min_by(f64::total_cmp);
+        let v_min = runnable_min.or_else(|| {
+            self.vms
                 .values()
-                .filter(|s| usable(s) > 0 && !s.throttle.fair)
+                .filter(|s| s.usable() > 0)
                 .map(|s| s.vtime)
-                .min_by(f64::total_cmp);
-            let v_min = runnable_min.or_else(|| {
-                self.vms
-                    .values()
-                    .filter(|s| usable(s) > 0)
-                    .map(|s| s.vtime)
-                    .min_by(f64::total_cmp)
-            });
-            if let Some(v_min) = v_min {
-                let bound = self.bound;
-                for s in self.vms.values_mut() {
-                    if usable(s) == 0 {
-                        // Idle (or capped): no banking of credit.
-                        s.vtime = s.vtime.max(v_min - bound);
-                        s.throttle.fair = false;
-                    } else if s.throttle.fair {
-                        if s.vtime <= v_min {
-                            s.throttle.fair = false;
-                        }
-                    } else if s.vtime - v_min > bound {
-                        s.throttle.fair = true;
-                        s.throttle_events += 1;
-                    }
+                .min_by(f64::total_cmp)
+        });
+        let Some(v_min) = v_min else {
+            return;
+        };
+        let bound = self.bound;
+        for s in self.vms.values_mut() {
+            if s.usable() == 0 {
+                // Idle (or capped): no banking of credit.
+                s.vtime = s.vtime.max(v_min - bound);
+                s.throttle.fair = false;
+            } else if s.throttle.fair {
+                if s.vtime <= v_min {
+                    s.throttle.fair = false;
                 }
+            } else if s.vtime - v_min > bound {
+                s.throttle.fair = true;
+                s.throttle_events += 1;
             }
         }
+    }
 
-        // Allowances: unthrottled VMs run every vCPU; capped ones none;
-        // fairly throttled ones fill whatever CPUs the others leave idle,
-        // the least-ahead first.
+    /// Unthrottled VMs run every vCPU; capped ones none; fairly throttled
+    /// ones fill whatever CPUs the others leave idle, the least-ahead first.
+    fn allowances(&mut self) -> Vec<Allowance> {
         let mut gap = i64::from(self.cpus)
             - self
                 .vms
                 .values()
                 .filter(|s| !s.throttle.fair && !s.throttle.cap)
-                .map(|s| i64::from(usable(s)))
+                .map(|s| i64::from(s.usable()))
                 .sum::<i64>();
-        let mut throttled: Vec<(&VmId, &VmState)> = self
+        let mut throttled: Vec<(VmId, f64, u32)> = self
             .vms
             .iter()
             .filter(|(_, s)| s.throttle.fair && !s.throttle.cap)
+            .map(|(vm, s)| (*vm, s.vtime, s.usable()))
             .collect();
-        throttled.sort_by(|a, b| a.1.vtime.total_cmp(&b.1.vtime));
+        throttled.sort_by(|a, b| a.1.total_cmp(&b.1));
         let mut partial: BTreeMap<VmId, u32> = BTreeMap::new();
-        for (vm, s) in throttled {
-            let give = gap.clamp(0, i64::from(usable(s))) as u32;
+        for (vm, _, usable) in throttled {
+            let give = gap.clamp(0, i64::from(usable)) as u32;
             gap -= i64::from(give);
-            partial.insert(*vm, give);
+            partial.insert(vm, give);
         }
         self.vms
-            .iter()
-            .map(|(vm, s)| Allowance {
-                vm: *vm,
-                vcpus: if s.throttle.cap {
+            .iter_mut()
+            .map(|(vm, s)| {
+                s.allowed = if s.throttle.cap {
                     0
                 } else if s.throttle.fair {
                     partial.get(vm).copied().unwrap_or(0)
                 } else {
                     s.vcpus
-                },
+                };
+                Allowance {
+                    vm: *vm,
+                    vcpus: s.allowed,
+                }
             })
             .collect()
+    }
+
+    /// When, in ns after the samples of the last [`Policy::tick`] or
+    /// [`Policy::check_caps`], the first capped VM may run out of quota
+    /// (if all the vCPUs it may run spin on a CPU each), at least
+    /// [`MIN_CAP_CHECK_NS`]; `None` when no running VM has a cap. After
+    /// every tick and check the runtime arms a one-shot timer for it (or
+    /// disarms the timer on `None`) and, when it fires, calls
+    /// [`Policy::check_caps`]. A deadline past the next tick is harmless:
+    /// that tick re-arms the timer.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        let period_ns = self.period_ns();
+        self.vms
+            .values()
+            .filter(|s| !s.throttle.cap && s.allowed > 0)
+            .filter_map(|s| {
+                let left = s.quota(period_ns)?.saturating_sub(s.period_used);
+                let rate = u64::from(s.allowed.min(self.cpus));
+                Some((left / rate).max(MIN_CAP_CHECK_NS))
+            })
+            .min()
+    }
+
+    /// A check between ticks: accounts each VM's CPU total (`used`: VM and
+    /// the sum of its vCPU threads' CPU clocks, in ns) and parks the VMs
+    /// that have used their quota. Returns only the allowances that changed
+    /// (always to 0 vCPUs); the others stand until the next tick. Does not
+    /// count as a tick.
+    pub fn check_caps(&mut self, used: &[(VmId, u64)]) -> Vec<Allowance> {
+        let period_ns = self.period_ns();
+        let mut parked = Vec::new();
+        for (vm, used_ns) in used {
+            let Some(s) = self.vms.get_mut(vm) else {
+                continue;
+            };
+            s.account(*used_ns);
+            if s.enforce_cap(period_ns) {
+                s.allowed = 0;
+                parked.push(Allowance { vm: *vm, vcpus: 0 });
+            }
+        }
+        parked
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+#[path = "policy_tests.rs"]
+mod tests;
 
-    const TICK: u64 = 10_000_000;
-
-    /// A toy host: `cpus` CPUs shared equally among the runnable vCPU
-    /// threads (as Linux's CFS would), each VM with `busy` spinning vCPUs.
-    struct Host {
-        policy: Policy,
-        cpus: u32,
-        vms: Vec<(u32, u64)>, // (busy vCPUs, used ns)
-        allowed: Vec<u32>,
-    }
-
-    impl Host {
-        fn new(cpus: u32, vms: &[(u32, u32, u32)]) -> Host {
-            // (weight, vcpus, busy)
-            let mut policy = Policy::new(cpus, TICK);
-            for (i, (w, n, _)) in vms.iter().enumerate() {
-                policy.add_vm(i, *w, None, *n, 0);
-            }
-            Host {
-                policy,
-                cpus,
-                vms: vms.iter().map(|v| (v.2, 0)).collect(),
-                allowed: vms.iter().map(|v| v.1).collect(),
-            }
-        }
-
-        /// Runs one tick of the toy host, then the policy.
-        fn step(&mut self) {
-            let running: Vec<u32> = self
-                .vms
-                .iter()
-                .zip(&self.allowed)
-                .map(|((busy, _), a)| (*busy).min(*a))
-                .collect();
-            let threads: u32 = running.iter().sum();
-            if threads > 0 {
-                let per_thread = (TICK * u64::from(self.cpus.min(threads))) / u64::from(threads);
-                for (vm, r) in self.vms.iter_mut().zip(&running) {
-                    vm.1 += per_thread.min(TICK) * u64::from(*r);
-                }
-            }
-            let samples: Vec<(VmId, Sample)> = self
-                .vms
-                .iter()
-                .enumerate()
-                .zip(&running)
-                .map(|((i, (_, used)), r)| {
-                    (
-                        i,
-                        Sample {
-                            used_ns: *used,
-                            busy_vcpus: *r,
-                        },
-                    )
-                })
-                .collect();
-            for a in self.policy.tick(&samples) {
-                self.allowed[a.vm] = a.vcpus;
-            }
-        }
-
-        fn run(&mut self, ticks: usize) -> Vec<u64> {
-            let start: Vec<u64> = self.vms.iter().map(|v| v.1).collect();
-            for _ in 0..ticks {
-                self.step();
-            }
-            self.vms.iter().zip(start).map(|(v, s)| v.1 - s).collect()
-        }
-    }
-
-    fn ratio(a: u64, b: u64) -> f64 {
-        a as f64 / b as f64
-    }
-
-    #[test]
-    fn weights_100_and_300_on_one_cpu_share_1_to_3() {
-        let mut host = Host::new(1, &[(100, 1, 1), (300, 1, 1)]);
-        host.run(50);
-        let used = host.run(1000);
-        let r = ratio(used[1], used[0]);
-        assert!((r - 3.0).abs() < 0.1, "ratio {r}");
-        assert!(
-            used[0] + used[1] >= 1000 * TICK * 99 / 100,
-            "work conserving"
-        );
-    }
-
-    #[test]
-    fn vcpu_count_does_not_buy_cpu() {
-        // 4 busy vCPUs at weight 100 against 1 busy vCPU at weight 100.
-        let mut host = Host::new(1, &[(100, 4, 4), (100, 1, 1)]);
-        host.run(50);
-        let used = host.run(1000);
-        let r = ratio(used[0], used[1]);
-        assert!((r - 1.0).abs() < 0.05, "ratio {r}");
-    }
-
-    #[test]
-    fn an_idle_vm_does_not_hold_a_busy_one_back() {
-        let mut host = Host::new(1, &[(100, 1, 1), (10_000, 2, 0)]);
-        let used = host.run(500);
-        assert!(used[0] >= 500 * TICK * 99 / 100, "busy VM got {}", used[0]);
-        assert_eq!(used[1], 0);
-        assert_eq!(
-            host.policy.throttle(0).map(|t| t.1),
-            Some(0),
-            "never throttled"
-        );
-    }
-
-    #[test]
-    fn no_contention_no_throttling() {
-        // Two CPUs, two single-vCPU VMs: each has a CPU of its own, so
-        // weights do not matter and nobody is held back.
-        let mut host = Host::new(2, &[(100, 1, 1), (300, 1, 1)]);
-        let used = host.run(200);
-        assert_eq!(used[0], 200 * TICK);
-        assert_eq!(used[1], 200 * TICK);
-    }
-
-    #[test]
-    fn throttled_vm_still_fills_idle_cpus() {
-        // Two CPUs: a 4-vCPU VM and a 1-vCPU VM, equal weights. The small
-        // VM can use only one CPU; the big one gets the other, not less.
-        let mut host = Host::new(2, &[(100, 4, 4), (100, 1, 1)]);
-        host.run(50);
-        let used = host.run(500);
-        assert!((ratio(used[0], used[1]) - 1.0).abs() < 0.05, "{used:?}");
-        assert!(used[0] + used[1] >= 2 * 500 * TICK * 98 / 100, "{used:?}");
-    }
-
-    #[test]
-    fn entitlements_follow_weights_1_2_5() {
-        let mut host = Host::new(1, &[(100, 1, 1), (200, 1, 1), (500, 1, 1)]);
-        host.run(50);
-        let used = host.run(2000);
-        let total: u64 = used.iter().sum();
-        for (u, w) in used.iter().zip([1.0, 2.0, 5.0]) {
-            let share = *u as f64 / total as f64;
-            assert!((share - w / 8.0).abs() < 0.01, "{used:?}");
-        }
-    }
-
-    #[test]
-    fn cap_limits_a_vm_even_without_contention() {
-        let mut policy = Policy::new(2, TICK);
-        policy.add_vm(0, 100, Some(0.5), 1, 0);
-        let mut used = 0;
-        let mut allowed = 1;
-        let mut total = 0;
-        for _ in 0..(CAP_PERIOD_TICKS * 20) {
-            let d = if allowed > 0 { TICK } else { 0 };
-            used += d;
-            total += d;
-            let a = policy.tick(&[(
-                0,
-                Sample {
-                    used_ns: used,
-                    busy_vcpus: allowed.min(1),
-                },
-            )]);
-            allowed = a[0].vcpus;
-        }
-        let share = total as f64 / (f64::from(CAP_PERIOD_TICKS * 20) * TICK as f64);
-        assert!((share - 0.5).abs() < 0.06, "share {share}");
-    }
-
-    #[test]
-    fn weight_change_at_run_time_moves_the_ratio() {
-        let mut host = Host::new(1, &[(100, 1, 1), (100, 1, 1)]);
-        let used = host.run(400);
-        assert!((ratio(used[1], used[0]) - 1.0).abs() < 0.05);
-        host.policy.set_weight(1, 400);
-        host.run(50);
-        let used = host.run(1000);
-        assert!((ratio(used[1], used[0]) - 4.0).abs() < 0.2, "{used:?}");
-    }
-
-    #[test]
-    fn a_vm_leaving_gives_its_share_to_the_others() {
-        let mut host = Host::new(1, &[(100, 1, 1), (300, 1, 1)]);
-        host.run(200);
-        host.policy.remove_vm(1);
-        host.vms[1].0 = 0; // it no longer runs
-        host.allowed[1] = 0;
-        host.run(20);
-        let used = host.run(200);
-        assert_eq!(used[0], 200 * TICK, "the remaining VM gets the whole CPU");
-    }
-
-    #[test]
-    fn a_vm_waking_from_idle_cannot_monopolise_the_cpu() {
-        let mut host = Host::new(1, &[(100, 1, 1), (100, 1, 0)]);
-        host.run(1000); // VM 1 idle for 10 s
-        host.vms[1].0 = 1; // wakes
-        let used = host.run(100);
-        // Within a second it gets about half, not the whole CPU for seconds.
-        assert!(used[0] >= 100 * TICK * 40 / 100, "{used:?}");
-    }
-}
+#[cfg(test)]
+#[path = "policy_cap_tests.rs"]
+mod cap_tests;
