@@ -38,6 +38,18 @@ enum CtlCommand {
         #[arg(long)]
         floor_mib: Option<u64>,
     },
+    /// Set a VM's io.weight (1-10000): its share of host.io.
+    SetIo { vm: String, weight: u64 },
+    /// Change a drive's rate limiter (Firecracker's PATCH /drives): each
+    /// bucket SIZE:REFILL_MS[:ONE_TIME_BURST], or "none" to remove it.
+    SetDrive {
+        vm: String,
+        drive: String,
+        #[arg(long)]
+        bandwidth: Option<String>,
+        #[arg(long)]
+        ops: Option<String>,
+    },
     /// The device-access verifier's counters of a VM.
     Counters { vm: String },
     /// Stop every VM (the monitor exits).
@@ -83,12 +95,47 @@ fn request(command: CtlCommand) -> Result<Value, String> {
             }
             r
         }
+        CtlCommand::SetIo { vm, weight } => json!({"op": "set-io", "vm": vm, "weight": weight}),
+        CtlCommand::SetDrive {
+            vm,
+            drive,
+            bandwidth,
+            ops,
+        } => {
+            let mut limiter = json!({});
+            if let Some(b) = bandwidth {
+                limiter["bandwidth"] = bucket(&b)?;
+            }
+            if let Some(o) = ops {
+                limiter["ops"] = bucket(&o)?;
+            }
+            json!({"op": "set-drive", "vm": vm, "drive": drive, "rate_limiter": limiter})
+        }
         CtlCommand::Counters { vm } => json!({"op": "access-counters", "vm": vm}),
         CtlCommand::Shutdown => json!({"op": "shutdown"}),
         CtlCommand::Request { json } => {
             serde_json::from_str(&json).map_err(|e| format!("not JSON: {e}"))?
         }
     })
+}
+
+/// A bucket given as `SIZE:REFILL_MS[:ONE_TIME_BURST]`, or `none`.
+fn bucket(text: &str) -> Result<Value, String> {
+    if text == "none" {
+        return Ok(Value::Null);
+    }
+    let bad = || format!("bucket {text:?} is not SIZE:REFILL_MS[:ONE_TIME_BURST] or \"none\"");
+    let parts: Vec<u64> = text
+        .split(':')
+        .map(|p| p.parse::<u64>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    match parts[..] {
+        [size, refill] => Ok(json!({"size": size, "refill_time": refill})),
+        [size, refill, burst] => {
+            Ok(json!({"size": size, "refill_time": refill, "one_time_burst": burst}))
+        }
+        _ => Err(bad()),
+    }
 }
 
 pub fn main(args: CtlArgs) -> ExitCode {

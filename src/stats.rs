@@ -30,6 +30,9 @@ pub struct VmStats {
     /// Serial output: bytes written out, and bytes dropped because the
     /// output ring was full (a destination that does not drain).
     pub serial: Option<(u64, u64)>,
+    /// The disks: `io.weight`, the share of `host.io` taken, each drive
+    /// (`virtio::block::VmDisks::to_json`).
+    pub io: Option<Value>,
 }
 
 fn balloon_json(b: &BalloonStats) -> Value {
@@ -119,6 +122,7 @@ pub fn to_json(
                     "written_bytes": written,
                     "dropped_bytes": dropped,
                 })),
+                "io": v.io,
             })
         })
         .collect();
@@ -169,6 +173,7 @@ mod tests {
             acl: VerifierStats::default(),
             balloon: None,
             serial: None,
+            io: None,
         }
     }
 

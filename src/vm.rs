@@ -42,6 +42,8 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error("{0}")]
     Acl(#[from] CompileError),
+    #[error(transparent)]
+    Block(#[from] crate::virtio::block::BlockError),
     #[error("{0}: this device is not supported yet")]
     Unsupported(String),
     #[error("{what}: {source}")]
@@ -58,6 +60,8 @@ pub type Serial = SerialDevice<IrqLine>;
 #[derive(Default)]
 pub struct VmDevices {
     pub balloon: Option<crate::mem::BalloonHandle>,
+    /// The drives (virtio-blk) and the VM's share of `host.io`.
+    pub disks: Option<crate::virtio::block::VmDisks>,
 }
 
 /// What [`build_vm`] hands over.

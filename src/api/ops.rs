@@ -4,10 +4,13 @@
 
 use serde_json::{json, Value};
 
-use crate::config::{CpuSpec, Grant, MAX_CPU_WEIGHT, MIN_CPU_WEIGHT};
+use crate::config::{
+    CpuSpec, Grant, TokenBucketSpec, MAX_CPU_WEIGHT, MAX_IO_WEIGHT, MIN_CPU_WEIGHT, MIN_IO_WEIGHT,
+};
+use crate::ratelimit::BucketUpdate;
 
 use super::acl::{Acl, Peer};
-use super::protocol::Request;
+use super::protocol::{BucketPatch, Request};
 
 /// Why a VM was stopped through the socket (its outcome in stats and logs).
 pub const STOPPED_BY_API: &str = "stopped through the control socket";
@@ -42,6 +45,22 @@ pub trait Control {
         _floor_mib: Option<u64>,
     ) -> Result<Value, String> {
         Err("not supported yet: no memory allocator".into())
+    }
+
+    /// Sets a VM's `io.weight` (checked to be 1..=10000).
+    fn set_io_weight(&mut self, _vm: usize, _weight: u32) -> Result<Value, String> {
+        Err("not supported: this monitor has no disks".into())
+    }
+
+    /// Changes the rate limiter of a VM's drive `drive`.
+    fn set_drive_limits(
+        &mut self,
+        _vm: usize,
+        _drive: &str,
+        _bandwidth: BucketUpdate,
+        _ops: BucketUpdate,
+    ) -> Result<Value, String> {
+        Err("not supported: this monitor has no disks".into())
     }
 
     /// The device-access verifier's counters of a VM. The wiring point for
@@ -142,6 +161,28 @@ pub fn execute(
             }
             ctl.set_memory(idx, weight, floor_mib)
         }
+        Request::SetIo { vm, weight } => {
+            let idx = running(ctl, &vm)?;
+            match u32::try_from(weight) {
+                Ok(w) if (MIN_IO_WEIGHT..=MAX_IO_WEIGHT).contains(&w) => ctl.set_io_weight(idx, w),
+                _ => Err(format!(
+                    "io weight {weight} is out of range ({MIN_IO_WEIGHT}..={MAX_IO_WEIGHT})"
+                )),
+            }
+        }
+        Request::SetDrive {
+            vm,
+            drive,
+            rate_limiter,
+        } => {
+            let idx = running(ctl, &vm)?;
+            ctl.set_drive_limits(
+                idx,
+                &drive,
+                bucket_update(rate_limiter.bandwidth),
+                bucket_update(rate_limiter.ops),
+            )
+        }
         Request::AccessCounters { vm } => {
             let idx = find(ctl, &vm)?;
             ctl.access_counters(idx)
@@ -150,6 +191,21 @@ pub fn execute(
             ctl.shutdown("shutdown through the control socket");
             Ok(json!({ "state": "stopping" }))
         }
+    }
+}
+
+/// What a `set-drive` does to one bucket (Firecracker's meaning: a size or
+/// refill time of 0 removes it).
+fn bucket_update(patch: Option<Option<BucketPatch>>) -> BucketUpdate {
+    match patch {
+        None => BucketUpdate::Keep,
+        Some(None) => BucketUpdate::Disable,
+        Some(Some(b)) if b.size == 0 || b.refill_time == 0 => BucketUpdate::Disable,
+        Some(Some(b)) => BucketUpdate::Replace(TokenBucketSpec {
+            size: b.size,
+            one_time_burst: b.one_time_burst,
+            refill_time_ms: b.refill_time,
+        }),
     }
 }
 

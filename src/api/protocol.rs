@@ -41,6 +41,18 @@ pub enum Request {
         weight: Option<u64>,
         floor_mib: Option<u64>,
     },
+    /// A VM's `io.weight` (its share of `host.io`).
+    SetIo {
+        vm: String,
+        weight: u64,
+    },
+    /// A drive's rate limiter (Firecracker's `PATCH /drives`): a bucket
+    /// left out is kept, `null` or a size or refill time of 0 removes it.
+    SetDrive {
+        vm: String,
+        drive: String,
+        rate_limiter: LimiterPatch,
+    },
     /// The device-access verifier's counters of one VM.
     AccessCounters {
         vm: String,
@@ -50,8 +62,30 @@ pub enum Request {
 }
 
 /// `Some(x)` for a field that is present (even as `null`), `None` if absent.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
-    Option::<f64>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The buckets of a `set-drive`: absent (keep), `null` (remove) or new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimiterPatch {
+    #[serde(default, deserialize_with = "present")]
+    pub bandwidth: Option<Option<BucketPatch>>,
+    #[serde(default, deserialize_with = "present")]
+    pub ops: Option<Option<BucketPatch>>,
+}
+
+/// One token bucket as Firecracker's API takes it (`refill_time` in ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketPatch {
+    pub size: u64,
+    #[serde(default)]
+    pub one_time_burst: u64,
+    pub refill_time: u64,
 }
 
 impl Request {
@@ -72,7 +106,9 @@ impl Request {
             | Request::Resume { vm }
             | Request::Stop { vm }
             | Request::SetCpu { vm, .. }
-            | Request::SetMemory { vm, .. } => (Grant::Control, Some(vm)),
+            | Request::SetMemory { vm, .. }
+            | Request::SetIo { vm, .. }
+            | Request::SetDrive { vm, .. } => (Grant::Control, Some(vm)),
             Request::Shutdown {} => (Grant::Admin, None),
         }
     }
@@ -127,6 +163,45 @@ mod tests {
         assert_eq!(
             Request::parse(br#"{"op":"stats"}"#),
             Ok(Request::Stats { vm: None })
+        );
+    }
+
+    #[test]
+    fn set_drive_keeps_removes_or_replaces_each_bucket() {
+        let r = Request::parse(
+            br#"{"op":"set-drive","vm":"a","drive":"root","rate_limiter":{"bandwidth":{"size":10,"refill_time":1000},"ops":null}}"#,
+        )
+        .expect("parses");
+        let Request::SetDrive { rate_limiter, .. } = r else {
+            panic!("not set-drive: {r:?}");
+        };
+        assert_eq!(
+            rate_limiter.bandwidth,
+            Some(Some(BucketPatch {
+                size: 10,
+                one_time_burst: 0,
+                refill_time: 1000
+            }))
+        );
+        assert_eq!(rate_limiter.ops, Some(None));
+        let keep = Request::parse(br#"{"op":"set-drive","vm":"a","drive":"d","rate_limiter":{}}"#);
+        assert!(matches!(
+            keep,
+            Ok(Request::SetDrive {
+                rate_limiter: LimiterPatch {
+                    bandwidth: None,
+                    ops: None
+                },
+                ..
+            })
+        ));
+        let bad = Request::parse(
+            br#"{"op":"set-drive","vm":"a","drive":"d","rate_limiter":{"bandwidth":{"size":1}}}"#,
+        );
+        assert!(bad.expect_err("no refill_time").contains("refill_time"));
+        assert_eq!(
+            Request::parse(br#"{"op":"set-io","vm":"a","weight":300}"#).map(|r| r.needs().0),
+            Ok(Grant::Control)
         );
     }
 

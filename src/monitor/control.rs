@@ -25,6 +25,7 @@ impl Monitor {
             acl: Default::default(),
             balloon: e.last_balloon.clone(),
             serial: e.output.as_ref().map(|r| (r.written(), r.dropped())),
+            io: e.last_io.clone(),
         };
         match &e.state {
             VmState::Running(vm) => VmStats {
@@ -34,6 +35,11 @@ impl Monitor {
                 exits: vm.exit_stats(),
                 acl: vm.verifier.stats(),
                 balloon: vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b)),
+                io: vm
+                    .devices
+                    .disks
+                    .as_ref()
+                    .map(|d| d.to_json(e.io_weight, self.io.vm_stats(id))),
                 ..base
             },
             VmState::Stopping => base,
@@ -94,6 +100,14 @@ impl Control for Monitor {
         );
         let (mem_ticks, mem_cost) = self.mem.cost();
         stats::add_memory(&mut value, self.mem.budget_mib(), mem_ticks, mem_cost);
+        let (io_ticks, io_cost) = self.io.cost();
+        let budget = self.io.budget();
+        value["io"] = serde_json::json!({
+            "bytes_per_s": budget.and_then(|b| b.bytes_per_s),
+            "ops_per_s": budget.and_then(|b| b.ops_per_s),
+            "ticks": io_ticks,
+            "cost_ns": io_cost,
+        });
         value
     }
 
@@ -150,6 +164,32 @@ impl Control for Monitor {
             VmState::Stopped(r) => Ok(r.acl.to_json()),
             VmState::Stopping => Err(format!("vm {} is stopping", e.name)),
         }
+    }
+
+    fn set_io_weight(&mut self, vm: usize, weight: u32) -> Result<serde_json::Value, String> {
+        let Some((id, e)) = self.nth_mut(vm) else {
+            return Err("no such VM".into());
+        };
+        let name = e.name.clone();
+        e.io_weight = weight;
+        self.io.set_weight(id, weight);
+        Ok(serde_json::json!({"vm": name, "io_weight": weight}))
+    }
+
+    fn set_drive_limits(
+        &mut self,
+        vm: usize,
+        drive: &str,
+        bandwidth: crate::ratelimit::BucketUpdate,
+        ops: crate::ratelimit::BucketUpdate,
+    ) -> Result<serde_json::Value, String> {
+        let (_, e) = self.nth(vm).ok_or_else(|| "no such VM".to_string())?;
+        let disks = e.running().and_then(|v| v.devices.disks.as_ref());
+        let Some(handle) = disks.and_then(|d| d.drive(drive)) else {
+            return Err(format!("vm {} has no drive {drive:?}", e.name));
+        };
+        handle.update_limits(bandwidth, ops);
+        Ok(handle.stats().to_json())
     }
 
     fn set_memory(

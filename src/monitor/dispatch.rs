@@ -15,6 +15,7 @@ pub(super) const TAG_SCHED: u32 = 2;
 pub(super) const TAG_STATS: u32 = 3;
 pub(super) const TAG_MEM: u32 = 4;
 pub(super) const TAG_REAPED: u32 = 5;
+pub(super) const TAG_IO: u32 = 6;
 /// A VM's exit eventfd: `TAG_VM_EXIT + id`.
 pub(super) const TAG_VM_EXIT: u32 = 16;
 
@@ -54,6 +55,12 @@ impl Monitor {
         let _ = vm.shared.exit_evt.read();
         let _ = ops.remove(vm_exit_events(&vm, id));
         entry.last_balloon = vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b));
+        entry.last_io = vm
+            .devices
+            .disks
+            .as_ref()
+            .map(|d| d.to_json(entry.io_weight, self.io.vm_stats(id)));
+        self.io.remove_vm(id);
         let job = TearDown {
             id,
             throttle_events: self.sched.vm_stats(id).throttle_events,
@@ -159,6 +166,9 @@ impl MutEventSubscriber for Monitor {
             EventSet::IN,
         ));
         add(Events::with_data(self.mem.timer(), TAG_MEM, EventSet::IN));
+        if self.io.budget().is_some() {
+            add(Events::with_data(self.io.timer(), TAG_IO, EventSet::IN));
+        }
         add(Events::with_data(
             &self.reaped_evt,
             TAG_REAPED,
@@ -199,6 +209,7 @@ impl MutEventSubscriber for Monitor {
             }
             TAG_MEM => self.on_mem_tick(),
             TAG_REAPED => self.reaped(),
+            TAG_IO => self.io.on_timer(),
             tag if tag >= TAG_VM_EXIT => self.vm_exited((tag - TAG_VM_EXIT) as VmId, ops),
             other => log::warn!("monitor: unexpected event tag {other}"),
         }

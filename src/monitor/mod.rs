@@ -77,6 +77,10 @@ pub struct VmEntry {
     pub last_balloon: Option<crate::mem::BalloonStats>,
     /// Its serial output's ring (for the dropped-bytes count).
     pub output: Option<std::sync::Arc<crate::output::OutputRing>>,
+    /// `io.weight` now (the control socket may change it).
+    pub io_weight: u32,
+    /// Its disks' figures when it stopped (kept for statistics).
+    pub last_io: Option<serde_json::Value>,
 }
 
 impl VmEntry {
@@ -117,6 +121,8 @@ pub(crate) struct Monitor {
     signal: Option<i32>,
     sched: CpuScheduler,
     mem: MemoryManager,
+    /// `host.io` shared by `io.weight` (docs/shares.md).
+    io: crate::share::ShareRuntime,
     stats_timer: TimerFd,
     stats_file: Option<PathBuf>,
     started: Instant,

@@ -49,6 +49,8 @@ pub enum MonitorError {
     Api(#[from] crate::api::ApiError),
     #[error("seccomp: {0}")]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("host.io: {0}")]
+    Io(crate::share::RuntimeError),
 }
 
 fn setup_err(what: &'static str) -> impl FnOnce(io::Error) -> MonitorError {
@@ -164,6 +166,8 @@ fn build_all(
                 memory: vm_spec.memory,
                 last_balloon: None,
                 output: rings.get(id).cloned().flatten(),
+                io_weight: vm_spec.io.weight,
+                last_io: None,
             },
         );
     }
@@ -187,6 +191,7 @@ fn start_monitor(
     let mut sched = CpuScheduler::new(allowed_cpus, spec.host.sched_tick_ms)
         .map_err(setup_err("scheduler timer"))?;
     let mut mem = MemoryManager::new(spec.host.memory).map_err(setup_err("memory timer"))?;
+    let mut io = crate::share::ShareRuntime::new(spec.host.io).map_err(MonitorError::Io)?;
     let mut stats_timer = TimerFd::new().map_err(|e| setup_err("statistics timer")(e.into()))?;
     if opts.stats_file.is_some() {
         stats_timer
@@ -197,6 +202,10 @@ fn start_monitor(
         let VmState::Running(vm) = &mut e.state else {
             continue;
         };
+        // Before the vCPUs run, so a drive's first request finds its share.
+        if let Some(d) = &vm.devices.disks {
+            io.add_vm(*id, e.io_weight, d.share.clone(), d.wakers());
+        }
         vm.start().map_err(|source| MonitorError::Vm {
             name: e.name.clone(),
             source,
@@ -212,6 +221,7 @@ fn start_monitor(
         log::info!("the CPU scheduler is off (host.cpu.scheduler): the host's scheduler alone shares the CPUs");
     }
     mem.start().map_err(setup_err("memory timer"))?;
+    io.start().map_err(MonitorError::Io)?;
     let (reap_tx, reaped) = std::sync::mpsc::channel();
     Ok(Monitor {
         vms,
@@ -220,6 +230,7 @@ fn start_monitor(
         signal: None,
         sched,
         mem,
+        io,
         stats_timer,
         stats_file: opts.stats_file.clone(),
         started: Instant::now(),

@@ -180,6 +180,12 @@ impl DriveShared {
     }
 }
 
+impl crate::share::Wake for DriveShared {
+    fn wake(&self) {
+        DriveShared::wake(self);
+    }
+}
+
 /// The virtio-blk front: features and configuration space.
 pub struct Block {
     disk: Arc<Disk>,
@@ -333,9 +339,74 @@ pub struct VmDisks {
 }
 
 impl VmDisks {
-    /// The eventfds that wake the VM's drives (for the share runtime).
-    pub fn wakers(&self) -> Vec<Arc<DriveShared>> {
-        self.drives.iter().map(|d| d.shared.clone()).collect()
+    /// What wakes the VM's drives (for the share runtime).
+    pub fn wakers(&self) -> Vec<Arc<dyn crate::share::Wake>> {
+        self.drives
+            .iter()
+            .map(|d| d.shared.clone() as Arc<dyn crate::share::Wake>)
+            .collect()
+    }
+}
+
+fn bucket_json(b: Option<crate::config::TokenBucketSpec>) -> serde_json::Value {
+    b.map_or(serde_json::Value::Null, |b| {
+        serde_json::json!({
+            "size": b.size,
+            "one_time_burst": b.one_time_burst,
+            "refill_time": b.refill_time_ms,
+        })
+    })
+}
+
+impl DriveStats {
+    pub fn to_json(&self) -> serde_json::Value {
+        let l = &self.limiter;
+        serde_json::json!({
+            "id": self.id,
+            "read_bytes": self.read_bytes,
+            "write_bytes": self.write_bytes,
+            "reads": self.reads,
+            "writes": self.writes,
+            "flushes": self.flushes,
+            "errors": self.errors,
+            "needs_reset": self.needs_reset,
+            "failures": self.failures,
+            "rate_limiter": {
+                "bandwidth": bucket_json(self.limits.bandwidth),
+                "ops": bucket_json(self.limits.ops),
+                "throttled": l.throttled,
+                "throttled_events": l.throttled_events,
+                "throttled_ns": l.throttled_ns,
+            },
+        })
+    }
+}
+
+impl VmDisks {
+    /// The VM's disk figures: its weight, what it took from its share of
+    /// `host.io` (`share`, when the runtime knows the VM) and each drive.
+    pub fn to_json(
+        &self,
+        weight: u32,
+        share: Option<crate::share::ShareStats>,
+    ) -> serde_json::Value {
+        let drives: Vec<serde_json::Value> =
+            self.drives.iter().map(|d| d.stats().to_json()).collect();
+        serde_json::json!({
+            "weight": weight,
+            "share": share.map(|s| serde_json::json!({
+                "bytes": s.bytes,
+                "ops": s.ops,
+                "throttle_events": s.throttle_events,
+                "throttled_ns": s.throttled_ns,
+            })),
+            "drives": drives,
+        })
+    }
+
+    /// The drive called `id`.
+    pub fn drive(&self, id: &str) -> Option<&DriveHandle> {
+        self.drives.iter().find(|d| d.id == id)
     }
 }
 
