@@ -106,6 +106,7 @@ impl Control for Monitor {
             "bytes_per_s": budget.and_then(|b| b.bytes_per_s),
             "ops_per_s": budget.and_then(|b| b.ops_per_s),
             "ticks": io_ticks,
+            "missed_ticks": self.io.missed_ticks(),
             "cost_ns": io_cost,
         });
         value

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::policy::MAX_TICK_BUDGET_MILLI;
 use super::{Grant, ShareError, SharePolicy, ShareStats, SharedBucket, VmId};
 use crate::config::HostShareSpec;
 
@@ -47,7 +48,11 @@ pub struct ShareRuntime {
     timer: TimerFd,
     ticks: u64,
     cost_ns: u64,
+    missed: u64,
 }
+
+/// The most ticks one late tick makes up for.
+const MAX_CATCH_UP: u64 = 10;
 
 impl ShareRuntime {
     /// A runtime for `spec` (`None`: no budget, nothing is limited).
@@ -61,6 +66,7 @@ impl ShareRuntime {
             timer,
             ticks: 0,
             cost_ns: 0,
+            missed: 0,
         })
     }
 
@@ -146,14 +152,22 @@ impl ShareRuntime {
     /// The timer fired: one tick.
     pub fn on_timer(&mut self) {
         let start = crate::host::current_thread_cpu_ns();
-        let _ = self.timer.wait();
-        self.tick();
+        // A late loop finds several expirations: the budget of each is
+        // handed out now, or the host would lose it (at most 10 ticks' worth).
+        let expired = self.timer.wait().unwrap_or(1).clamp(1, MAX_CATCH_UP);
+        self.missed += expired - 1;
+        self.tick_times(expired);
         self.ticks += 1;
         self.cost_ns += crate::host::current_thread_cpu_ns().saturating_sub(start);
     }
 
     /// One tick: usage in, grants out, waiting devices woken.
     pub fn tick(&mut self) {
+        self.tick_times(1);
+    }
+
+    /// A tick standing for `n` ticks of time: each grant times `n`.
+    fn tick_times(&mut self, n: u64) {
         let Some(policy) = &mut self.policy else {
             return;
         };
@@ -163,7 +177,10 @@ impl ShareRuntime {
             .iter()
             .map(|(id, m)| (*id, m.bucket.usage(tick_ns)))
             .collect();
-        for grant in policy.tick(&usage) {
+        for mut grant in policy.tick(&usage) {
+            let scale = |g: Option<u64>| g.map(|g| g.saturating_mul(n).min(MAX_TICK_BUDGET_MILLI));
+            grant.bytes_milli = scale(grant.bytes_milli);
+            grant.ops_milli = scale(grant.ops_milli);
             if let Some(m) = self.vms.get(&grant.vm) {
                 if m.bucket.fill(&grant) {
                     m.wakers.iter().for_each(|w| w.wake());
@@ -175,6 +192,11 @@ impl ShareRuntime {
     /// Ticks so far and the CPU time they cost the event loop, in ns.
     pub fn cost(&self) -> (u64, u64) {
         (self.ticks, self.cost_ns)
+    }
+
+    /// Timer expirations the loop was too late for (caught up in a later tick).
+    pub fn missed_ticks(&self) -> u64 {
+        self.missed
     }
 }
 
