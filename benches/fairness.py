@@ -6,8 +6,11 @@ script reads it once per window and reports, per 1 s window, each VM's share
 against its entitlement w_i / sum(w), the relative error, Jain's fairness
 index over the normalised shares, and the scheduler's own CPU cost. It writes
 docs/scheduler-shares.png (share over time) and prints a Markdown table.
+With --caps it measures `cpu.max` instead: one spinning VM at a time on host
+CPU 0 with caps 0.1, 0.3, 0.5 and 0.8, each VM's CPU use (its vCPU threads'
+CPU clocks) over the whole run and over every 1 s window.
 
-    cargo build --release && benches/fairness.py [--seconds 10] [--compare]   (Debian python3 + python3-matplotlib)
+    cargo build --release && benches/fairness.py [--seconds 10] [--compare] [--caps]   (Debian python3 + python3-matplotlib)
 """
 import argparse
 import glob
@@ -89,6 +92,57 @@ def compare(hearth, elf, seconds):
               f"| {off[num] / off[den]:.2f} ({off[num]:.2f} s / {off[den]:.2f} s) |")
 
 
+def snapshots(stats_path, seconds):
+    """Every distinct statistics snapshot (rewritten each second) for `seconds`."""
+    seen = []
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        time.sleep(0.05)
+        s = read_stats(stats_path)
+        if s is not None and (not seen or seen[-1]["elapsed_s"] != s["elapsed_s"]):
+            seen.append(s)
+    return seen
+
+
+def caps(hearth, elf, seconds):
+    """One VM spinning under each cap on host CPU 0: share of a CPU over the
+    whole run (after the first snapshot) and the worst 1 s window."""
+    print("| cpu.max | used (whole run) | error | 1 s windows: min .. max | highest window over the cap |")
+    print("|---|---|---|---|---|")
+    for cap in (0.1, 0.3, 0.5, 0.8):
+        work = tempfile.mkdtemp(prefix="hearth-cap-")
+        cfg = {
+            "host": {"cpu": {"cpus": [0]}},
+            "vms": [{
+                "name": "capped",
+                "kernel": {"path": elf, "cmdline": "hearth.scenario=spin hearth.spin_chunk=1000000"},
+                "cpu": {"vcpus": 1, "max": cap},
+                "memory": {"size_mib": 32},
+                "serial": {"output": "off", "stdin": False},
+            }],
+        }
+        path = os.path.join(work, "monitor.json")
+        stats_path = os.path.join(work, "stats.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        proc = subprocess.Popen([hearth, "run", "--config", path, "--stats-file", stats_path],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        snaps = snapshots(stats_path, seconds)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        points = [(s["elapsed_s"], s["vms"][0]["cpu"]["used_ns"] / 1e9) for s in snaps[1:]]
+        if len(points) < 2:
+            print(f"| {cap} | too few snapshots | | | |")
+            continue
+        windows = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(points, points[1:])]
+        whole = (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
+        # Windows under the cap mean the shared machine gave the VM less
+        # CPU than its cap; a window over it is the cap not holding.
+        over = (max(windows) - cap) / cap
+        print(f"| {cap} | {whole:.3f} | {(whole - cap) / cap:+.1%} | {min(windows):.3f} .. {max(windows):.3f} "
+              f"| {over:+.1%} |")
+
+
 def read_stats(path):
     try:
         with open(path) as f:
@@ -109,9 +163,16 @@ def main():
     ap.add_argument("--png", default=os.path.join(ROOT, "docs/scheduler-shares.png"))
     ap.add_argument("--compare", action="store_true",
                     help="also run two VMs with the scheduler on and off (host.cpu.scheduler)")
+    ap.add_argument("--caps", action="store_true",
+                    help="only measure cpu.max caps 0.1, 0.3, 0.5 and 0.8 (--seconds each)")
+    ap.add_argument("--hearth", default=os.path.join(ROOT, "target/release/hearth"),
+                    help="the hearth binary to measure")
     args = ap.parse_args()
 
-    hearth = os.path.join(ROOT, "target/release/hearth")
+    hearth = args.hearth
+    if args.caps:
+        caps(hearth, guest_elf(), args.seconds)
+        return
     if args.compare:
         compare(hearth, guest_elf(), 5)
         print()

@@ -22,7 +22,7 @@ use crate::devices::i8042::{I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialOut, COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::devices::{Cmos, IrqLine, SerialDevice, I8042};
 use crate::layout::{ram_ranges, MmioSlot, KVM_TSS_ADDR, MIB};
-use crate::lifecycle::{VmOutcome, VmShared};
+use crate::lifecycle::{ExitQueue, VmOutcome, VmShared};
 use crate::vcpu::Vcpu;
 use crate::verifier::{DeviceRange, Op, Verifier};
 use crate::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
@@ -60,6 +60,11 @@ pub struct BuildOptions {
     /// System call filters of its vCPU threads and of its device thread.
     pub vcpu_seccomp: Option<Arc<seccompiler::BpfProgram>>,
     pub device_seccomp: Option<Arc<seccompiler::BpfProgram>>,
+    /// The writer of its serial log file, when it has one (the VM owns it).
+    pub file_writer: Option<crate::output::OutputWriter>,
+    /// Where the VM says it stops, and its id there (default: a queue of
+    /// its own, for a VM driven without a monitor).
+    pub exits: Option<(Arc<ExitQueue>, usize)>,
 }
 
 /// What is being built, while it is.
@@ -93,7 +98,14 @@ pub fn build_vm(kvm: &Kvm, spec: &VmSpec, opts: BuildOptions) -> Result<Vm, VmEr
         &plan.cmdline,
     )?;
     cpu::setup_page_tables(&mem).map_err(|source| VmError::Cpu { id: 0, source })?;
-    let shared = Arc::new(VmShared::new(&spec.name).map_err(io_err("create exit eventfd"))?);
+    let (exits, id) = match opts.exits {
+        Some(e) => e,
+        None => (
+            ExitQueue::new().map_err(io_err("create an exit eventfd"))?,
+            0,
+        ),
+    };
+    let shared = Arc::new(VmShared::new(&spec.name, exits, id));
 
     let mut b = Build {
         spec,
@@ -164,6 +176,7 @@ pub fn build_vm(kvm: &Kvm, spec: &VmSpec, opts: BuildOptions) -> Result<Vm, VmEr
         vcpus,
         devices: b.devices,
         device_thread: b.device_thread,
+        file_writer: opts.file_writer,
         fd: b.fd,
         mem: b.mem,
     }))

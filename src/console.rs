@@ -59,9 +59,13 @@ impl EscapeFilter {
     }
 }
 
+/// The serial port the console feeds: set once its VM is built (input
+/// that arrives before waits, as when the guest's FIFO is full).
+pub type ConsoleTarget = Arc<Mutex<Option<Arc<Mutex<Serial>>>>>;
+
 pub struct Console {
     stdin: io::Stdin,
-    serial: Arc<Mutex<Serial>>,
+    serial: ConsoleTarget,
     quit: EventFd,
     filter: EscapeFilter,
     pending: VecDeque<u8>,
@@ -70,7 +74,7 @@ pub struct Console {
 }
 
 impl Console {
-    pub fn new(serial: Arc<Mutex<Serial>>, quit: EventFd) -> io::Result<Self> {
+    pub fn new(serial: ConsoleTarget, quit: EventFd) -> io::Result<Self> {
         Ok(Console {
             stdin: io::stdin(),
             serial,
@@ -88,7 +92,10 @@ impl Console {
 
     /// Offers pending input to the guest; returns whether all of it fitted.
     fn flush(&mut self) -> bool {
-        let mut serial = lock(&self.serial);
+        let Some(serial) = lock(&self.serial).clone() else {
+            return self.pending.is_empty();
+        };
+        let mut serial = lock(&serial);
         while !self.pending.is_empty() {
             let (front, _) = self.pending.as_slices();
             let taken = serial.enqueue_input(front);

@@ -54,6 +54,20 @@ enum CtlCommand {
     Counters { vm: String },
     /// Stop every VM (the monitor exits).
     Shutdown,
+    /// Add a VM from a definition file (Hearth's JSON for one VM; relative
+    /// paths resolve against the file's directory). Waits until it is built.
+    Create {
+        file: PathBuf,
+        /// Start it once built.
+        #[arg(long)]
+        start: bool,
+    },
+    /// Start a created VM.
+    Start { vm: String },
+    /// Stop a VM if it runs, then forget it (waits until it is gone).
+    Delete { vm: String },
+    /// Stop a VM if it runs, then build and start it again (waits until it runs).
+    Restart { vm: String },
     /// Send a raw JSON request line.
     Request { json: String },
 }
@@ -113,6 +127,10 @@ fn request(command: CtlCommand) -> Result<Value, String> {
         }
         CtlCommand::Counters { vm } => json!({"op": "access-counters", "vm": vm}),
         CtlCommand::Shutdown => json!({"op": "shutdown"}),
+        CtlCommand::Create { file, start } => create_request(&file, start)?,
+        CtlCommand::Start { vm } => json!({"op": "start", "vm": vm}),
+        CtlCommand::Delete { vm } => json!({"op": "delete", "vm": vm}),
+        CtlCommand::Restart { vm } => json!({"op": "restart", "vm": vm}),
         CtlCommand::Request { json } => {
             serde_json::from_str(&json).map_err(|e| format!("not JSON: {e}"))?
         }
@@ -136,6 +154,27 @@ fn bucket(text: &str) -> Result<Value, String> {
         }
         _ => Err(bad()),
     }
+}
+
+/// Most bytes of a VM definition file (as a config file).
+const MAX_DEFINITION: u64 = 16 << 20;
+
+/// A `create` request: the definition read from `file`, its directory as
+/// the base of relative paths.
+fn create_request(file: &std::path::Path, start: bool) -> Result<Value, String> {
+    use std::io::Read;
+    let shown = file.display();
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_DEFINITION).read_to_string(&mut text))
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let vm: Value = serde_json::from_str(&text).map_err(|e| format!("{shown}: not JSON: {e}"))?;
+    let absolute = std::path::absolute(file).map_err(|e| format!("{shown}: {e}"))?;
+    let base_dir = absolute
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/".into());
+    Ok(json!({"op": "create", "vm": vm, "base_dir": base_dir, "start": start}))
 }
 
 pub fn main(args: CtlArgs) -> ExitCode {

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -110,23 +110,59 @@ impl fmt::Display for VmOutcome {
     }
 }
 
+/// Where VMs that start stopping say so: one eventfd the monitor's event
+/// loop watches for all its VMs, and the ids of those that stopped.
+pub struct ExitQueue {
+    evt: EventFd,
+    ids: Mutex<Vec<usize>>,
+}
+
+impl ExitQueue {
+    pub fn new() -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(ExitQueue {
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            ids: Mutex::new(Vec::new()),
+        }))
+    }
+
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+
+    /// The VMs that started stopping since the last call.
+    pub fn take(&self) -> Vec<usize> {
+        let _ = self.evt.read();
+        std::mem::take(&mut *lock(&self.ids))
+    }
+
+    fn push(&self, id: usize) {
+        lock(&self.ids).push(id);
+        if let Err(e) = self.evt.write(1) {
+            log::error!("cannot signal the monitor that VM {id} stops: {e}");
+        }
+    }
+}
+
 /// State a VM's vCPU threads share with the monitor.
 pub struct VmShared {
     pub name: String,
     stopping: AtomicBool,
     outcome: Mutex<Option<VmOutcome>>,
-    /// Written when the VM starts stopping; the monitor's event loop waits on it.
-    pub exit_evt: EventFd,
+    /// Told (with `id`) when the VM starts stopping.
+    exits: Arc<ExitQueue>,
+    id: usize,
 }
 
 impl VmShared {
-    pub fn new(name: &str) -> std::io::Result<Self> {
-        Ok(VmShared {
+    /// The state of VM `id`, which reports its stop to `exits`.
+    pub fn new(name: &str, exits: Arc<ExitQueue>, id: usize) -> Self {
+        VmShared {
             name: name.to_string(),
             stopping: AtomicBool::new(false),
             outcome: Mutex::new(None),
-            exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
-        })
+            exits,
+            id,
+        }
     }
 
     /// Asks the VM to stop for `outcome`. Only the first request counts;
@@ -139,9 +175,8 @@ impl VmShared {
         log::debug!("{}: stopping: {outcome}", self.name);
         *slot = Some(outcome);
         self.stopping.store(true, Ordering::Release);
-        if let Err(e) = self.exit_evt.write(1) {
-            log::error!("{}: cannot signal the monitor: {e}", self.name);
-        }
+        drop(slot);
+        self.exits.push(self.id);
         true
     }
 
@@ -162,13 +197,15 @@ mod tests {
 
     #[test]
     fn first_stop_reason_wins() {
-        let vm = VmShared::new("t").unwrap();
+        let exits = ExitQueue::new().unwrap();
+        let vm = VmShared::new("t", exits.clone(), 7);
         assert!(!vm.stopping());
         assert!(vm.request_stop(VmOutcome::Reset));
         assert!(!vm.request_stop(VmOutcome::Error("late".into())));
         assert!(vm.stopping());
         assert_eq!(vm.outcome(), Some(VmOutcome::Reset));
-        assert_eq!(vm.exit_evt.read().unwrap(), 1);
+        assert_eq!(exits.take(), vec![7]);
+        assert!(exits.take().is_empty());
     }
 
     #[test]

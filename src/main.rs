@@ -50,6 +50,28 @@ enum Command {
     /// Send one request to a running monitor's control socket and print
     /// the reply (exit status 1 on an error reply).
     Ctl(ctl::CtlArgs),
+    /// Run a monitor as a service: VMs are created, started, stopped and
+    /// deleted through its control socket while it runs; it stops on a
+    /// `shutdown` request, SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The control socket (mode 0600; the monitor's own user is admin
+    /// unless the monitor file's host.api says otherwise).
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// A monitor file: its host policy, and VMs to start at once (its
+    /// "vms" may be empty).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Rewrite this file with per-VM statistics (JSON) every second.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+    /// Turn the per-thread seccomp filters off (for debugging).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 #[derive(Args)]
@@ -93,6 +115,46 @@ fn report_config_errors(errors: &config::ConfigErrors) {
     }
 }
 
+/// The control socket `--api-socket` names, unless the file's `host.api`
+/// gives one (the flag then only moves it).
+fn set_api_socket(spec: &mut MonitorSpec, socket: Option<PathBuf>) {
+    if let Some(socket) = socket {
+        let socket = std::path::absolute(&socket).unwrap_or(socket);
+        match &mut spec.host.api {
+            Some(api) => api.socket = socket,
+            None => {
+                spec.host.api = Some(config::ApiSpec::owner_only(socket, config::own_uid()));
+            }
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let parsed = match &args.config {
+        Some(file) => config::load_serve_file(file),
+        None => Ok(MonitorSpec {
+            vms: Vec::new(),
+            host: config::HostSpec::default(),
+        }),
+    };
+    let mut spec = match parsed {
+        Ok(spec) => spec,
+        Err(errors) => {
+            report_config_errors(&errors);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    set_api_socket(&mut spec, args.api_socket);
+    if args.no_seccomp {
+        spec.host.seccomp = false;
+    }
+    let opts = monitor::RunOptions {
+        stats_file: args.stats_file,
+        serve: true,
+    };
+    finish(monitor::run(&spec, &opts))
+}
+
 fn run(args: RunArgs) -> ExitCode {
     let parsed = match &args.config {
         Some(file) => config::load_file(file),
@@ -113,23 +175,20 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
 
-    if let Some(socket) = args.api_socket {
-        let socket = std::path::absolute(&socket).unwrap_or(socket);
-        match &mut spec.host.api {
-            Some(api) => api.socket = socket,
-            None => {
-                spec.host.api = Some(config::ApiSpec::owner_only(socket, config::own_uid()));
-            }
-        }
-    }
+    set_api_socket(&mut spec, args.api_socket);
     if args.no_seccomp {
         spec.host.seccomp = false;
     }
-
     let opts = monitor::RunOptions {
         stats_file: args.stats_file,
+        serve: false,
     };
-    match monitor::run(&spec, &opts) {
+    finish(monitor::run(&spec, &opts))
+}
+
+/// The exit status of a run, after its summary.
+fn finish(result: Result<monitor::MonitorReport, monitor::MonitorError>) -> ExitCode {
+    match result {
         Ok(report) => {
             if report.vms.len() > 1 {
                 let total: u64 = report.vms.iter().map(|r| r.cpu_ns).sum();
@@ -176,6 +235,7 @@ fn main() -> ExitCode {
     hearth::logger::init(cli.log_level);
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Serve(args) => serve(args),
         Command::Ctl(args) => ctl::main(args),
         Command::Convert { file } => match config::convert_file(&file) {
             Ok(json) => {

@@ -114,35 +114,44 @@ pub enum Sink {
     File(std::fs::File),
 }
 
+/// The rings a writer serves, each with the prefix of its lines.
+type Rings = Arc<Mutex<Vec<(Arc<OutputRing>, Option<String>)>>>;
+
 /// One destination and the rings that go to it, served by one thread.
+/// Rings may be added and removed while it runs (VMs come and go).
 pub struct OutputWriter {
     wakeup: Arc<Wakeup>,
-    rings: Vec<(Arc<OutputRing>, Option<String>)>,
+    rings: Rings,
     sink: Option<Sink>,
-    done: Option<std::sync::mpsc::Receiver<()>>,
+    done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 impl OutputWriter {
     pub fn new(sink: Sink) -> Self {
         OutputWriter {
             wakeup: Arc::default(),
-            rings: Vec::new(),
+            rings: Arc::default(),
             sink: Some(sink),
-            done: None,
+            done: Mutex::new(None),
         }
     }
 
     /// A ring for one VM; its lines are prefixed with `prefix` if given.
-    pub fn ring(&mut self, prefix: Option<&str>) -> Arc<OutputRing> {
+    pub fn ring(&self, prefix: Option<&str>) -> Arc<OutputRing> {
         let ring = Arc::new(OutputRing {
             bytes: Mutex::new(VecDeque::new()),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
             wakeup: self.wakeup.clone(),
         });
-        self.rings
-            .push((ring.clone(), prefix.map(|p| format!("{p}| "))));
+        lock(&self.rings).push((ring.clone(), prefix.map(|p| format!("{p}| "))));
         ring
+    }
+
+    /// Stops serving `ring` once what it holds has been written (the next
+    /// pass drops it).
+    pub fn remove(&self, ring: &Arc<OutputRing>) {
+        lock(&self.rings).retain(|(r, _)| !Arc::ptr_eq(r, ring));
     }
 
     /// Starts the writer thread (with the output class's seccomp filter).
@@ -164,15 +173,15 @@ impl OutputWriter {
                 drain_loop(&wakeup, &rings, sink);
                 let _ = tx.send(());
             })?;
-        self.done = Some(rx);
+        *lock(&self.done) = Some(rx);
         Ok(())
     }
 
     /// Asks the thread to write what is left and waits for it, at most
     /// `within`. A writer stuck on a reader that does not drain is left.
-    pub fn finish(&mut self, within: Duration) -> bool {
+    pub fn finish(&self, within: Duration) -> bool {
         self.wakeup.notify(true);
-        match &self.done {
+        match lock(&self.done).take() {
             Some(rx) => rx.recv_timeout(within).is_ok(),
             None => true,
         }
@@ -185,13 +194,38 @@ impl Drop for OutputWriter {
     }
 }
 
+/// Where one VM's serial output goes: a ring on the shared terminal
+/// writer, or a ring with a writer thread of its own for its log file
+/// (returned, for the VM to own), or nowhere.
+pub fn vm_output(
+    output: &crate::config::SerialOutput,
+    name: &str,
+    terminal: &OutputWriter,
+    prefix: bool,
+    seccomp: Option<Arc<seccompiler::BpfProgram>>,
+) -> io::Result<(Option<Arc<OutputRing>>, Option<OutputWriter>)> {
+    use crate::config::SerialOutput;
+    Ok(match output {
+        SerialOutput::Off => (None, None),
+        SerialOutput::Stdout => (Some(terminal.ring(prefix.then_some(name))), None),
+        SerialOutput::File(path) => {
+            let file = std::fs::File::create(path)?;
+            let mut writer = OutputWriter::new(Sink::File(file));
+            let ring = writer.ring(None);
+            writer.start(seccomp)?;
+            (Some(ring), Some(writer))
+        }
+    })
+}
+
 /// The writer thread: wait for output, drain every ring, write it out.
-fn drain_loop(wakeup: &Wakeup, rings: &[(Arc<OutputRing>, Option<String>)], sink: Sink) {
+fn drain_loop(wakeup: &Wakeup, rings: &Rings, sink: Sink) {
     let mut out: Box<dyn Write> = match sink {
         Sink::Stdout => Box::new(io::stdout()),
         Sink::File(f) => Box::new(f),
     };
-    let mut lines: Vec<Vec<u8>> = vec![Vec::new(); rings.len()];
+    // Partial lines, per ring (keyed by the ring's address).
+    let mut lines: Vec<(usize, Vec<u8>)> = Vec::new();
     let mut chunk = Vec::with_capacity(CHUNK);
     loop {
         let stop = {
@@ -207,8 +241,10 @@ fn drain_loop(wakeup: &Wakeup, rings: &[(Arc<OutputRing>, Option<String>)], sink
         };
         let deadline = Instant::now() + Duration::from_millis(200);
         loop {
+            let current = lock(rings).clone();
+            lines.retain(|(key, _)| current.iter().any(|(r, _)| ring_key(r) == *key));
             let mut any = false;
-            for (i, (ring, prefix)) in rings.iter().enumerate() {
+            for (ring, prefix) in &current {
                 chunk.clear();
                 ring.take(&mut chunk, CHUNK);
                 if chunk.is_empty() {
@@ -218,7 +254,7 @@ fn drain_loop(wakeup: &Wakeup, rings: &[(Arc<OutputRing>, Option<String>)], sink
                 let n = chunk.len() as u64;
                 let ok = match prefix {
                     None => out.write_all(&chunk).and_then(|()| out.flush()),
-                    Some(p) => write_lines(&mut *out, p, &mut lines[i], &chunk),
+                    Some(p) => write_lines(&mut *out, p, partial(&mut lines, ring), &chunk),
                 };
                 if ok.is_ok() {
                     ring.written.fetch_add(n, Ordering::Relaxed);
@@ -229,16 +265,34 @@ fn drain_loop(wakeup: &Wakeup, rings: &[(Arc<OutputRing>, Option<String>)], sink
             }
         }
         if stop {
-            for (i, (_, prefix)) in rings.iter().enumerate() {
-                if let (Some(p), false) = (prefix, lines[i].is_empty()) {
-                    lines[i].push(b'\n');
-                    let _ = emit(&mut *out, p, &mut lines[i]);
+            for (ring, prefix) in lock(rings).iter() {
+                let line = partial(&mut lines, ring);
+                if let (Some(p), false) = (prefix, line.is_empty()) {
+                    line.push(b'\n');
+                    let _ = emit(&mut *out, p, line);
                 }
             }
             let _ = out.flush();
             return;
         }
     }
+}
+
+fn ring_key(ring: &Arc<OutputRing>) -> usize {
+    Arc::as_ptr(ring) as usize
+}
+
+/// The partial line kept for `ring`.
+fn partial<'a>(lines: &'a mut Vec<(usize, Vec<u8>)>, ring: &Arc<OutputRing>) -> &'a mut Vec<u8> {
+    let key = ring_key(ring);
+    let at = match lines.iter().position(|(k, _)| *k == key) {
+        Some(i) => i,
+        None => {
+            lines.push((key, Vec::new()));
+            lines.len() - 1
+        }
+    };
+    &mut lines[at].1
 }
 
 /// Writes whole lines of `bytes`, each starting with `prefix`; keeps a
@@ -287,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_full_ring_drops_and_counts_and_never_blocks() {
-        let mut w = OutputWriter::new(Sink::Stdout);
+        let w = OutputWriter::new(Sink::Stdout);
         let ring = w.ring(None);
         let mut uart = RingWriter(ring.clone());
         // No writer thread runs: nothing drains, nothing blocks.

@@ -36,6 +36,10 @@ pub enum ThreadClass {
     Device,
     /// A serial output writer: drains VMs' output rings to stdout or a file.
     Output,
+    /// A life-cycle worker: builds VMs (opens their images, creates KVM
+    /// objects, maps memory, starts their threads) and tears them down.
+    /// The threads it starts inherit this filter and add their own.
+    Builder,
 }
 
 impl ThreadClass {
@@ -45,6 +49,7 @@ impl ThreadClass {
             ThreadClass::EventLoop => "event-loop",
             ThreadClass::Device => "device",
             ThreadClass::Output => "output",
+            ThreadClass::Builder => "builder",
         }
     }
 }
@@ -110,6 +115,10 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_rename,
     // The socket file is removed at exit.
     libc::SYS_unlink,
+    // Validating a VM for `create`: a kernel's headers, its files' sizes.
+    libc::SYS_pread64,
+    libc::SYS_readlink,
+    libc::SYS_getuid,
     // Kicking vCPU threads (pthread_kill).
     libc::SYS_tgkill,
     libc::SYS_getpid,
@@ -119,14 +128,53 @@ const EVENT_LOOP: &[i64] = &[
     // The terminal restored, the monitor's exit.
     libc::SYS_ioctl,
     libc::SYS_exit_group,
-    // Tear-down threads (a stopped VM's vCPUs joined, its memory unmapped
-    // and its fds closed off the loop): thread creation and naming.
+];
+
+/// A life-cycle worker, beyond COMMON: building a VM, and whatever the
+/// threads it starts (vCPUs, the device thread, a log writer) do before
+/// they install their own filters, which are subsets of this one.
+const BUILDER: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_read,
+    libc::SYS_pread64,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_lseek,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_eventfd2,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
     libc::SYS_clone,
     libc::SYS_clone3,
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
     libc::SYS_prctl,
     libc::SYS_sched_getaffinity,
+    libc::SYS_sched_setaffinity,
+    libc::SYS_seccomp,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_connect,
+    libc::SYS_accept4,
+    libc::SYS_unlink,
+    libc::SYS_getuid,
+    libc::SYS_getrandom,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_exit_group,
 ];
 
 /// A device thread, beyond COMMON: its epoll loop, the queue and timer
@@ -189,6 +237,7 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
         // Its file is closed when it ends (after std's debug-build check
         // that the fd is open, `fcntl(F_GETFD)`).
         ThreadClass::Output => &[libc::SYS_close, libc::SYS_fcntl],
+        ThreadClass::Builder => BUILDER,
     };
     for &nr in COMMON.iter().chain(extra) {
         map.insert(nr, Vec::new());
@@ -201,8 +250,15 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
         // Sockets made non-blocking.
         ThreadClass::Device => &[libc::FIONBIO],
         ThreadClass::Output => &[],
+        ThreadClass::Builder => &[],
     };
-    map.insert(libc::SYS_ioctl, ioctl_rule(ioctls)?);
+    if class == ThreadClass::Builder {
+        // KVM's, the tap's and the terminal's: the builder's callers pass
+        // validated specs; the threads it starts narrow this themselves.
+        map.insert(libc::SYS_ioctl, Vec::new());
+    } else {
+        map.insert(libc::SYS_ioctl, ioctl_rule(ioctls)?);
+    }
     if matches!(class, ThreadClass::Vcpu | ThreadClass::Output) {
         map.insert(
             libc::SYS_fcntl,

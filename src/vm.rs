@@ -76,6 +76,7 @@ pub(crate) struct Parts {
     pub vcpus: Vec<Vcpu>,
     pub devices: VmDevices,
     pub device_thread: Option<DeviceThread>,
+    pub file_writer: Option<crate::output::OutputWriter>,
     pub fd: VmFd,
     pub mem: GuestMemoryMmap,
 }
@@ -97,6 +98,8 @@ pub struct Vm {
     mmio: Arc<Bus>,
     pub devices: VmDevices,
     device_thread: Option<DeviceThread>,
+    /// Its serial log's writer (dropped after the vCPUs: drains what is left).
+    _file_writer: Option<crate::output::OutputWriter>,
     _fd: VmFd,
     _mem: GuestMemoryMmap,
 }
@@ -134,6 +137,7 @@ impl Vm {
             mmio: p.mmio,
             devices: p.devices,
             device_thread: p.device_thread,
+            _file_writer: p.file_writer,
             _fd: p.fd,
             _mem: p.mem,
         }

@@ -168,9 +168,20 @@ fn an_admin_changes_a_weight_and_sees_it_in_the_stats() {
         "not supported: this monitor has no memory budget (host.memory)"
     );
     // The device access verifier's counters: the spinning guest's serial
-    // output went through the implicit allow of its own serial port.
-    let reply = m.call(json!({"op": "access-counters", "vm": "web"}));
-    assert_eq!(reply["ok"], true, "{reply}");
+    // output went through the implicit allow of its own serial port (once
+    // it has printed: on a loaded machine that may take a moment).
+    let start = Instant::now();
+    let reply = loop {
+        let reply = m.call(json!({"op": "access-counters", "vm": "web"}));
+        assert_eq!(reply["ok"], true, "{reply}");
+        let writes = reply["result"]["allowed"]["pio_write"]
+            .as_u64()
+            .unwrap_or(0);
+        if writes > 0 || start.elapsed() > DEADLINE {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         reply["result"]["allowed"]["pio_write"]
             .as_u64()

@@ -267,3 +267,194 @@ fn guest_files_exist_where_build_rs_says() {
     assert!(Path::new(ELF).is_file(), "{ELF}");
     assert!(Path::new(BZIMAGE).is_file(), "{BZIMAGE}");
 }
+
+/// Every scenario the guest README documents, in scenario-table order.
+const SCENARIOS: &[&str] = &[
+    "hello",
+    "smp",
+    "spin",
+    "probe",
+    "exit",
+    "idle",
+    "triple-fault",
+    "wild-jump",
+    "balloon",
+    "mem-grow",
+    "mem-idle",
+    "bad-virtio",
+    "blk-info",
+    "blk-read",
+    "blk-write",
+    "blk-err",
+    "blk-loop",
+    "blk-bench",
+    "blk-bad",
+    "net-info",
+    "net-tx",
+    "net-rx",
+    "net-arp",
+    "net-flood",
+    "net-bench",
+    "hostile",
+    "vsock-echo",
+    "vsock-connect",
+];
+
+/// The bytes at guest physical address `addr` of the loaded image.
+fn image_at(image: &(u64, Vec<u8>, u64), addr: u64) -> &[u8] {
+    let offset = usize::try_from(addr - image.0).expect("an offset into the image");
+    &image.1[offset..]
+}
+
+#[test]
+fn the_scenario_table_holds_every_documented_scenario_and_nothing_else() {
+    let elf = read(ELF);
+    let image = loaded_image(&elf);
+    let end = image.0 + image.1.len() as u64;
+    let mut names = Vec::new();
+    let mut row = symbol("scenario_table");
+    loop {
+        let bytes = image_at(&image, row);
+        let (name, func) = (u64_at(bytes, 0), u64_at(bytes, 8));
+        if name == 0 {
+            break;
+        }
+        assert!(
+            (image.0..end).contains(&func),
+            "scenario function {func:#x} outside the image"
+        );
+        let text = image_at(&image, name);
+        let len = text
+            .iter()
+            .position(|&b| b == 0)
+            .expect("a NUL-terminated name");
+        names.push(String::from_utf8(text[..len].to_vec()).expect("an ASCII name"));
+        row += 16;
+    }
+    assert_eq!(names, SCENARIOS);
+}
+
+#[test]
+fn guest_sources_stay_under_600_lines() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/guest");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("the guest sources") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().is_some_and(|e| e == "S" || e == "h") {
+            let lines = std::fs::read_to_string(&path)
+                .expect("a readable source")
+                .lines()
+                .count();
+            assert!(lines <= 600, "{} has {lines} lines", path.display());
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} sources found in {}",
+        dir.display()
+    );
+}
+
+/// The code of guest function `name`: from its symbol to the next one.
+fn guest_code(name: &str) -> Vec<u8> {
+    let start = symbol(name);
+    let table = tool("nm", &["-n", ELF]);
+    let next = table
+        .lines()
+        .filter_map(|line| u64::from_str_radix(line.split_whitespace().next()?, 16).ok())
+        .find(|&addr| addr > start)
+        .expect("a symbol after the function");
+    let image = loaded_image(&read(ELF));
+    image_at(&image, start)[..usize::try_from(next - start).expect("a small function")].to_vec()
+}
+
+/// Guest code copied into an executable page of this process. Only for
+/// leaf functions that use no RIP-relative addresses.
+struct HostCopy {
+    page: *mut libc::c_void,
+    len: usize,
+}
+
+impl HostCopy {
+    fn new(code: &[u8]) -> HostCopy {
+        let len = code.len().div_ceil(4096) * 4096;
+        // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(page, libc::MAP_FAILED, "mmap");
+        // SAFETY: the mapping is `len >= code.len()` writable bytes and owned here.
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page.cast::<u8>(), code.len()) };
+        // SAFETY: changes the protection of our own mapping only.
+        let rc = unsafe { libc::mprotect(page, len, libc::PROT_READ | libc::PROT_EXEC) };
+        assert_eq!(rc, 0, "mprotect");
+        HostCopy { page, len }
+    }
+}
+
+impl Drop for HostCopy {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping made in `new`, which nothing uses any more.
+        unsafe { libc::munmap(self.page, self.len) };
+    }
+}
+
+fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[test]
+fn the_guests_fnv1a64_is_fnv_1a_64() {
+    let copy = HostCopy::new(&guest_code("fnv1a64"));
+    // SAFETY: the copy is the guest's leaf function fnv1a64(hash: rdi, buf:
+    // rsi, len: rdx) -> rax (System V), which only reads len bytes at buf
+    // and uses caller-saved registers.
+    let guest_fnv: extern "sysv64" fn(u64, *const u8, u64) -> u64 =
+        unsafe { std::mem::transmute(copy.page) };
+    for data in [&b""[..], b"a", b"foobar", &[0xffu8; 1000]] {
+        let want = fnv1a64(data);
+        assert_eq!(
+            guest_fnv(0xcbf2_9ce4_8422_2325, data.as_ptr(), data.len() as u64),
+            want,
+            "FNV-1a 64 of {} bytes",
+            data.len()
+        );
+    }
+    assert_eq!(
+        fnv1a64(b"a"),
+        0xaf63_dc4c_8601_ec8c,
+        "the published test vector"
+    );
+}
+
+#[test]
+fn the_guests_block_pattern_is_the_documented_one() {
+    let copy = HostCopy::new(&guest_code("blk_pattern"));
+    // SAFETY: the copy is the guest's leaf function blk_pattern(buf: rdi,
+    // sector: rsi, sectors: rdx, seed: rcx) (System V), which writes
+    // 512 * sectors bytes at buf and uses caller-saved registers.
+    let pattern: extern "sysv64" fn(*mut u8, u64, u64, u64) =
+        unsafe { std::mem::transmute(copy.page) };
+    let (sector, sectors, seed) = (1000u64, 3u64, 0x1234u64);
+    let mut buf = vec![0u8; 512 * 3];
+    pattern(buf.as_mut_ptr(), sector, sectors, seed);
+    for (i, word) in buf.chunks_exact(8).enumerate() {
+        let (s, o) = (sector + i as u64 / 64, (i as u64 % 64) * 8);
+        let want = (512 * s + o).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
+        assert_eq!(
+            u64::from_le_bytes(word.try_into().expect("8 bytes")),
+            want,
+            "sector {s} offset {o}"
+        );
+    }
+}

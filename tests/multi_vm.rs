@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -143,7 +143,6 @@ fn serial_output_can_go_to_a_log_file_per_vm() {
 #[test]
 fn a_console_nobody_reads_blocks_neither_the_monitor_nor_its_neighbour() {
     use std::process::{Command, Stdio};
-    use std::time::Instant;
     let dir = scratch_dir("blocked-console");
     let log = dir.join("quiet.log");
     let config = write_file(
@@ -173,12 +172,38 @@ fn a_console_nobody_reads_blocks_neither_the_monitor_nor_its_neighbour() {
         .args(["run", "--config", &config, "--stats-file"])
         .arg(&stats)
         .stdin(Stdio::null())
-        // A pipe nobody reads: it fills after 64 KiB.
+        // A pipe nobody reads.
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start hearth");
-    std::thread::sleep(Duration::from_secs(4));
+    // Make it small (4 KiB) so it fills soon.
+    if let Some(out) = &child.stdout {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_SETPIPE_SZ on a pipe this test owns; no memory is passed.
+        unsafe { libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    }
+    // Wait until the loud VM's output has filled the pipe and its ring.
+    let loud = |doc: &serde_json::Value| {
+        doc["vms"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "loud"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let read_stats = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let filling = Instant::now();
+    while loud(&read_stats())["serial"]["dropped_bytes"].as_u64() < Some(1) {
+        assert!(
+            filling.elapsed() < Duration::from_secs(30),
+            "the loud VM never filled its console: {}",
+            loud(&read_stats())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let lines = |p: &std::path::Path| {
         std::fs::read_to_string(p)
             .unwrap_or_default()
@@ -189,9 +214,7 @@ fn a_console_nobody_reads_blocks_neither_the_monitor_nor_its_neighbour() {
     let before = lines(&log);
     std::thread::sleep(Duration::from_secs(2));
     let after = lines(&log);
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
-            .unwrap_or_default();
+    let doc = read_stats();
     // SAFETY: signals the child we started; its pid is valid until we wait.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let sent = Instant::now();
@@ -215,11 +238,7 @@ fn a_console_nobody_reads_blocks_neither_the_monitor_nor_its_neighbour() {
         after > before,
         "the quiet VM runs on while the loud one's console is blocked ({before} -> {after})"
     );
-    let loud = doc["vms"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["name"] == "loud"))
-        .cloned()
-        .unwrap_or_default();
+    let loud = loud(&doc);
     assert!(
         loud["serial"]["dropped_bytes"].as_u64() > Some(0),
         "the loud VM's dropped output is counted: {loud}"

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// How long the client waits for the monitor.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the client waits for the monitor (a create or restart waits
+/// for the VM to be built).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Sends `request` to the control socket at `socket` and returns the reply.
 pub fn call(socket: &Path, request: &Value) -> io::Result<Value> {
@@ -18,7 +19,17 @@ pub fn call(socket: &Path, request: &Value) -> io::Result<Value> {
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = request.to_string();
     line.push('\n');
-    (&stream).write_all(line.as_bytes())?;
+    // A monitor that refuses the client at once (not in its access list,
+    // too many connections) writes its reason and closes: the write may
+    // then fail, and the reason is still there to read.
+    if let Err(e) = (&stream).write_all(line.as_bytes()) {
+        if !matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ) {
+            return Err(e);
+        }
+    }
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply)?;
     if reply.is_empty() {

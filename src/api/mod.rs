@@ -5,16 +5,18 @@
 //! - [`protocol`]: the requests and replies;
 //! - [`acl`]: peer credentials against the access list;
 //! - [`ops`]: what each request does, through the [`ops::Control`] trait
-//!   the monitor implements (the wiring points for the memory allocator
-//!   and the device-access verifier are its two default methods);
+//!   the monitor implements;
+//! - [`deferred`]: requests answered later (a VM being built or torn down);
 //! - [`server`]: the socket in the event loop;
 //! - [`client`]: `hearth ctl`.
 
 pub mod acl;
 pub mod client;
+pub mod deferred;
 pub mod ops;
 pub mod protocol;
 pub mod server;
 
+pub use deferred::{Answer, Completions, Ticket, Waiter};
 pub use ops::{Control, STOPPED_BY_API};
 pub use server::{ApiError, ApiServer, Listener};

@@ -4,10 +4,14 @@
 
 use serde_json::{json, Value};
 
+use std::path::{Path, PathBuf};
+
 use crate::config::{
     CpuSpec, Grant, TokenBucketSpec, MAX_CPU_WEIGHT, MAX_IO_WEIGHT, MIN_CPU_WEIGHT, MIN_IO_WEIGHT,
 };
 use crate::ratelimit::BucketUpdate;
+
+use super::deferred::{Answer, Waiter};
 
 use super::acl::{Acl, Peer};
 use super::protocol::{BucketPatch, Request};
@@ -35,17 +39,32 @@ pub trait Control {
     /// Stops every VM.
     fn shutdown(&mut self, why: &str);
 
-    /// Sets a VM's memory weight and/or floor. The wiring point for the
-    /// ballooning allocator (branch `balloon`): the monitor overrides this
-    /// once it has one.
+    /// Adds a VM from its definition; answered now (an invalid definition,
+    /// every error with its JSON path) or through `waiter` once built.
+    fn create(
+        &mut self,
+        definition: Value,
+        base_dir: &Path,
+        start: bool,
+        waiter: Waiter,
+    ) -> Result<Answer, String>;
+
+    /// Starts a created VM (answered once its vCPUs run).
+    fn start(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String>;
+
+    /// Stops (if needed), tears down and forgets a VM.
+    fn delete(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String>;
+
+    /// Stops (if needed) and builds and starts a VM again.
+    fn restart(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String>;
+
+    /// Sets a VM's memory weight and/or floor (the ballooning allocator).
     fn set_memory(
         &mut self,
-        _vm: usize,
-        _weight: Option<u64>,
-        _floor_mib: Option<u64>,
-    ) -> Result<Value, String> {
-        Err("not supported yet: no memory allocator".into())
-    }
+        vm: usize,
+        weight: Option<u64>,
+        floor_mib: Option<u64>,
+    ) -> Result<Value, String>;
 
     /// Sets a VM's `io.weight` (checked to be 1..=10000).
     fn set_io_weight(&mut self, _vm: usize, _weight: u32) -> Result<Value, String> {
@@ -63,11 +82,8 @@ pub trait Control {
         Err("not supported: this monitor has no disks".into())
     }
 
-    /// The device-access verifier's counters of a VM. The wiring point for
-    /// the verifier (branch `acl`): the monitor overrides this once it has one.
-    fn access_counters(&self, _vm: usize) -> Result<Value, String> {
-        Err("not supported yet: no device access verifier".into())
-    }
+    /// The device-access verifier's counters of a VM.
+    fn access_counters(&self, vm: usize) -> Result<Value, String>;
 }
 
 fn find(ctl: &dyn Control, name: &str) -> Result<usize, String> {
@@ -100,7 +116,46 @@ fn readable_stats(ctl: &dyn Control, acl: &Acl, peer: &Peer) -> Value {
 }
 
 /// Carries out `request` for `peer` (whose access was already checked).
+/// A request that waits for a VM to be built or torn down takes a
+/// [`Waiter`] from `waiter` and is answered through it.
 pub fn execute(
+    ctl: &mut dyn Control,
+    acl: &Acl,
+    peer: &Peer,
+    request: Request,
+    waiter: &mut dyn FnMut() -> Waiter,
+) -> Result<Answer, String> {
+    match request {
+        Request::Create {
+            vm,
+            base_dir,
+            start,
+        } => {
+            let base_dir = match base_dir {
+                Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+                Some(d) => return Err(format!("base_dir {d:?} is not an absolute path")),
+                None => PathBuf::from("/"),
+            };
+            ctl.create(vm, &base_dir, start, waiter())
+        }
+        Request::Start { vm } => {
+            let idx = find(ctl, &vm)?;
+            ctl.start(idx, waiter())
+        }
+        Request::Delete { vm } => {
+            let idx = find(ctl, &vm)?;
+            ctl.delete(idx, waiter())
+        }
+        Request::Restart { vm } => {
+            let idx = find(ctl, &vm)?;
+            ctl.restart(idx, waiter())
+        }
+        other => immediate(ctl, acl, peer, other).map(Answer::Now),
+    }
+}
+
+/// The requests answered at once.
+fn immediate(
     ctl: &mut dyn Control,
     acl: &Acl,
     peer: &Peer,
@@ -190,6 +245,12 @@ pub fn execute(
         Request::Shutdown {} => {
             ctl.shutdown("shutdown through the control socket");
             Ok(json!({ "state": "stopping" }))
+        }
+        Request::Create { .. }
+        | Request::Start { .. }
+        | Request::Delete { .. }
+        | Request::Restart { .. } => {
+            Err("internal: a life-cycle request reached the wrong path".into())
         }
     }
 }

@@ -59,6 +59,29 @@ pub enum Request {
     },
     /// Stop every VM (the monitor then exits).
     Shutdown {},
+    /// Add a VM: `vm` is its definition (Hearth's JSON, as one entry of a
+    /// monitor file's `vms`); relative paths in it resolve against
+    /// `base_dir` (absolute). Built off the event loop; answered once built
+    /// (and started, with `start: true`).
+    Create {
+        vm: Value,
+        base_dir: Option<String>,
+        #[serde(default)]
+        start: bool,
+    },
+    /// Start a created VM's vCPUs.
+    Start {
+        vm: String,
+    },
+    /// Stop a VM if it runs, tear it down and forget it (answered when gone).
+    Delete {
+        vm: String,
+    },
+    /// Stop a VM if it runs, then build and start it again from its
+    /// definition (answered when it runs again).
+    Restart {
+        vm: String,
+    },
 }
 
 /// `Some(x)` for a field that is present (even as `null`), `None` if absent.
@@ -108,8 +131,12 @@ impl Request {
             | Request::SetCpu { vm, .. }
             | Request::SetMemory { vm, .. }
             | Request::SetIo { vm, .. }
-            | Request::SetDrive { vm, .. } => (Grant::Control, Some(vm)),
-            Request::Shutdown {} => (Grant::Admin, None),
+            | Request::SetDrive { vm, .. }
+            | Request::Start { vm }
+            | Request::Restart { vm }
+            | Request::Delete { vm } => (Grant::Control, Some(vm)),
+            // Creating a VM opens host files with the monitor's rights.
+            Request::Shutdown {} | Request::Create { .. } => (Grant::Admin, None),
         }
     }
 

@@ -2,6 +2,7 @@
 //! tagged fd per connection, each with its own buffers, so a slow, silent
 //! or hostile client never holds up the loop or another client.
 
+use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
@@ -17,6 +18,7 @@ use crate::bus::lock;
 use crate::config::{ApiSpec, Grant};
 
 use super::acl::{Acl, Peer};
+use super::deferred::{Answer, Completions, Ticket};
 use super::ops::{execute, Control};
 use super::protocol::{self, Request};
 
@@ -40,6 +42,7 @@ const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
 const TAG_LISTEN: u32 = 0;
 const TAG_SWEEP: u32 = 1;
+const TAG_ANSWERS: u32 = 2;
 const TAG_CONN: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -179,19 +182,32 @@ struct Conn {
     last_active: Instant,
     /// Close once the pending replies are written.
     closing: bool,
+    /// A request answered later (a VM being built or torn down): nothing
+    /// more is read from the connection until it is, so replies keep the
+    /// order of the requests.
+    waiting: Option<Ticket>,
     /// The events it is registered for.
     interest: EventSet,
 }
 
 impl Conn {
     fn wanted(&self) -> EventSet {
-        if self.closing || self.output.len() >= MAX_PENDING_REPLIES {
-            EventSet::OUT
-        } else if self.output.is_empty() {
-            EventSet::IN
-        } else {
-            EventSet::IN | EventSet::OUT
+        let reading = !self.closing && self.waiting.is_none();
+        match (
+            reading && self.output.len() < MAX_PENDING_REPLIES,
+            self.output.is_empty(),
+        ) {
+            (true, true) => EventSet::IN,
+            (true, false) => EventSet::IN | EventSet::OUT,
+            (false, false) => EventSet::OUT,
+            // Waiting for an answer with nothing to write: only hang-ups.
+            (false, true) => EventSet::empty(),
         }
+    }
+
+    /// Whether it is done: closing, every reply written, none pending.
+    fn finished(&self) -> bool {
+        self.closing && self.output.is_empty() && self.waiting.is_none()
     }
 
     /// Writes what it can; `Err` means the connection is dead.
@@ -216,6 +232,9 @@ pub struct ApiServer<C: Control + Send> {
     listener: Listener,
     target: Arc<Mutex<C>>,
     conns: Vec<Option<Conn>>,
+    /// Answers to deferred requests, and which connection waits for each.
+    completions: Arc<Completions>,
+    waiting: HashMap<Ticket, usize>,
     sweep: TimerFd,
     refusals_logged: u32,
     refusals_quiet: u64,
@@ -232,6 +251,8 @@ impl<C: Control + Send> ApiServer<C> {
             listener,
             target,
             conns: (0..MAX_CONNECTIONS).map(|_| None).collect(),
+            completions: Completions::new()?,
+            waiting: HashMap::new(),
             sweep,
             refusals_logged: 0,
             refusals_quiet: 0,
@@ -288,6 +309,7 @@ impl<C: Control + Send> ApiServer<C> {
                 output: Vec::new(),
                 last_active: Instant::now(),
                 closing: false,
+                waiting: None,
                 interest: EventSet::IN,
             });
         }
@@ -330,18 +352,66 @@ impl<C: Control + Send> ApiServer<C> {
         if let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) {
             let tag = TAG_CONN + slot as u32;
             let _ = ops.remove(Events::with_data(&conn.stream, tag, conn.interest));
+            if let Some(t) = conn.waiting {
+                self.waiting.remove(&t);
+            }
         }
     }
 
-    /// Answers one request line from `peer`.
-    fn answer(&mut self, peer: &Peer, line: &[u8]) -> serde_json::Value {
+    /// Answers that came in for deferred requests: written to their
+    /// connections, whose next requests are then read.
+    fn on_answers(&mut self, ops: &mut EventOps) {
+        for (ticket, answer) in self.completions.take() {
+            let Some(slot) = self.waiting.remove(&ticket) else {
+                continue; // its connection has gone
+            };
+            let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            conn.waiting = None;
+            let reply = match answer {
+                Ok(v) => protocol::ok(v),
+                Err(e) => protocol::error(e),
+            };
+            conn.output.extend(capped(&reply));
+            self.answer_lines(slot, &mut conn);
+            let alive = conn.flush().is_ok();
+            self.conns[slot] = Some(conn);
+            self.after_io(slot, alive, false, ops);
+        }
+    }
+
+    /// Closes a connection that is done or dead, or updates its interest.
+    fn after_io(&mut self, slot: usize, alive: bool, hung_up: bool, ops: &mut EventOps) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if !alive || hung_up || conn.finished() {
+            self.close(slot, ops);
+            return;
+        }
+        let wanted = conn.wanted();
+        if wanted != conn.interest {
+            let tag = TAG_CONN + slot as u32;
+            if ops
+                .modify(Events::with_data(&conn.stream, tag, wanted))
+                .is_ok()
+            {
+                conn.interest = wanted;
+            }
+        }
+    }
+
+    /// Answers one request line from `peer`: the reply, or `Err` with the
+    /// ticket of an answer that comes later.
+    fn answer(&mut self, peer: &Peer, line: &[u8]) -> Result<serde_json::Value, Ticket> {
         let request = match Request::parse(line) {
             Ok(r) => r,
-            Err(e) => return protocol::error(e),
+            Err(e) => return Ok(protocol::error(e)),
         };
         if let Err(refusal) = self.listener.acl.check(peer, &request) {
             self.note_refusal(peer, &format!("{request:?}: {refusal}"));
-            return protocol::error(refusal);
+            return Ok(protocol::error(refusal));
         }
         let (grant, _) = request.needs();
         if grant >= Grant::Control {
@@ -351,10 +421,21 @@ impl<C: Control + Send> ApiServer<C> {
                 peer.pid
             );
         }
+        let mut ticket = None;
+        let completions = self.completions.clone();
+        let mut waiter = || {
+            let w = completions.waiter();
+            ticket = Some(w.ticket);
+            w
+        };
         let mut target = lock(&self.target);
-        match execute(&mut *target, &self.listener.acl, peer, request) {
-            Ok(result) => protocol::ok(result),
-            Err(e) => protocol::error(e),
+        let answer = execute(&mut *target, &self.listener.acl, peer, request, &mut waiter);
+        drop(target);
+        match (answer, ticket) {
+            (Ok(Answer::Now(result)), _) => Ok(protocol::ok(result)),
+            (Ok(Answer::Later), Some(t)) => Err(t),
+            (Ok(Answer::Later), None) => Ok(protocol::error("internal: no answer")),
+            (Err(e), _) => Ok(protocol::error(e)),
         }
     }
 
@@ -363,16 +444,16 @@ impl<C: Control + Send> ApiServer<C> {
         let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
             return true;
         };
-        let alive = self.serve_conn(&mut conn);
+        let alive = self.serve_conn(slot, &mut conn);
         self.conns[slot] = Some(conn);
         alive
     }
 
-    fn serve_conn(&mut self, conn: &mut Conn) -> bool {
+    fn serve_conn(&mut self, slot: usize, conn: &mut Conn) -> bool {
         let mut buf = [0u8; 4096];
         let mut eof = false;
         for _ in 0..READS_PER_EVENT {
-            if conn.closing || conn.output.len() >= MAX_PENDING_REPLIES {
+            if conn.closing || conn.waiting.is_some() || conn.output.len() >= MAX_PENDING_REPLIES {
                 break;
             }
             match conn.stream.read(&mut buf) {
@@ -383,7 +464,7 @@ impl<C: Control + Send> ApiServer<C> {
                 Ok(n) => {
                     conn.last_active = Instant::now();
                     conn.input.extend_from_slice(&buf[..n]);
-                    self.answer_lines(conn);
+                    self.answer_lines(slot, conn);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -392,27 +473,33 @@ impl<C: Control + Send> ApiServer<C> {
         }
         if eof {
             // A last request without its newline is still answered.
-            if !conn.input.is_empty() && !conn.closing {
-                let line = std::mem::take(&mut conn.input);
-                let peer = conn.peer;
-                let reply = self.answer(&peer, trim(&line));
-                conn.output.extend(capped(&reply));
+            if !conn.input.is_empty() && !conn.closing && conn.waiting.is_none() {
+                conn.input.push(b'\n');
+                self.answer_lines(slot, conn);
             }
             conn.closing = true;
         }
         conn.flush().is_ok()
     }
 
-    fn answer_lines(&mut self, conn: &mut Conn) {
-        while let Some(end) = conn.input.iter().position(|b| *b == b'\n') {
+    fn answer_lines(&mut self, slot: usize, conn: &mut Conn) {
+        while conn.waiting.is_none() {
+            let Some(end) = conn.input.iter().position(|b| *b == b'\n') else {
+                break;
+            };
             let line: Vec<u8> = conn.input.drain(..=end).collect();
             let line = trim(&line);
             if line.is_empty() {
                 continue;
             }
             let peer = conn.peer;
-            let reply = self.answer(&peer, line);
-            conn.output.extend(capped(&reply));
+            match self.answer(&peer, line) {
+                Ok(reply) => conn.output.extend(capped(&reply)),
+                Err(ticket) => {
+                    conn.waiting = Some(ticket);
+                    self.waiting.insert(ticket, slot);
+                }
+            }
         }
         if conn.input.len() > MAX_REQUEST {
             log::warn!(
@@ -484,6 +571,7 @@ impl<C: Control + Send> MutEventSubscriber for ApiServer<C> {
         for ev in [
             Events::with_data(&self.listener.listener, TAG_LISTEN, EventSet::IN),
             Events::with_data(&self.sweep, TAG_SWEEP, EventSet::IN),
+            Events::with_data(self.completions.eventfd(), TAG_ANSWERS, EventSet::IN),
         ] {
             if let Err(e) = ops.add(ev) {
                 log::error!("control socket: cannot watch an fd: {e}");
@@ -495,6 +583,7 @@ impl<C: Control + Send> MutEventSubscriber for ApiServer<C> {
         match events.data() {
             TAG_LISTEN => self.accept(ops),
             TAG_SWEEP => self.on_sweep(ops),
+            TAG_ANSWERS => self.on_answers(ops),
             tag if tag >= TAG_CONN => {
                 let slot = (tag - TAG_CONN) as usize;
                 let set = events.event_set();
@@ -503,25 +592,9 @@ impl<C: Control + Send> MutEventSubscriber for ApiServer<C> {
                 } else {
                     false
                 };
-                let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
-                    return;
-                };
                 let hung_up = set.intersects(EventSet::ERROR | EventSet::HANG_UP)
                     && !set.contains(EventSet::IN);
-                if !alive || hung_up || (conn.closing && conn.output.is_empty()) {
-                    self.close(slot, ops);
-                    return;
-                }
-                let wanted = conn.wanted();
-                if wanted != conn.interest {
-                    let tag = TAG_CONN + slot as u32;
-                    if ops
-                        .modify(Events::with_data(&conn.stream, tag, wanted))
-                        .is_ok()
-                    {
-                        conn.interest = wanted;
-                    }
-                }
+                self.after_io(slot, alive, hung_up, ops);
             }
             other => log::warn!("control socket: unexpected event tag {other}"),
         }

@@ -72,6 +72,16 @@ const MAX_CONFIG_LEN: u64 = 16 << 20;
 /// are resolved against the file's directory. A file that cannot be read is
 /// reported as one error with path `<file>`.
 pub fn load_file(path: &Path) -> Result<MonitorSpec, ConfigErrors> {
+    load(path, false)
+}
+
+/// Reads the monitor file of `hearth serve`: a monitor file whose `vms`
+/// may be absent or empty (the VMs come through the control socket).
+pub fn load_serve_file(path: &Path) -> Result<MonitorSpec, ConfigErrors> {
+    load(path, true)
+}
+
+fn load(path: &Path, serving: bool) -> Result<MonitorSpec, ConfigErrors> {
     let file_error = |message: String| {
         ConfigErrors::one(ConfigError::new("<file>", format!("{path:?} {message}")))
     };
@@ -94,7 +104,15 @@ pub fn load_file(path: &Path) -> Result<MonitorSpec, ConfigErrors> {
     })?;
     let absolute = absolute(path, "<file>")?;
     let base_dir = absolute.parent().unwrap_or(Path::new("/"));
-    parse_with(&text, base_dir, &HostInfo::probe())
+    let host = HostInfo::probe();
+    let ctx = Ctx {
+        base_dir,
+        host: &host,
+        budget: false,
+        net_dir: Path::new(NET_DIR),
+        serving,
+    };
+    parse_in(&text, ctx)
 }
 
 /// Parses and validates config text; relative paths in it are resolved
@@ -149,6 +167,7 @@ pub fn from_flags(flags: &VmFlags) -> Result<MonitorSpec, ConfigErrors> {
         host: &host,
         budget: false,
         net_dir: Path::new(NET_DIR),
+        serving: false,
     };
     let mut errors = Errors::default();
     let naming = Naming::Flags;
@@ -259,6 +278,7 @@ pub fn parse_vm_for_monitor(
         host: &HostInfo::probe(),
         budget: host.memory.is_some(),
         net_dir: Path::new(NET_DIR),
+        serving: false,
     };
     monitor::vm_for_monitor(text, ctx, host, existing)
 }
@@ -270,6 +290,7 @@ fn parse_with(text: &str, base_dir: &Path, host: &HostInfo) -> Result<MonitorSpe
         host,
         budget: false,
         net_dir: Path::new(NET_DIR),
+        serving: false,
     };
     parse_in(text, ctx)
 }
@@ -287,7 +308,15 @@ fn parse_in(text: &str, ctx: Ctx<'_>) -> Result<MonitorSpec, ConfigErrors> {
             ),
         )));
     };
-    let spec = match detect_form(&map) {
+    let form = detect_form(&map);
+    if ctx.serving && !matches!(form, Ok(Form::Monitor)) {
+        return Err(ConfigErrors::one(ConfigError::new(
+            ROOT,
+            "hearth serve takes a monitor file ({\"host\": ..., \"vms\": [...]}, where \
+             \"vms\" may be empty); add a VM with `hearth ctl SOCKET create VM.json`",
+        )));
+    }
+    let spec = match form {
         Err(e) => return Err(ConfigErrors::one(e)),
         Ok(Form::SingleVm) => single_vm(map, ctx, &mut errors),
         Ok(Form::Monitor) => monitor::monitor_file(map, ctx, &mut errors),

@@ -27,7 +27,11 @@ pub(crate) fn monitor_file(
     let host: Parsed<RawHost> = parse_optional(raw.host, "host", errors);
     let host = super::host::validate_host(host, ctx.host, errors);
     let budget = host.as_ref().is_some_and(|h| h.memory.is_some());
-    let vms = monitor_vms(raw.vms, had_vms, Ctx { budget, ..ctx }, errors);
+    let vms = match (&raw.vms, ctx.serving) {
+        (None, true) => Some(Vec::new()),
+        (Some(v), true) if v.is_empty() => Some(Vec::new()),
+        _ => monitor_vms(raw.vms, had_vms, Ctx { budget, ..ctx }, errors),
+    };
     if let (Some(host), Some(vms)) = (&host, &vms) {
         super::api::check_acl_vms(host.api.as_ref(), vms, errors);
     }

@@ -57,6 +57,8 @@ pub(crate) struct Ctx<'a> {
     pub budget: bool,
     /// Where the host lists its network interfaces (`/sys/class/net`).
     pub net_dir: &'a Path,
+    /// A monitor file for `hearth serve`: `vms` may be absent or empty.
+    pub serving: bool,
 }
 
 /// Where the host lists its network interfaces.

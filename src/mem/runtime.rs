@@ -148,11 +148,9 @@ impl MemoryManager {
         }
     }
 
-    /// Arms the periodic tick when some VM has a balloon.
+    /// Arms the periodic tick (VMs with balloons may come at any time; a
+    /// tick with none costs next to nothing).
     pub fn start(&mut self) -> io::Result<()> {
-        if self.vms.is_empty() {
-            return Ok(());
-        }
         self.timer
             .reset(self.tick, Some(self.tick))
             .map_err(io::Error::from)

@@ -1,8 +1,14 @@
 //! What the control socket can do to the monitor (`api::Control`), and
 //! the statistics document (`--stats-file`, `hearth ctl stats`).
 
-use super::{Monitor, VmEntry, VmId, VmState};
-use crate::api::Control;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::workers::Job;
+use super::{AfterStop, Monitor, VmEntry, VmId, VmState};
+use crate::api::{Answer, Control, Waiter, STOPPED_BY_API};
+use crate::config::VmSpec;
 use crate::config::{CpuSpec, MAX_CPU_WEIGHT, MIN_CPU_WEIGHT};
 use crate::lifecycle::VmOutcome;
 use crate::sched::VmSchedStats;
@@ -15,7 +21,7 @@ impl Monitor {
         let base = VmStats {
             name: e.name.clone(),
             state: e.state_name(),
-            vcpus: e.vcpus,
+            vcpus: e.vcpus(),
             weight: e.cpu.weight,
             max: e.cpu.max,
             cpu_ns: 0,
@@ -42,7 +48,7 @@ impl Monitor {
                     .map(|d| d.to_json(e.io_weight, self.io.vm_stats(id))),
                 ..base
             },
-            VmState::Stopping => base,
+            VmState::Building | VmState::Created(_) | VmState::Stopping => base,
             VmState::Stopped(r) => VmStats {
                 cpu_ns: r.cpu_ns,
                 sched: VmSchedStats {
@@ -66,14 +72,46 @@ impl Monitor {
 }
 
 impl VmEntry {
-    /// "running", "paused", "stopping" or how it ended.
+    /// "building", "created", "running", "paused", "stopping" or how it ended.
     fn state_name(&self) -> String {
         match &self.state {
             VmState::Running(_) if self.paused => "paused".into(),
-            VmState::Running(_) => "running".into(),
-            VmState::Stopping => "stopping".into(),
             VmState::Stopped(r) => r.outcome.to_string(),
+            other => other.name().into(),
         }
+    }
+}
+
+impl Monitor {
+    /// Validates a VM definition for this monitor: as a VM of its file
+    /// would be, against its host policy and the VMs it holds.
+    fn validate_new(&self, definition: &Value, base_dir: &Path) -> Result<VmSpec, String> {
+        let holding: Vec<VmSpec> = self
+            .vms
+            .values()
+            .filter(|e| !matches!(e.state, VmState::Stopped(_)))
+            .map(|e| (*e.spec).clone())
+            .collect();
+        let spec = crate::config::parse_vm_for_monitor(
+            &definition.to_string(),
+            base_dir,
+            &self.host,
+            &holding,
+        )
+        .map_err(|e| e.to_string())?;
+        if self.by_name(&spec.name).is_some() {
+            return Err(format!(
+                "name: {:?} is already used by a VM of this monitor (delete it first)",
+                spec.name
+            ));
+        }
+        if spec.serial.stdin {
+            return Err(
+                "serial.stdin: true, but a VM added at run time cannot read the monitor's stdin"
+                    .into(),
+            );
+        }
+        Ok(spec)
     }
 }
 
@@ -119,7 +157,7 @@ impl Control for Monitor {
     }
 
     fn vcpus(&self, vm: usize) -> usize {
-        self.nth(vm).map_or(0, |(_, e)| e.vcpus)
+        self.nth(vm).map_or(0, |(_, e)| e.vcpus())
     }
 
     fn set_paused(&mut self, vm: usize, paused: bool) {
@@ -158,12 +196,92 @@ impl Control for Monitor {
         self.stop_all(why);
     }
 
+    fn create(
+        &mut self,
+        definition: Value,
+        base_dir: &Path,
+        start: bool,
+        waiter: Waiter,
+    ) -> Result<Answer, String> {
+        if self.shutting_down {
+            return Err("the monitor is shutting down".into());
+        }
+        let spec = self.validate_new(&definition, base_dir)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut entry = VmEntry::new(spec);
+        entry.waiting.push(waiter);
+        self.vms.insert(id, entry);
+        self.build(id, start);
+        Ok(Answer::Later)
+    }
+
+    fn start(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String> {
+        let (id, e) = self.nth_mut(vm).ok_or("no such VM")?;
+        if !matches!(e.state, VmState::Created(_)) {
+            return Err(format!("vm {} is {}, not created", e.name, e.state_name()));
+        }
+        let Some(VmState::Created(vm)) = e.transition(VmState::Building) else {
+            return Err("internal: the VM changed state".into());
+        };
+        e.waiting.push(waiter);
+        self.submit(Job::Start { id, vm });
+        Ok(Answer::Later)
+    }
+
+    fn delete(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String> {
+        let (id, e) = self.nth_mut(vm).ok_or("no such VM")?;
+        match &e.state {
+            VmState::Stopped(_) => {
+                let name = e.name.clone();
+                if let Some(e) = self.vms.remove(&id) {
+                    if let Some(ring) = &e.output {
+                        self.plan.terminal.remove(ring);
+                    }
+                }
+                Ok(Answer::Now(json!({"vm": name, "state": "deleted"})))
+            }
+            VmState::Building => Err(format!("vm {} is being built; try again", e.name)),
+            _ => {
+                e.after_stop = AfterStop::Delete;
+                e.waiting.push(waiter);
+                self.stop_vm(id, STOPPED_BY_API);
+                Ok(Answer::Later)
+            }
+        }
+    }
+
+    fn restart(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String> {
+        let terminal = self.plan.terminal.clone();
+        let (id, e) = self.nth_mut(vm).ok_or("no such VM")?;
+        match &e.state {
+            VmState::Building => Err(format!("vm {} is being built; try again", e.name)),
+            VmState::Stopped(_) => {
+                e.waiting.push(waiter);
+                e.last_balloon = None;
+                e.last_io = None;
+                if let Some(ring) = e.output.take() {
+                    terminal.remove(&ring);
+                }
+                e.transition(VmState::Building);
+                self.build(id, true);
+                Ok(Answer::Later)
+            }
+            _ => {
+                e.after_stop = AfterStop::Restart;
+                e.waiting.push(waiter);
+                self.stop_vm(id, "restarting");
+                Ok(Answer::Later)
+            }
+        }
+    }
+
     fn access_counters(&self, vm: usize) -> Result<serde_json::Value, String> {
         let (_, e) = self.nth(vm).ok_or_else(|| "no such VM".to_string())?;
         match &e.state {
-            VmState::Running(v) => Ok(v.verifier.stats().to_json()),
+            VmState::Running(v) | VmState::Created(v) => Ok(v.verifier.stats().to_json()),
             VmState::Stopped(r) => Ok(r.acl.to_json()),
-            VmState::Stopping => Err(format!("vm {} is stopping", e.name)),
+            other => Err(format!("vm {} is {}", e.name, other.name())),
         }
     }
 

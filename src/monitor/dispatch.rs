@@ -1,59 +1,44 @@
 //! The monitor's events: signals, the console's quit request, the
-//! scheduler, allocator and statistics ticks, each VM's exit eventfd, and
-//! tear-down threads finishing.
+//! scheduler, allocator and statistics ticks, VMs that start stopping,
+//! and the life-cycle workers' results.
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use serde_json::json;
 
-use super::{Monitor, VmId, VmState};
+use super::workers::{Done, Job};
+use super::{AfterStop, Monitor, VmId, VmState};
 use crate::host::signal_name;
-use crate::lifecycle::VmOutcome;
-use crate::vm::{Vm, VmReport};
+use crate::vm::{Vm, VmError, VmReport};
 
-pub(super) const TAG_SIGNAL: u32 = 0;
-pub(super) const TAG_QUIT: u32 = 1;
-pub(super) const TAG_SCHED: u32 = 2;
-pub(super) const TAG_STATS: u32 = 3;
-pub(super) const TAG_MEM: u32 = 4;
-pub(super) const TAG_REAPED: u32 = 5;
-pub(super) const TAG_IO: u32 = 6;
-/// A VM's exit eventfd: `TAG_VM_EXIT + id`.
-pub(super) const TAG_VM_EXIT: u32 = 16;
-
-fn vm_exit_events(vm: &Vm, id: VmId) -> Events {
-    Events::with_data(&vm.shared.exit_evt, TAG_VM_EXIT + id as u32, EventSet::IN)
-}
-
-/// Stopping one VM and freeing what it held, then telling the loop.
-struct TearDown {
-    id: VmId,
-    throttle_events: u64,
-    tx: std::sync::mpsc::Sender<(VmId, VmReport)>,
-    done: Option<vmm_sys_util::eventfd::EventFd>,
-}
-
-impl TearDown {
-    fn run(self, vm: Box<Vm>) {
-        // `finish` consumes the VM: memory and fds are gone when it returns.
-        let mut report = (*vm).finish(VmOutcome::Error("exit event without a reason".into()));
-        report.throttle_events = self.throttle_events;
-        let _ = self.tx.send((self.id, report));
-        if let Some(evt) = &self.done {
-            let _ = evt.write(1);
-        }
-    }
-}
+const TAG_SIGNAL: u32 = 0;
+const TAG_QUIT: u32 = 1;
+const TAG_SCHED: u32 = 2;
+const TAG_STATS: u32 = 3;
+const TAG_MEM: u32 = 4;
+const TAG_EXITS: u32 = 5;
+const TAG_WORKERS: u32 = 6;
+const TAG_CAP: u32 = 7;
+const TAG_IO: u32 = 8;
 
 impl Monitor {
-    /// A VM's exit eventfd fired: hand the VM to a tear-down thread.
-    fn vm_exited(&mut self, id: VmId, ops: &mut EventOps) {
+    /// VMs whose vCPUs stopped (a guest reset, a failure, a stop request):
+    /// each goes to a worker to be torn down.
+    fn on_exits(&mut self) {
+        for id in self.exits.take() {
+            self.vm_exited(id);
+        }
+    }
+
+    fn vm_exited(&mut self, id: VmId) {
         let Some(entry) = self.vms.get_mut(&id) else {
             return;
         };
+        if !matches!(entry.state, VmState::Running(_)) {
+            return; // a created VM asked to stop is already with a worker
+        }
         let Some(VmState::Running(vm)) = entry.transition(VmState::Stopping) else {
             return;
         };
-        let _ = vm.shared.exit_evt.read();
-        let _ = ops.remove(vm_exit_events(&vm, id));
         entry.last_balloon = vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b));
         entry.last_io = vm
             .devices
@@ -61,42 +46,146 @@ impl Monitor {
             .as_ref()
             .map(|d| d.to_json(entry.io_weight, self.io.vm_stats(id)));
         self.io.remove_vm(id);
-        let job = TearDown {
-            id,
-            throttle_events: self.sched.vm_stats(id).throttle_events,
-            tx: self.reap_tx.clone(),
-            done: self.reaped_evt.try_clone().ok(),
-        };
+        let throttle_events = self.sched.vm_stats(id).throttle_events;
         self.sched.remove_vm(id);
-        // The tear-down (joining vCPU threads, unmapping guest memory,
-        // closing fds) can take a while; it must not hold up the loop.
-        let (hand_over, receive) = std::sync::mpsc::channel::<(Box<Vm>, TearDown)>();
-        let spawned = std::thread::Builder::new()
-            .name(crate::builder::thread_name(&entry.name, "-end"))
-            .spawn(move || {
-                if let Ok((vm, job)) = receive.recv() {
-                    job.run(vm);
-                }
-            });
-        match spawned {
-            Ok(_) => {
-                let _ = hand_over.send((vm, job));
-            }
-            Err(e) => {
-                log::warn!("{}: tearing down on the event loop ({e})", entry.name);
-                job.run(vm);
-            }
+        self.submit(Job::TearDown {
+            id,
+            vm,
+            throttle_events,
+        });
+    }
+
+    fn on_workers(&mut self) {
+        let _ = self.workers.done_evt.read();
+        while let Ok(done) = self.workers.done.try_recv() {
+            self.finished(done);
         }
     }
 
-    /// Tear-downs finished: the VMs are gone; release their memory share.
-    fn reaped(&mut self) {
-        let _ = self.reaped_evt.read();
-        while let Ok((id, report)) = self.reaped.try_recv() {
-            self.mem.remove_vm(id);
-            log_report(&report);
-            if let Some(entry) = self.vms.get_mut(&id) {
-                entry.transition(VmState::Stopped(Box::new(report)));
+    /// A worker finished building or tearing down a VM.
+    pub(super) fn finished(&mut self, done: Done) {
+        match done {
+            Done::Built {
+                id,
+                result,
+                output,
+                started,
+            } => self.built(id, result, output, started),
+            Done::TornDown { id, report } => self.torn_down(id, report),
+        }
+    }
+
+    fn built(
+        &mut self,
+        id: VmId,
+        result: Result<Box<Vm>, VmError>,
+        output: Option<std::sync::Arc<crate::output::OutputRing>>,
+        started: bool,
+    ) {
+        let Some(entry) = self.vms.get_mut(&id) else {
+            return;
+        };
+        if output.is_some() {
+            entry.output = output;
+        }
+        let vm = match result {
+            Ok(vm) => vm,
+            Err(e) => {
+                let message = format!("VM {}: {e}", entry.name);
+                log::error!("{message}");
+                for w in entry.waiting.drain(..) {
+                    w.complete(Err(message.clone()));
+                }
+                if let Some(ring) = &entry.output {
+                    self.plan.terminal.remove(ring);
+                }
+                if entry.from_file {
+                    // A VM of the monitor's own file: the run fails.
+                    self.fatal.get_or_insert(message);
+                    self.vms.remove(&id);
+                    self.stop_all("another VM could not be built");
+                } else {
+                    self.vms.remove(&id);
+                }
+                return;
+            }
+        };
+        if let Some((console, target)) = &self.console {
+            if *console == id {
+                *crate::bus::lock(target) = Some(vm.serial.clone());
+            }
+        }
+        let state = if started {
+            VmState::Running(vm)
+        } else {
+            VmState::Created(vm)
+        };
+        let name = state.name();
+        entry.transition(state);
+        let waiting: Vec<_> = entry.waiting.drain(..).collect();
+        let reply = json!({"vm": entry.name, "state": name});
+        if started {
+            self.admit(id);
+        }
+        if self.shutting_down {
+            // Built while the monitor stops: stop it at once.
+            self.stop_vm(id, "the monitor is shutting down");
+        }
+        for w in waiting {
+            w.complete(Ok(reply.clone()));
+        }
+    }
+
+    /// A VM that runs now joins the CPU scheduler and the memory budget.
+    pub(super) fn admit(&mut self, id: VmId) {
+        let Some(e) = self.vms.get(&id) else { return };
+        let VmState::Running(vm) = &e.state else {
+            return;
+        };
+        self.sched.add_vm(id, vm, &e.cpu);
+        if let Some(b) = &vm.devices.balloon {
+            self.mem.add_vm(id, b, &e.memory);
+        }
+        if let Some(d) = &vm.devices.disks {
+            self.io.add_vm(id, e.io_weight, d.share.clone(), d.wakers());
+        }
+    }
+
+    /// A worker tore a VM down: it is gone, and its share of the memory
+    /// budget goes to the others only now.
+    fn torn_down(&mut self, id: VmId, report: Box<VmReport>) {
+        self.mem.remove_vm(id);
+        log_report(&report);
+        let Some(entry) = self.vms.get_mut(&id) else {
+            return;
+        };
+        entry.paused = false;
+        entry.transition(VmState::Stopped(report));
+        match entry.after_stop {
+            AfterStop::Keep => {
+                for w in entry.waiting.drain(..) {
+                    w.complete(Ok(json!({"vm": entry.name, "state": "stopped"})));
+                }
+            }
+            AfterStop::Delete => {
+                if let Some(mut e) = self.vms.remove(&id) {
+                    if let Some(ring) = &e.output {
+                        self.plan.terminal.remove(ring);
+                    }
+                    for w in e.waiting.drain(..) {
+                        w.complete(Ok(json!({"vm": e.name, "state": "deleted"})));
+                    }
+                }
+            }
+            AfterStop::Restart => {
+                entry.after_stop = AfterStop::Keep;
+                entry.last_balloon = None;
+                entry.last_io = None;
+                if let Some(ring) = entry.output.take() {
+                    self.plan.terminal.remove(&ring);
+                }
+                entry.transition(VmState::Building);
+                self.build(id, true);
             }
         }
         if self.done() {
@@ -170,8 +259,18 @@ impl MutEventSubscriber for Monitor {
             add(Events::with_data(self.io.timer(), TAG_IO, EventSet::IN));
         }
         add(Events::with_data(
-            &self.reaped_evt,
-            TAG_REAPED,
+            self.sched.cap_timer(),
+            TAG_CAP,
+            EventSet::IN,
+        ));
+        add(Events::with_data(
+            self.exits.eventfd(),
+            TAG_EXITS,
+            EventSet::IN,
+        ));
+        add(Events::with_data(
+            &self.workers.done_evt,
+            TAG_WORKERS,
             EventSet::IN,
         ));
         if self.stats_file.is_some() {
@@ -181,14 +280,9 @@ impl MutEventSubscriber for Monitor {
                 EventSet::IN,
             ));
         }
-        for (id, e) in &self.vms {
-            if let Some(vm) = e.running() {
-                add(vm_exit_events(vm, *id));
-            }
-        }
     }
 
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
         match events.data() {
             TAG_SIGNAL => {
                 while let Some(sig) = self.signals.read() {
@@ -203,14 +297,21 @@ impl MutEventSubscriber for Monitor {
                 self.stop_all("quit from the console");
             }
             TAG_SCHED => self.on_sched_tick(),
+            TAG_CAP => {
+                let running = self
+                    .vms
+                    .iter()
+                    .filter_map(|(id, e)| e.running().map(|vm| (*id, vm)));
+                self.sched.on_cap_timer(running);
+            }
             TAG_STATS => {
                 let _ = self.stats_timer.wait();
                 self.write_stats();
             }
             TAG_MEM => self.on_mem_tick(),
-            TAG_REAPED => self.reaped(),
             TAG_IO => self.io.on_timer(),
-            tag if tag >= TAG_VM_EXIT => self.vm_exited((tag - TAG_VM_EXIT) as VmId, ops),
+            TAG_EXITS => self.on_exits(),
+            TAG_WORKERS => self.on_workers(),
             other => log::warn!("monitor: unexpected event tag {other}"),
         }
     }

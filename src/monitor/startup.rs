@@ -1,8 +1,8 @@
 //! `run()`: from a validated monitor spec to a running event loop, and the
-//! report once the last VM has stopped.
+//! report once it ends. Every VM of the spec is built by the life-cycle
+//! workers, several at once, and each starts as soon as it is built.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,18 +13,19 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::{Monitor, VmEntry, VmState};
+use super::workers::Workers;
+use super::{BuildPlan, Monitor, VmEntry, VmState};
 use crate::api::ApiServer;
 use crate::bus::lock;
 use crate::config::{MonitorSpec, SerialOutput};
-use crate::console::Console;
-use crate::devices::serial::SerialOut;
+use crate::console::{Console, ConsoleTarget};
 use crate::host::{RawTerminal, Signals};
+use crate::lifecycle::ExitQueue;
 use crate::mem::MemoryManager;
-use crate::output::{OutputRing, OutputWriter, RingWriter, Sink};
+use crate::output::{OutputWriter, Sink};
 use crate::sched::CpuScheduler;
 use crate::seccomp::{self, ThreadClass};
-use crate::vm::{build_vm, BuildOptions, VmError, VmReport};
+use crate::vm::{VmError, VmReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -32,12 +33,8 @@ pub enum MonitorError {
     Kvm(kvm_ioctls::Error),
     #[error("VM {name}: {source}")]
     Vm { name: String, source: VmError },
-    #[error("VM {name}: cannot open serial output {path}: {source}")]
-    SerialFile {
-        name: String,
-        path: String,
-        source: io::Error,
-    },
+    #[error("{0}")]
+    Build(String),
     #[error("{what}: {source}")]
     Setup {
         what: &'static str,
@@ -51,6 +48,8 @@ pub enum MonitorError {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("host.io: {0}")]
     Io(crate::share::RuntimeError),
+    #[error("hearth serve needs a control socket (--api-socket or host.api)")]
+    NoSocket,
 }
 
 fn setup_err(what: &'static str) -> impl FnOnce(io::Error) -> MonitorError {
@@ -62,6 +61,9 @@ fn setup_err(what: &'static str) -> impl FnOnce(io::Error) -> MonitorError {
 pub struct RunOptions {
     /// Rewrite this file with the statistics (JSON) every second.
     pub stats_file: Option<PathBuf>,
+    /// Run as a service: until a shutdown request or a signal, whether or
+    /// not any VM runs (`hearth serve`).
+    pub serve: bool,
 }
 
 /// How the monitor's run ended.
@@ -76,113 +78,54 @@ pub struct MonitorReport {
 /// How often the statistics file is rewritten.
 const STATS_PERIOD: Duration = Duration::from_secs(1);
 
-/// The serial output of every VM: one writer thread for the terminal
-/// (each line prefixed with the VM's name when several VMs share it), one
-/// per log file; each VM writes into a bounded ring of its own.
-struct Outputs {
-    writers: Vec<OutputWriter>,
-    rings: Vec<Option<Arc<OutputRing>>>,
+/// The seccomp filter of `class`, when the host wants filters.
+fn filter(
+    spec: &MonitorSpec,
+    class: ThreadClass,
+) -> Result<Option<Arc<seccompiler::BpfProgram>>, MonitorError> {
+    Ok(match spec.host.seccomp {
+        true => Some(Arc::new(seccomp::filter(class)?)),
+        false => None,
+    })
 }
 
-fn open_outputs(spec: &MonitorSpec) -> Result<Outputs, MonitorError> {
+/// The terminal's writer and how VMs are built (filters, affinity).
+fn build_plan(spec: &MonitorSpec, serving: bool) -> Result<BuildPlan, MonitorError> {
     let on_terminal = spec
         .vms
         .iter()
         .filter(|v| v.serial.output == SerialOutput::Stdout)
         .count();
-    let mut stdout = (on_terminal > 0).then(|| OutputWriter::new(Sink::Stdout));
-    let mut writers = Vec::new();
-    let mut rings = Vec::new();
-    for vm in &spec.vms {
-        let ring = match &vm.serial.output {
-            SerialOutput::Stdout => stdout
-                .as_mut()
-                .map(|w| w.ring((on_terminal > 1).then_some(vm.name.as_str()))),
-            SerialOutput::Off => None,
-            SerialOutput::File(path) => {
-                let file = File::create(path).map_err(|source| MonitorError::SerialFile {
-                    name: vm.name.clone(),
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                let mut w = OutputWriter::new(Sink::File(file));
-                let ring = w.ring(None);
-                writers.push(w);
-                Some(ring)
-            }
-        };
-        rings.push(ring);
-    }
-    writers.extend(stdout);
-    let filter = match spec.host.seccomp {
-        true => Some(Arc::new(seccomp::filter(ThreadClass::Output)?)),
-        false => None,
-    };
-    for w in &mut writers {
-        w.start(filter.clone())
-            .map_err(setup_err("start a serial output writer"))?;
-    }
-    Ok(Outputs { writers, rings })
+    let output = filter(spec, ThreadClass::Output)?;
+    let mut terminal = OutputWriter::new(Sink::Stdout);
+    terminal
+        .start(output.clone())
+        .map_err(setup_err("start the terminal's output writer"))?;
+    Ok(BuildPlan {
+        terminal: Arc::new(terminal),
+        prefix: serving || on_terminal > 1,
+        affinity: spec.host.cpus.clone(),
+        vcpu: filter(spec, ThreadClass::Vcpu)?,
+        device: filter(spec, ThreadClass::Device)?,
+        output,
+    })
 }
 
-/// Builds every VM of `spec` (nothing runs yet).
-fn build_all(
-    kvm: &Kvm,
-    spec: &MonitorSpec,
-    rings: &[Option<Arc<OutputRing>>],
-) -> Result<BTreeMap<usize, VmEntry>, MonitorError> {
-    let filter = |class| -> Result<_, MonitorError> {
-        Ok(match spec.host.seccomp {
-            true => Some(Arc::new(seccomp::filter(class)?)),
-            false => None,
-        })
-    };
-    let (vcpu_filter, device_filter) = (filter(ThreadClass::Vcpu)?, filter(ThreadClass::Device)?);
-    let mut vms = BTreeMap::new();
-    for (id, vm_spec) in spec.vms.iter().enumerate() {
-        let opts = BuildOptions {
-            serial_out: rings
-                .get(id)
-                .cloned()
-                .flatten()
-                .map(|r| Box::new(RingWriter(r)) as SerialOut),
-            affinity: spec.host.cpus.clone(),
-            vcpu_seccomp: vcpu_filter.clone(),
-            device_seccomp: device_filter.clone(),
-            ..BuildOptions::default()
-        };
-        let vm = build_vm(kvm, vm_spec, opts).map_err(|source| MonitorError::Vm {
-            name: vm_spec.name.clone(),
-            source,
-        })?;
-        vms.insert(
-            id,
-            VmEntry {
-                name: vm_spec.name.clone(),
-                vcpus: vm.vcpu_count(),
-                state: VmState::Running(Box::new(vm)),
-                paused: false,
-                cpu: vm_spec.cpu.clone(),
-                memory: vm_spec.memory,
-                last_balloon: None,
-                output: rings.get(id).cloned().flatten(),
-                io_weight: vm_spec.io.weight,
-                last_io: None,
-            },
-        );
-    }
-    Ok(vms)
-}
-
-/// The monitor with every VM built and started, its ticks armed.
+/// The monitor with its ticks armed and the spec's VMs queued for building.
 fn start_monitor(
     spec: &MonitorSpec,
     opts: &RunOptions,
-    kvm: &Kvm,
+    kvm: Arc<Kvm>,
     signals: Signals,
-    rings: &[Option<Arc<OutputRing>>],
+    console: Option<(usize, ConsoleTarget)>,
 ) -> Result<Monitor, MonitorError> {
-    let mut vms = build_all(kvm, spec, rings)?;
+    let plan = build_plan(spec, opts.serve)?;
+    let workers = Workers::start(
+        crate::host::online_cpus().max(2),
+        kvm,
+        filter(spec, ThreadClass::Builder)?,
+    )
+    .map_err(setup_err("start the life-cycle workers"))?;
     let allowed_cpus = spec
         .host
         .cpus
@@ -198,23 +141,6 @@ fn start_monitor(
             .reset(STATS_PERIOD, Some(STATS_PERIOD))
             .map_err(|e| setup_err("statistics timer")(e.into()))?;
     }
-    for (id, e) in vms.iter_mut() {
-        let VmState::Running(vm) = &mut e.state else {
-            continue;
-        };
-        // Before the vCPUs run, so a drive's first request finds its share.
-        if let Some(d) = &vm.devices.disks {
-            io.add_vm(*id, e.io_weight, d.share.clone(), d.wakers());
-        }
-        vm.start().map_err(|source| MonitorError::Vm {
-            name: e.name.clone(),
-            source,
-        })?;
-        sched.add_vm(*id, vm, &e.cpu);
-        if let Some(b) = &vm.devices.balloon {
-            mem.add_vm(*id, b, &e.memory);
-        }
-    }
     if spec.host.scheduler {
         sched.start().map_err(setup_err("scheduler timer"))?;
     } else {
@@ -222,9 +148,14 @@ fn start_monitor(
     }
     mem.start().map_err(setup_err("memory timer"))?;
     io.start().map_err(MonitorError::Io)?;
-    let (reap_tx, reaped) = std::sync::mpsc::channel();
-    Ok(Monitor {
-        vms,
+    let mut monitor = Monitor {
+        vms: BTreeMap::new(),
+        next_id: 0,
+        host: spec.host.clone(),
+        plan,
+        workers,
+        serving: opts.serve,
+        shutting_down: false,
         signals,
         quit: EventFd::new(libc::EFD_NONBLOCK).map_err(setup_err("quit eventfd"))?,
         signal: None,
@@ -234,15 +165,38 @@ fn start_monitor(
         stats_timer,
         stats_file: opts.stats_file.clone(),
         started: Instant::now(),
-        reaped,
-        reap_tx,
-        reaped_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(setup_err("reap eventfd"))?,
-    })
+        exits: ExitQueue::new().map_err(setup_err("exit eventfd"))?,
+        console,
+        fatal: None,
+    };
+    for vm in &spec.vms {
+        let id = monitor.next_id;
+        monitor.next_id += 1;
+        let mut entry = VmEntry::new(vm.clone());
+        entry.from_file = true;
+        monitor.vms.insert(id, entry);
+        monitor.build(id, true);
+    }
+    // The file's VMs build on the workers side by side, each starting as
+    // soon as it is built; the control socket is served once they all are
+    // (before the loop runs, so no tick waits on a build).
+    for _ in &spec.vms {
+        match monitor.workers.done.recv() {
+            Ok(done) => monitor.finished(done),
+            Err(_) => {
+                return Err(MonitorError::Build(
+                    "the life-cycle workers are gone".into(),
+                ))
+            }
+        }
+    }
+    Ok(monitor)
 }
 
 type Loop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
-/// Runs every VM of `spec` until the last one stops.
+/// Runs the VMs of `spec` until the last one stops (or, with
+/// `opts.serve`, until a shutdown request or a signal).
 pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, MonitorError> {
     // Before any thread exists, so every thread inherits the blocked mask
     // and SIGINT/SIGTERM only ever arrive through the signalfd.
@@ -251,7 +205,10 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         what: "install the vCPU kick handler",
         source: io::Error::from_raw_os_error(e.errno()),
     })?;
-    let kvm = Kvm::new().map_err(MonitorError::Kvm)?;
+    let kvm = Arc::new(Kvm::new().map_err(MonitorError::Kvm)?);
+    if opts.serve && spec.host.api.is_none() {
+        return Err(MonitorError::NoSocket);
+    }
     // Bound before any VM exists, so a socket in use fails the run early.
     let api = spec
         .host
@@ -260,26 +217,27 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         .map(crate::api::Listener::bind)
         .transpose()?;
     let mut em: Loop = EventManager::new().map_err(MonitorError::EventLoop)?;
-    let mut outputs = open_outputs(spec)?;
-    let monitor = start_monitor(spec, opts, &kvm, signals, &outputs.rings)?;
+    // The file's VMs get ids 0.. in order; the console feeds the one that
+    // reads stdin, once it is built.
     let console_vm = spec.vms.iter().position(|v| v.serial.stdin);
+    let target = ConsoleTarget::default();
+    let console = console_vm.map(|index| (index, target.clone()));
+    let monitor = start_monitor(spec, opts, kvm, signals, console)?;
     let _raw_terminal = match console_vm {
         Some(_) => {
             RawTerminal::enter(libc::STDIN_FILENO).map_err(setup_err("terminal raw mode"))?
         }
         None => None,
     };
-    if let Some(VmState::Running(vm)) = console_vm
-        .and_then(|i| monitor.vms.get(&i))
-        .map(|e| &e.state)
-    {
+    if console_vm.is_some() {
         let quit = monitor
             .quit
             .try_clone()
             .map_err(setup_err("quit eventfd"))?;
-        let console = Console::new(vm.serial.clone(), quit).map_err(setup_err("console"))?;
+        let console = Console::new(target, quit).map_err(setup_err("console"))?;
         em.add_subscriber(Arc::new(Mutex::new(console)));
     }
+    let terminal = monitor.plan.terminal.clone();
     let monitor = Arc::new(Mutex::new(monitor));
     em.add_subscriber(monitor.clone());
     if let Some(listener) = api {
@@ -288,18 +246,18 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         em.add_subscriber(Arc::new(Mutex::new(server)));
     }
     if spec.host.seccomp {
-        // Everything is built: from here on the loop only uses the calls
-        // in its allowlist (docs/security.md).
+        // From here on the loop only uses the calls in its allowlist
+        // (docs/security.md).
         seccomp::install(ThreadClass::EventLoop)?;
     }
     event_loop(&mut em, &monitor)?;
-    // The guests are gone; give their last output a moment to reach its
-    // destination, but never wait on a reader that does not drain.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    for w in &mut outputs.writers {
-        w.finish(deadline.saturating_duration_since(Instant::now()));
-    }
+    // The guests are gone; give their last output a moment to reach the
+    // terminal, but never wait on a reader that does not drain.
+    terminal.finish(Duration::from_secs(1));
     let mut m = lock(&monitor);
+    if let Some(message) = m.fatal.take() {
+        return Err(MonitorError::Build(message));
+    }
     let vms = std::mem::take(&mut m.vms)
         .into_values()
         .filter_map(|e| match e.state {
@@ -314,7 +272,18 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
     })
 }
 
-/// Dispatches events until every VM has stopped.
+/// `hearth serve`: [`run`] as a service.
+pub fn serve(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, MonitorError> {
+    run(
+        spec,
+        &RunOptions {
+            serve: true,
+            ..opts.clone()
+        },
+    )
+}
+
+/// Dispatches events until the monitor is done.
 fn event_loop(em: &mut Loop, monitor: &Arc<Mutex<Monitor>>) -> Result<(), MonitorError> {
     while !lock(monitor).done() {
         match em.run() {
@@ -324,7 +293,7 @@ fn event_loop(em: &mut Loop, monitor: &Arc<Mutex<Monitor>>) -> Result<(), Monito
                 let mut m = lock(monitor);
                 m.stop_all("event loop failed");
                 for e in std::mem::take(&mut m.vms).into_values() {
-                    if let VmState::Running(vm) = e.state {
+                    if let VmState::Running(vm) | VmState::Created(vm) = e.state {
                         (*vm).finish(crate::lifecycle::VmOutcome::Stopped(
                             "event loop failed".into(),
                         ));

@@ -42,6 +42,8 @@ pub struct CpuScheduler {
     vms: HashMap<VmId, VmSched>,
     tick: Duration,
     timer: TimerFd,
+    /// One-shot: the moment a capped VM's quota runs out (between ticks).
+    cap_timer: TimerFd,
     rotation: usize,
     ticks: u64,
     cost_ns: u64,
@@ -56,6 +58,7 @@ impl CpuScheduler {
             vms: HashMap::new(),
             tick,
             timer: TimerFd::new().map_err(io::Error::from)?,
+            cap_timer: nonblocking(TimerFd::new().map_err(io::Error::from)?)?,
             rotation: 0,
             ticks: 0,
             cost_ns: 0,
@@ -64,6 +67,36 @@ impl CpuScheduler {
 
     pub fn timer(&self) -> &TimerFd {
         &self.timer
+    }
+
+    pub fn cap_timer(&self) -> &TimerFd {
+        &self.cap_timer
+    }
+
+    /// Arms the cap timer for the policy's next deadline, or disarms it.
+    fn arm_cap_timer(&mut self) {
+        let armed = match self.policy.next_deadline_ns() {
+            Some(ns) => self.cap_timer.reset(Duration::from_nanos(ns), None),
+            None => self.cap_timer.clear(),
+        };
+        if let Err(e) = armed {
+            log::warn!("scheduler: cannot arm the cap timer: {e}");
+        }
+    }
+
+    /// A capped VM may have used its quota: park it now rather than at
+    /// the next tick, so a cap holds within a few percent over any second.
+    pub fn on_cap_timer<'a>(&mut self, vms: impl Iterator<Item = (VmId, &'a Vm)>) {
+        let _ = self.cap_timer.wait();
+        let vms: Vec<(VmId, &Vm)> = vms.collect();
+        let used: Vec<(VmId, u64)> = vms.iter().map(|(id, vm)| (*id, vm.cpu_ns())).collect();
+        for a in self.policy.check_caps(&used) {
+            let found = vms.iter().find(|(id, _)| *id == a.vm);
+            if let (Some((_, vm)), Some(state)) = (found, self.vms.get_mut(&a.vm)) {
+                allow_vcpus(state, vm.vcpus(), a.vcpus as usize, self.rotation);
+            }
+        }
+        self.arm_cap_timer();
     }
 
     /// Arms the periodic tick.
@@ -127,6 +160,7 @@ impl CpuScheduler {
                 allow_vcpus(state, vm.vcpus(), a.vcpus as usize, self.rotation);
             }
         }
+        self.arm_cap_timer();
         self.ticks += 1;
         self.cost_ns += crate::host::current_thread_cpu_ns().saturating_sub(start);
     }
@@ -189,5 +223,23 @@ fn allow_vcpus(state: &mut VmSched, vcpus: &[VcpuHandle], allowed: usize, rotati
                 });
             }
         }
+    }
+}
+
+/// Makes a timerfd's read non-blocking: a one-shot timer re-armed between
+/// epoll reporting it and the read would otherwise block the read forever.
+fn nonblocking(timer: TimerFd) -> io::Result<TimerFd> {
+    use std::os::fd::AsRawFd;
+    let fd = timer.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor this function owns (through
+    // `timer`); no memory is passed.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if ok {
+        Ok(timer)
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

@@ -103,11 +103,16 @@ impl ShareRuntime {
         match &mut self.policy {
             Some(policy) => policy.add_vm(id, weight),
             None => {
-                bucket.fill(&Grant {
+                // A device that asked before now (the VM's vCPUs may already
+                // run) waits for this fill: wake it.
+                let waiting = bucket.fill(&Grant {
                     vm: id,
                     bytes_milli: None,
                     ops_milli: None,
                 });
+                if waiting {
+                    wakers.iter().for_each(|w| w.wake());
+                }
             }
         }
         self.vms.insert(

@@ -29,6 +29,7 @@ impl Fixture {
             host: &HOST,
             budget: false,
             net_dir: &net_dir,
+            serving: false,
         };
         parse_in(&config.to_string(), ctx)
     }

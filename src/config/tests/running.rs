@@ -17,6 +17,7 @@ impl Fixture {
             host: &HOST,
             budget: host.memory.is_some(),
             net_dir: Path::new("/sys/class/net"),
+            serving: false,
         };
         vm_for_monitor(&vm.to_string(), ctx, host, running)
             .map_err(|e| e.iter().map(ToString::to_string).collect())
