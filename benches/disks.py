@@ -157,9 +157,9 @@ def throughput(elf, work, runs):
         json.dump(results, f, indent=1)
 
 
-def loop_vm(elf, name, img, weight=None, limiter=None):
+def loop_vm(elf, name, img, weight=None, limiter=None, bs=262144):
     vm = {"name": name, "kernel": {"path": elf,
-          "cmdline": "hearth.scenario=blk-loop hearth.every_mib=1 hearth.bs=65536"},
+          "cmdline": f"hearth.scenario=blk-loop hearth.every_mib=1 hearth.bs={bs}"},
           "memory": {"size_mib": 32}, "drives": [{"id": "d", "path": img}]}
     if weight:
         vm["io"] = {"weight": weight}

@@ -445,7 +445,7 @@ fn two_vms_share_host_io_by_weight_and_ctl_changes_the_weights() {
     let _serial = serial();
     let dir = scratch_dir("blk-share");
     let (a, b) = (image(&dir, "a.img", 16384), image(&dir, "b.img", 16384));
-    let cmd = "hearth.scenario=blk-loop hearth.every_mib=1 hearth.bs=65536";
+    let cmd = "hearth.scenario=blk-loop hearth.every_mib=1 hearth.bs=262144";
     let mut va = vm("a", cmd, json!([{"id": "d", "path": a}]));
     let mut vb = vm(
         "b",
