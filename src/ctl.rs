@@ -201,3 +201,24 @@ pub fn main(args: CtlArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_on_the_command_line() {
+        assert_eq!(bucket("none"), Ok(Value::Null));
+        assert_eq!(
+            bucket("1048576:100"),
+            Ok(json!({"size": 1048576, "refill_time": 100}))
+        );
+        assert_eq!(
+            bucket("10:1000:50"),
+            Ok(json!({"size": 10, "refill_time": 1000, "one_time_burst": 50}))
+        );
+        for bad in ["", "10", "a:b", "1:2:3:4", "-1:100"] {
+            assert!(bucket(bad).is_err(), "{bad:?}");
+        }
+    }
+}

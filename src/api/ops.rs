@@ -216,6 +216,27 @@ fn immediate(
             }
             ctl.set_memory(idx, weight, floor_mib)
         }
+        r @ (Request::SetIo { .. } | Request::SetDrive { .. }) => disks(ctl, r),
+        Request::AccessCounters { vm } => {
+            let idx = find(ctl, &vm)?;
+            ctl.access_counters(idx)
+        }
+        Request::Shutdown {} => {
+            ctl.shutdown("shutdown through the control socket");
+            Ok(json!({ "state": "stopping" }))
+        }
+        Request::Create { .. }
+        | Request::Start { .. }
+        | Request::Delete { .. }
+        | Request::Restart { .. } => {
+            Err("internal: a life-cycle request reached the wrong path".into())
+        }
+    }
+}
+
+/// `set-io` and `set-drive`: a VM's share of `host.io`, a drive's buckets.
+fn disks(ctl: &mut dyn Control, request: Request) -> Result<Value, String> {
+    match request {
         Request::SetIo { vm, weight } => {
             let idx = running(ctl, &vm)?;
             match u32::try_from(weight) {
@@ -238,20 +259,7 @@ fn immediate(
                 bucket_update(rate_limiter.ops),
             )
         }
-        Request::AccessCounters { vm } => {
-            let idx = find(ctl, &vm)?;
-            ctl.access_counters(idx)
-        }
-        Request::Shutdown {} => {
-            ctl.shutdown("shutdown through the control socket");
-            Ok(json!({ "state": "stopping" }))
-        }
-        Request::Create { .. }
-        | Request::Start { .. }
-        | Request::Delete { .. }
-        | Request::Restart { .. } => {
-            Err("internal: a life-cycle request reached the wrong path".into())
-        }
+        _ => Err("not a disk request".into()),
     }
 }
 
@@ -303,4 +311,32 @@ fn new_cpu(
         Some(Some(m)) => Some(m),
     };
     Ok(CpuSpec { weight, max })
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::*;
+
+    #[test]
+    fn set_drive_buckets_keep_remove_or_replace() {
+        assert_eq!(bucket_update(None), BucketUpdate::Keep);
+        assert_eq!(bucket_update(Some(None)), BucketUpdate::Disable);
+        let b = |size, refill_time| {
+            Some(Some(BucketPatch {
+                size,
+                one_time_burst: 7,
+                refill_time,
+            }))
+        };
+        assert_eq!(bucket_update(b(0, 100)), BucketUpdate::Disable);
+        assert_eq!(bucket_update(b(10, 0)), BucketUpdate::Disable);
+        assert_eq!(
+            bucket_update(b(10, 100)),
+            BucketUpdate::Replace(TokenBucketSpec {
+                size: 10,
+                one_time_burst: 7,
+                refill_time_ms: 100
+            })
+        );
+    }
 }
