@@ -23,6 +23,7 @@ pub mod uring;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -89,11 +90,24 @@ impl Disk {
             path: spec.path.display().to_string(),
             source,
         };
+        // O_NONBLOCK: a FIFO swapped in after validation cannot block the
+        // builder (regular files and block devices ignore the flag).
         let mut file = OpenOptions::new()
             .read(true)
             .write(!spec.read_only)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&spec.path)
             .map_err(open_err)?;
+        let kind = file.metadata().map_err(open_err)?.file_type();
+        if !(kind.is_file() || kind.is_block_device()) {
+            return Err(open_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "neither a regular file nor a block device",
+            )));
+        }
+        // Blocking again: io_uring answers EAGAIN for a non-blocking file
+        // instead of waiting for the disk.
+        set_nonblocking(&file, false).map_err(open_err)?;
         // A block device's size is where a seek to its end lands.
         let bytes = file.seek(SeekFrom::End(0)).map_err(open_err)?;
         if bytes % SECTOR_SIZE != 0 {
@@ -214,7 +228,7 @@ impl Block {
             ),
         };
         let timer = TimerFd::new().map_err(|e| setup("create a timerfd")(e.into()))?;
-        set_nonblocking(&timer).map_err(setup("make the timerfd non-blocking"))?;
+        set_nonblocking(&timer, true).map_err(setup("make the timerfd non-blocking"))?;
         let clock = Instant::now();
         let shared = DriveShared {
             counters: DriveCounters::default(),
@@ -240,9 +254,20 @@ impl Block {
     }
 }
 
-fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+/// Sets or clears `O_NONBLOCK` on `fd`, keeping its other status flags.
+fn set_nonblocking(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on an fd we own, with integer arguments only.
-    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {

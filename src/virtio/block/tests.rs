@@ -380,3 +380,18 @@ fn an_empty_share_holds_requests_until_a_fill_wakes_the_drive() {
     d.kick_and_wait(1);
     assert_eq!(share.stats().bytes, 512);
 }
+
+#[test]
+fn a_fifo_in_place_of_the_image_is_refused_without_blocking() {
+    let path = std::env::temp_dir().join(format!("hearth-blk-{}-fifo", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let c = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
+    // SAFETY: mkfifo reads the NUL-terminated path only.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mem = memory(1);
+    let err = Block::new(&spec(&path, IoEngine::Sync), &mem, unlimited())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("neither a regular file"), "{err}");
+    let _ = std::fs::remove_file(&path);
+}
