@@ -509,3 +509,46 @@ fn two_vms_share_host_io_by_weight_and_ctl_changes_the_weights() {
         "a {da} bytes, b {db} bytes at 300:300"
     );
 }
+
+#[test]
+fn a_host_block_device_is_a_drive() {
+    let _serial = serial();
+    let dir = scratch_dir("blk-loopdev");
+    let img = image(&dir, "a.img", SECTORS);
+    let want = std::fs::read(&img).expect("image");
+    let out = Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&img)
+        .output()
+        .expect("losetup (util-linux)");
+    assert!(out.status.success(), "losetup: {out:?}");
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let vms = vec![
+        vm(
+            "dev",
+            "hearth.scenario=blk-read hearth.count=256",
+            json!([{"id": "d", "path": dev, "read_only": true}]),
+        ),
+        vm(
+            "info",
+            "hearth.scenario=blk-info",
+            json!([{"id": "d", "path": dev, "read_only": true}]),
+        ),
+    ];
+    let (_, lines) = run_all(&dir, vms, json!({}));
+    let read = lines("dev");
+    let fnv = format!("{:016x}", fnv1a64(&want[..256 * 512]));
+    assert_eq!(field(line(&read, "BLK-READ"), "fnv"), fnv, "{dev}");
+    let info = lines("info");
+    assert_eq!(
+        field(line(&info, "BLK-INFO"), "capacity"),
+        SECTORS.to_string()
+    );
+}
