@@ -4,6 +4,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
 
 use vmm_sys_util::signal::create_sigset;
 
@@ -103,13 +104,56 @@ pub fn signal_name(sig: i32) -> String {
     }
 }
 
+/// A /proc file opened once and read again from its start with `pread`:
+/// no path lookup per read, and no `open` at all once the monitor runs in
+/// its sandbox (whose root has no /proc of its own to open from).
+pub struct ProcFile(std::fs::File);
+
+impl ProcFile {
+    pub fn open(path: &str) -> io::Result<Self> {
+        std::fs::File::open(path).map(ProcFile)
+    }
+
+    /// The file's text now (its first 4 KiB), handed to `parse`.
+    pub fn parse<T>(&self, parse: impl FnOnce(&str) -> Option<T>) -> Option<T> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 4096];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        parse(std::str::from_utf8(&buf[..n]).ok()?)
+    }
+}
+
+/// `/proc/self/status`, opened on first use (call [`open_proc`] at start-up).
+static SELF_STATUS: OnceLock<Option<ProcFile>> = OnceLock::new();
+
+/// Opens what the monitor reads of /proc for itself (before any sandbox).
+pub fn open_proc() {
+    self_status();
+}
+
+fn self_status() -> Option<&'static ProcFile> {
+    SELF_STATUS
+        .get_or_init(|| ProcFile::open("/proc/self/status").ok())
+        .as_ref()
+}
+
+/// A `kB` field of /proc/self/status, in KiB.
+fn status_kib(field: &str) -> Option<u64> {
+    self_status()?.parse(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    })
+}
+
 /// Peak resident set size of this process (VmHWM), in KiB.
 pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status_kib("VmHWM:")
+}
+
+/// Resident set size of this process now (VmRSS), in KiB.
+pub fn rss_kib() -> Option<u64> {
+    status_kib("VmRSS:")
 }
 
 /// The calling thread's kernel id and CPU-time clock.
@@ -140,15 +184,22 @@ pub fn current_thread_cpu_ns() -> u64 {
     thread_cpu_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
 }
 
-/// Whether thread `tid` of this process is running or waiting for a CPU
-/// (state `R` in /proc), as opposed to sleeping (a halted vCPU sleeps in
-/// the kernel).
-pub fn thread_runnable(tid: libc::pid_t) -> Option<bool> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    // The state follows the command name, which is in parentheses and may
-    // itself contain spaces or parentheses: take what follows the last ')'.
-    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
-    Some(state == "R")
+/// The calling thread's /proc stat file, for [`thread_runnable`].
+pub fn own_stat() -> io::Result<ProcFile> {
+    ProcFile::open("/proc/thread-self/stat")
+}
+
+/// Whether the thread whose stat file `stat` is (its [`own_stat`]) is
+/// running or waiting for a CPU (state `R`), as opposed to sleeping (a
+/// halted vCPU sleeps in the kernel); `None` once it has exited.
+pub fn thread_runnable(stat: &ProcFile) -> Option<bool> {
+    stat.parse(|text| {
+        // The state follows the command name, which is in parentheses and
+        // may itself contain spaces or parentheses: take what follows the
+        // last ')'.
+        let state = text.rsplit_once(')')?.1.split_whitespace().next()?;
+        Some(state == "R")
+    })
 }
 
 /// Pins the calling thread to `cpus`.
@@ -192,20 +243,21 @@ mod tests {
         let s = stop.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let t = std::thread::spawn(move || {
-            tx.send(current_thread_ids()).unwrap();
+            tx.send((current_thread_ids().unwrap(), own_stat().unwrap()))
+                .unwrap();
             while !s.load(Ordering::Relaxed) {
                 std::hint::spin_loop();
             }
         });
-        let (tid, clock) = rx.recv().unwrap().unwrap();
+        let ((_, clock), stat) = rx.recv().unwrap();
         let before = thread_cpu_ns(clock).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let after = thread_cpu_ns(clock).unwrap();
         assert!(after > before, "{before} -> {after}");
-        assert_eq!(thread_runnable(tid), Some(true));
+        assert_eq!(thread_runnable(&stat), Some(true));
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
-        assert_eq!(thread_runnable(tid), None, "gone once joined");
+        assert_eq!(thread_runnable(&stat), None, "gone once joined");
     }
 
     #[test]
@@ -213,12 +265,12 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
-            tx.send(current_thread_ids()).unwrap();
+            tx.send(own_stat().unwrap()).unwrap();
             let _ = done_rx.recv();
         });
-        let (tid, _) = rx.recv().unwrap().unwrap();
+        let stat = rx.recv().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(thread_runnable(tid), Some(false));
+        assert_eq!(thread_runnable(&stat), Some(false));
         drop(done_tx);
         t.join().unwrap();
     }

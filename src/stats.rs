@@ -58,13 +58,14 @@ fn balloon_json(b: &BalloonStats) -> Value {
     })
 }
 
-/// The monitor's resident memory now (`VmRSS`), in KiB.
-fn current_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+/// Adds how late the event loop served the scheduler's ticks.
+pub fn add_tick_lateness(value: &mut Value, j: crate::sched::jitter::JitterStats) {
+    value["scheduler"]["tick_late_us"] = json!({
+        "p50": j.p50_us,
+        "p99": j.p99_us,
+        "max": j.max_us,
+    });
+    value["scheduler"]["missed_ticks"] = json!(j.missed);
 }
 
 /// Adds the memory allocator's figures (budget, ticks, cost) to `value`.
@@ -73,7 +74,7 @@ pub fn add_memory(value: &mut Value, budget_mib: Option<u64>, ticks: u64, cost_n
         "budget_mib": budget_mib,
         "ticks": ticks,
         "cost_ns": cost_ns,
-        "host_rss_kib": current_rss_kib(),
+        "host_rss_kib": crate::host::rss_kib(),
     });
 }
 

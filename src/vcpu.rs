@@ -195,6 +195,8 @@ pub struct VcpuHandle {
     state: Arc<AtomicU8>,
     counters: Arc<VcpuCounters>,
     ids: Option<ThreadIds>,
+    /// The thread's /proc stat file, opened by the thread itself at start.
+    stat: Option<crate::host::ProcFile>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -224,8 +226,9 @@ impl VcpuHandle {
 
     /// Whether the thread is running or waiting for a CPU right now.
     pub fn runnable(&self) -> bool {
-        self.ids
-            .and_then(|ids| crate::host::thread_runnable(ids.tid))
+        self.stat
+            .as_ref()
+            .and_then(crate::host::thread_runnable)
             .unwrap_or(false)
     }
 
@@ -320,22 +323,21 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
-                let _ = ids_tx.send(crate::host::current_thread_ids());
+                let ids = crate::host::current_thread_ids();
+                let _ = ids_tx.send((ids, crate::host::own_stat().ok()));
                 self.run(rx, st, &ct)
             })?;
-        // The thread reports its ids first thing; a thread that died before
-        // that has no ids (and its VM will stop).
-        let ids = ids_rx
-            .recv()
-            .ok()
-            .flatten()
-            .map(|(tid, cpu_clock)| ThreadIds { tid, cpu_clock });
+        // The thread reports its ids and opens its stat file first thing;
+        // a thread that died before that has none (and its VM will stop).
+        let (ids, stat) = ids_rx.recv().unwrap_or((None, None));
+        let ids = ids.map(|(tid, cpu_clock)| ThreadIds { tid, cpu_clock });
         Ok(VcpuHandle {
             id,
             commands: tx,
             state,
             counters,
             ids,
+            stat,
             thread: Some(thread),
         })
     }

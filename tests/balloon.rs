@@ -448,3 +448,74 @@ fn linux_probes_the_balloon_inflates_it_and_sends_statistics() {
     assert!(m["guest_total_mib"].as_u64() > Some(200), "{m}");
     assert_eq!(m["needs_reset"], false, "{m}");
 }
+
+/// A VM stops while another grows under a budget: the stopped VM's share
+/// goes to the other only once its memory is gone, so the monitor's RSS
+/// stays within the budget all along.
+#[test]
+fn a_stopped_vms_budget_is_released_only_with_its_memory() {
+    let dir = scratch_dir("balloon-release");
+    let stats = dir.join("stats.json");
+    let socket = dir.join("api.sock");
+    const BUDGET: u64 = 448;
+    let memory = r#"{"size_mib": 320, "floor_mib": 32}"#;
+    let config = write_file(
+        &dir,
+        "monitor.json",
+        &format!(
+            r#"{{"host": {{"memory": {{"budget_mib": {BUDGET}, "tick_ms": 200}},
+                          "api": {{"socket": "{}"}}}}, "vms": [{}, {}]}}"#,
+            socket.display(),
+            guest_vm(
+                "holder",
+                "hearth.scenario=mem-idle hearth.mem_start_mib=192",
+                memory
+            ),
+            guest_vm(
+                "grow",
+                "hearth.scenario=mem-grow hearth.mem_start_mib=16 hearth.mem_step_mib=64 \
+                 hearth.mem_max_mib=272 hearth.mem_step_iters=2500000",
+                memory
+            ),
+        ),
+    );
+    let mut live = Live::spawn(&config, &stats, Duration::from_secs(120));
+    let mut max_rss = 0;
+    let mut sample = |l: &Live| max_rss = max_rss.max(l.rss_kib().unwrap_or(0));
+    live.wait_until(
+        "holder to use its 192 MiB",
+        |l| l.has("holder| hearth-guest: mem used_mib=192"),
+        &mut sample,
+    );
+    let out = std::process::Command::new(hearth())
+        .arg("ctl")
+        .arg(&socket)
+        .args(["stop", "holder"])
+        .output()
+        .expect("hearth ctl");
+    assert!(out.status.success(), "{out:?}");
+    live.wait_until(
+        "grow to reach 272 MiB",
+        |l| l.has("grow| hearth-guest: mem used_mib=272"),
+        &mut sample,
+    );
+    // A few more ticks of the grown VM.
+    let settle = Instant::now();
+    live.wait_until(
+        "a second more",
+        |_| settle.elapsed() > Duration::from_secs(1),
+        &mut sample,
+    );
+    let (status, serial, err) = live.stop();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
+    // Guest RAM within the budget, plus what the monitor itself holds.
+    let limit = (BUDGET + 16) * 1024;
+    assert!(
+        max_rss <= limit,
+        "the monitor's RSS reached {max_rss} KiB, over the budget of {BUDGET} MiB\n{serial}\n{err}"
+    );
+    assert!(
+        max_rss > 272 * 1024,
+        "the grown VM's memory is resident: {max_rss} KiB"
+    );
+}

@@ -136,6 +136,7 @@ impl Control for Monitor {
             cost,
             crate::host::current_thread_cpu_ns(),
         );
+        stats::add_tick_lateness(&mut value, self.sched.jitter());
         let (mem_ticks, mem_cost) = self.mem.cost();
         stats::add_memory(&mut value, self.mem.budget_mib(), mem_ticks, mem_cost);
         let (io_ticks, io_cost) = self.io.cost();

@@ -201,6 +201,7 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
     // Before any thread exists, so every thread inherits the blocked mask
     // and SIGINT/SIGTERM only ever arrive through the signalfd.
     let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
+    crate::host::open_proc();
     crate::vcpu::install_kick_handler().map_err(|e| MonitorError::Setup {
         what: "install the vCPU kick handler",
         source: io::Error::from_raw_os_error(e.errno()),

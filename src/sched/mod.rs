@@ -6,6 +6,7 @@
 //! The per-VM state of that (which vCPUs are parked, each one's CPU time
 //! at the last tick) lives here, keyed by the monitor's VM id.
 
+pub mod jitter;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -35,7 +36,17 @@ struct VmSched {
     parked: Vec<bool>,
     /// Each vCPU's CPU time at the last tick.
     last_cpu_ns: Vec<u64>,
+    /// Ticks before each quiet vCPU's run state is read again (see `sample`).
+    recheck_in: Vec<u8>,
+    /// How many ticks apart a quiet vCPU's state is read now.
+    backoff: Vec<u8>,
 }
+
+/// A quiet vCPU (one that used little CPU and was not runnable) has its
+/// run state read from /proc at most every this many ticks: with many
+/// idle VMs the tick stays cheap, and a starved vCPU is still seen within
+/// this many ticks.
+const MAX_BACKOFF: u8 = 10;
 
 pub struct CpuScheduler {
     policy: Policy,
@@ -44,6 +55,7 @@ pub struct CpuScheduler {
     timer: TimerFd,
     /// One-shot: the moment a capped VM's quota runs out (between ticks).
     cap_timer: TimerFd,
+    jitter: jitter::Jitter,
     rotation: usize,
     ticks: u64,
     cost_ns: u64,
@@ -59,6 +71,7 @@ impl CpuScheduler {
             tick,
             timer: TimerFd::new().map_err(io::Error::from)?,
             cap_timer: nonblocking(TimerFd::new().map_err(io::Error::from)?)?,
+            jitter: jitter::Jitter::new(tick),
             rotation: 0,
             ticks: 0,
             cost_ns: 0,
@@ -101,9 +114,15 @@ impl CpuScheduler {
 
     /// Arms the periodic tick.
     pub fn start(&mut self) -> io::Result<()> {
+        self.jitter.armed(std::time::Instant::now());
         self.timer
             .reset(self.tick, Some(self.tick))
             .map_err(io::Error::from)
+    }
+
+    /// How late the event loop served the ticks.
+    pub fn jitter(&self) -> jitter::JitterStats {
+        self.jitter.stats()
     }
 
     pub fn add_vm(&mut self, id: VmId, vm: &Vm, cpu: &CpuSpec) {
@@ -115,6 +134,8 @@ impl CpuScheduler {
             VmSched {
                 parked: vec![false; n],
                 last_cpu_ns: vec![0; n],
+                recheck_in: vec![0; n],
+                backoff: vec![1; n],
             },
         );
     }
@@ -142,7 +163,8 @@ impl CpuScheduler {
     /// One tick over the running VMs (`(id, vm)` pairs).
     pub fn on_tick<'a>(&mut self, vms: impl Iterator<Item = (VmId, &'a Vm)>) {
         let start = crate::host::current_thread_cpu_ns();
-        let _ = self.timer.wait();
+        let expirations = self.timer.wait().unwrap_or(1);
+        self.jitter.tick(std::time::Instant::now(), expirations);
         let tick_ns = self.tick.as_nanos() as u64;
         let vms: Vec<(VmId, &Vm)> = vms.collect();
         let samples: Vec<(VmId, Sample)> = vms
@@ -182,18 +204,41 @@ impl CpuScheduler {
 }
 
 /// Samples CPU use: the VM's total CPU time, and how many unparked vCPUs
-/// want CPU (runnable now, or used at least a quarter of the last tick).
+/// want CPU (used at least a quarter of the last tick, or runnable now).
+/// The run state costs a /proc read, so a vCPU found quiet is read again
+/// after 1, 2, 4, .. up to [`MAX_BACKOFF`] ticks.
 fn sample(state: &mut VmSched, vm: &Vm, tick_ns: u64) -> Sample {
     let mut busy = 0;
     for (i, h) in vm.vcpus().iter().enumerate() {
         let now = h.cpu_ns();
-        let last = state.last_cpu_ns.get(i).copied().unwrap_or(0);
-        if let Some(slot) = state.last_cpu_ns.get_mut(i) {
-            *slot = now;
+        let (Some(last), Some(parked), Some(recheck), Some(backoff)) = (
+            state.last_cpu_ns.get_mut(i),
+            state.parked.get(i),
+            state.recheck_in.get_mut(i),
+            state.backoff.get_mut(i),
+        ) else {
+            continue;
+        };
+        let used = now.saturating_sub(*last);
+        *last = now;
+        if *parked {
+            continue;
         }
-        let parked = state.parked.get(i).copied().unwrap_or(false);
-        if !parked && (now.saturating_sub(last) >= tick_ns / 4 || h.runnable()) {
+        if used >= tick_ns / 4 {
             busy += 1;
+            (*recheck, *backoff) = (0, 1);
+            continue;
+        }
+        if *recheck > 0 {
+            *recheck -= 1;
+            continue;
+        }
+        if h.runnable() {
+            busy += 1;
+            *backoff = 1;
+        } else {
+            *recheck = *backoff;
+            *backoff = (*backoff * 2).min(MAX_BACKOFF);
         }
     }
     Sample {
