@@ -412,7 +412,7 @@ fn a_token_bucket_holds_a_vm_to_its_rate_and_ctl_changes_it() {
     // 10 MiB/s: a bucket of 1 MiB refilled in 100 ms.
     let limiter = json!({"bandwidth": {"size": 1 << 20, "refill_time": 100}});
     let drive = json!([{"id": "d", "path": img, "rate_limiter": limiter}]);
-    let cmd = "hearth.scenario=blk-loop hearth.every_mib=1 hearth.bs=65536";
+    let cmd = "hearth.scenario=blk-loop hearth.every_mib=1 hearth.bs=262144";
     let mut live = Live::spawn(&dir, vec![vm("a", cmd, drive)], json!({}));
     live.latest("a", 2);
     let r = rates(&mut live, &["a"], 3)[0];
