@@ -202,6 +202,44 @@ pub fn thread_runnable(stat: &ProcFile) -> Option<bool> {
     })
 }
 
+/// The calling thread's effective and permitted capabilities, as one mask
+/// (0 when it has none).
+pub fn capabilities() -> io::Result<u64> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget writes two `Data` for version 3 into `data`, which
+    // has room for exactly that; `header` is a valid header.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            std::ptr::addr_of_mut!(header),
+            data.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(data.iter().enumerate().fold(0, |mask, (i, d)| {
+        mask | (u64::from(d.effective | d.permitted) << (32 * i))
+    }))
+}
+
 /// Pins the calling thread to `cpus`.
 pub fn set_thread_affinity(cpus: &[usize]) -> io::Result<()> {
     // SAFETY: an all-zero cpu_set_t is a valid empty set.

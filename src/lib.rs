@@ -22,6 +22,7 @@ pub mod mem;
 pub mod monitor;
 pub mod output;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod sched;
 pub mod seccomp;
 pub mod share;

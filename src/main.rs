@@ -72,6 +72,10 @@ struct ServeArgs {
     /// Turn the per-thread seccomp filters off (for debugging).
     #[arg(long)]
     no_seccomp: bool,
+    /// Jail the monitor once its VMs are built (empty root, own namespaces,
+    /// no capabilities): as this user (default nobody) unless host.sandbox says.
+    #[arg(long, num_args = 0..=1, default_missing_value = "nobody", value_name = "USER")]
+    sandbox: Option<String>,
 }
 
 #[derive(Args)]
@@ -107,6 +111,10 @@ struct RunArgs {
     /// Turn the per-thread seccomp filters off (for debugging).
     #[arg(long)]
     no_seccomp: bool,
+    /// Jail the monitor once its VMs are built (empty root, own namespaces,
+    /// no capabilities): as this user (default nobody) unless host.sandbox says.
+    #[arg(long, num_args = 0..=1, default_missing_value = "nobody", value_name = "USER")]
+    sandbox: Option<String>,
 }
 
 fn report_config_errors(errors: &config::ConfigErrors) {
@@ -129,6 +137,25 @@ fn set_api_socket(spec: &mut MonitorSpec, socket: Option<PathBuf>) {
     }
 }
 
+/// `--sandbox [USER]`: the sandbox of that user, unless the file's
+/// host.sandbox already says.
+fn set_sandbox(spec: &mut MonitorSpec, user: Option<String>) -> Result<(), ExitCode> {
+    let Some(user) = user else { return Ok(()) };
+    if spec.host.sandbox.is_some() {
+        return Ok(());
+    }
+    match config::sandbox_user(&user) {
+        Some(jail) => {
+            spec.host.sandbox = Some(jail);
+            Ok(())
+        }
+        None => {
+            eprintln!("hearth: error: --sandbox: no user {user:?} on this host");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
     let parsed = match &args.config {
         Some(file) => config::load_serve_file(file),
@@ -145,6 +172,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     set_api_socket(&mut spec, args.api_socket);
+    if let Err(code) = set_sandbox(&mut spec, args.sandbox) {
+        return code;
+    }
     if args.no_seccomp {
         spec.host.seccomp = false;
     }
@@ -176,6 +206,9 @@ fn run(args: RunArgs) -> ExitCode {
     };
 
     set_api_socket(&mut spec, args.api_socket);
+    if let Err(code) = set_sandbox(&mut spec, args.sandbox) {
+        return code;
+    }
     if args.no_seccomp {
         spec.host.seccomp = false;
     }

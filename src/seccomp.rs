@@ -82,6 +82,27 @@ const COMMON: &[i64] = &[
     libc::SYS_restart_syscall,
     libc::SYS_write,
     libc::SYS_exit,
+    // Entering the sandbox: glibc has every thread drop to the sandbox
+    // user (a thread can only drop privileges with these, never gain);
+    // its signal handler checks the sender with getpid first.
+    libc::SYS_getpid,
+    libc::SYS_setgroups,
+    libc::SYS_setresgid,
+    libc::SYS_setresuid,
+];
+
+/// What no thread of a sandboxed monitor may do: it opens no file and
+/// looks no path up after start-up (docs/security.md).
+const NOT_IN_SANDBOX: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_readlink,
+    libc::SYS_rename,
+    libc::SYS_unlink,
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_listen,
 ];
 
 /// A vCPU thread: KVM_RUN and its exits. Serial output (stdout or a file),
@@ -283,12 +304,25 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
 
 /// The compiled filter of a thread class.
 pub fn filter(class: ThreadClass) -> Result<BpfProgram, SeccompError> {
+    compile(class, false)
+}
+
+/// The filter of a thread class in a sandboxed monitor: no `open` at all.
+pub fn sandboxed(class: ThreadClass) -> Result<BpfProgram, SeccompError> {
+    compile(class, true)
+}
+
+fn compile(class: ThreadClass, sandbox: bool) -> Result<BpfProgram, SeccompError> {
     let build = |source| SeccompError::Build {
         class: class.name(),
         source,
     };
+    let mut rules = rules(class).map_err(build)?;
+    if sandbox {
+        rules.retain(|nr, _| !NOT_IN_SANDBOX.contains(nr));
+    }
     let filter = SeccompFilter::new(
-        rules(class).map_err(build)?,
+        rules,
         SeccompAction::KillProcess,
         SeccompAction::Allow,
         TargetArch::x86_64,
@@ -306,6 +340,11 @@ pub fn apply(filter: &BpfProgram) -> Result<(), SeccompError> {
 /// Builds and installs the filter of `class` on the calling thread.
 pub fn install(class: ThreadClass) -> Result<(), SeccompError> {
     apply(&filter(class)?)
+}
+
+/// Builds and installs the sandboxed filter of `class` on the calling thread.
+pub fn install_sandboxed(class: ThreadClass) -> Result<(), SeccompError> {
+    apply(&sandboxed(class)?)
 }
 
 #[cfg(test)]

@@ -65,7 +65,11 @@ pub struct SocketFile(PathBuf);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        // A sandboxed monitor sees no file system (the next start removes
+        // the stale socket).
+        if !crate::sandbox::active() {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 

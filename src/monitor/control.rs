@@ -82,6 +82,10 @@ impl VmEntry {
     }
 }
 
+/// Why a sandboxed monitor builds no VM after start-up.
+const SANDBOXED: &str = "this monitor runs in its sandbox: it opens no file after start-up, \
+     so it builds no VM (list the VMs in its monitor file instead)";
+
 impl Monitor {
     /// Validates a VM definition for this monitor: as a VM of its file
     /// would be, against its host policy and the VMs it holds.
@@ -207,6 +211,9 @@ impl Control for Monitor {
         if self.shutting_down {
             return Err("the monitor is shutting down".into());
         }
+        if self.host.sandbox.is_some() {
+            return Err(SANDBOXED.into());
+        }
         let spec = self.validate_new(&definition, base_dir)?;
         let id = self.next_id;
         self.next_id += 1;
@@ -253,6 +260,9 @@ impl Control for Monitor {
     }
 
     fn restart(&mut self, vm: usize, waiter: Waiter) -> Result<Answer, String> {
+        if self.host.sandbox.is_some() {
+            return Err(SANDBOXED.into());
+        }
         let terminal = self.plan.terminal.clone();
         let (id, e) = self.nth_mut(vm).ok_or("no such VM")?;
         match &e.state {

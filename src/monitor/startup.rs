@@ -50,6 +50,10 @@ pub enum MonitorError {
     Io(crate::share::RuntimeError),
     #[error("hearth serve needs a control socket (--api-socket or host.api)")]
     NoSocket,
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("--stats-file cannot be written from the sandbox (it has no file system); read the statistics with `hearth ctl SOCKET stats`")]
+    StatsInSandbox,
 }
 
 fn setup_err(what: &'static str) -> impl FnOnce(io::Error) -> MonitorError {
@@ -201,6 +205,14 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
     // Before any thread exists, so every thread inherits the blocked mask
     // and SIGINT/SIGTERM only ever arrive through the signalfd.
     let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
+    if spec.host.sandbox.is_some() {
+        if opts.stats_file.is_some() {
+            return Err(MonitorError::StatsInSandbox);
+        }
+        // While this is the only thread: every thread starts in these.
+        // A network namespace of its own unless a tap is in the host's.
+        crate::sandbox::unshare(spec.vms.iter().all(|v| v.net.is_empty()))?;
+    }
     crate::host::open_proc();
     crate::vcpu::install_kick_handler().map_err(|e| MonitorError::Setup {
         what: "install the vCPU kick handler",
@@ -246,10 +258,21 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
             ApiServer::new(listener, monitor.clone()).map_err(setup_err("control socket"))?;
         em.add_subscriber(Arc::new(Mutex::new(server)));
     }
+    if let Some(jail) = &spec.host.sandbox {
+        // Everything is open and every thread has started.
+        crate::sandbox::enter(jail)?;
+        if spec.host.seccomp {
+            let sealed = Arc::new(seccomp::sandboxed(ThreadClass::Builder)?);
+            lock(&monitor).workers.seal(sealed);
+        }
+    }
     if spec.host.seccomp {
         // From here on the loop only uses the calls in its allowlist
         // (docs/security.md).
-        seccomp::install(ThreadClass::EventLoop)?;
+        match spec.host.sandbox {
+            Some(_) => seccomp::install_sandboxed(ThreadClass::EventLoop)?,
+            None => seccomp::install(ThreadClass::EventLoop)?,
+        }
     }
     event_loop(&mut em, &monitor)?;
     // The guests are gone; give their last output a moment to reach the

@@ -67,6 +67,8 @@ pub(crate) enum Done {
 /// The pool: a job queue shared by the workers, and their results.
 pub(crate) struct Workers {
     kvm: Arc<Kvm>,
+    /// A filter each worker installs before its next job (the sandbox's).
+    seal: Arc<Mutex<Option<Arc<seccompiler::BpfProgram>>>>,
     jobs: Option<Sender<Job>>,
     pub(crate) done: Receiver<Done>,
     pub(crate) done_evt: EventFd,
@@ -85,6 +87,7 @@ impl Workers {
         let queue = Arc::new(Mutex::new(queue));
         let (tx, done) = channel();
         let done_evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        let seal = Arc::new(Mutex::new(None));
         let mut threads = Vec::new();
         for i in 0..count.max(1) {
             let ctx = WorkerCtx {
@@ -92,6 +95,8 @@ impl Workers {
                 tx: tx.clone(),
                 evt: done_evt.try_clone()?,
                 kvm: kvm.clone(),
+                seal: seal.clone(),
+                sealed: false,
             };
             let seccomp = seccomp.clone();
             threads.push(
@@ -110,6 +115,7 @@ impl Workers {
         }
         Ok(Workers {
             kvm,
+            seal,
             jobs: Some(jobs),
             done,
             done_evt,
@@ -119,6 +125,12 @@ impl Workers {
 
     pub(crate) fn kvm(&self) -> &Kvm {
         &self.kvm
+    }
+
+    /// Every worker installs `filter` before its next job (they then only
+    /// tear VMs down: in the sandbox nothing is built).
+    pub(crate) fn seal(&self, filter: Arc<seccompiler::BpfProgram>) {
+        *lock(&self.seal) = Some(filter);
     }
 
     /// Queues a job. `Err` gives it back when no worker is left.
@@ -145,13 +157,24 @@ struct WorkerCtx {
     tx: Sender<Done>,
     evt: EventFd,
     kvm: Arc<Kvm>,
+    seal: Arc<Mutex<Option<Arc<seccompiler::BpfProgram>>>>,
+    sealed: bool,
 }
 
 impl WorkerCtx {
-    fn run(self) {
+    fn run(mut self) {
         loop {
             let job = lock(&self.queue).recv();
             let Ok(job) = job else { return };
+            if !self.sealed {
+                if let Some(filter) = lock(&self.seal).clone() {
+                    if let Err(e) = crate::seccomp::apply(&filter) {
+                        log::error!("life-cycle worker: cannot seal itself: {e}");
+                        return;
+                    }
+                    self.sealed = true;
+                }
+            }
             let done = run_job(&self.kvm, job);
             if self.tx.send(done).is_err() {
                 return;
