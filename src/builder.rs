@@ -272,10 +272,37 @@ impl Build<'_> {
                 let state = crate::bus::lock(&dev).state().clone();
                 self.devices.vsock = Some(handle(state));
             }
-            DeviceKind::Block(_) => {
-                return Err(VmError::Unsupported(planned.name.clone()));
-            }
+            DeviceKind::Block(i) => self.block_device(planned, i)?,
         }
+        Ok(())
+    }
+
+    /// Drive `i` of the spec: its file (and io_uring) opened now, before
+    /// any seccomp filter; it takes from the VM's share of `host.io`.
+    fn block_device(&mut self, planned: &PlannedDevice, i: usize) -> Result<(), VmError> {
+        use crate::virtio::block::{Block, DriveHandle, VmDisks};
+        let spec = self
+            .spec
+            .drives
+            .get(i)
+            .ok_or_else(|| VmError::Unsupported(planned.name.clone()))?;
+        let share = match &self.devices.disks {
+            Some(d) => d.share.clone(),
+            None => Arc::new(crate::share::SharedBucket::new()),
+        };
+        let block = Block::new(spec, &self.mem, share.clone())?;
+        let shared = block.shared().clone();
+        let dev = self.attach(&planned.name, planned.slot, block)?;
+        let state = crate::bus::lock(&dev).state().clone();
+        let disks = self.devices.disks.get_or_insert_with(|| VmDisks {
+            share,
+            drives: Vec::new(),
+        });
+        disks.drives.push(DriveHandle {
+            id: spec.id.clone(),
+            shared,
+            state,
+        });
         Ok(())
     }
 

@@ -50,6 +50,18 @@ enum CtlCommand {
         #[arg(long)]
         tx: Option<String>,
     },
+    /// Set a VM's io.weight (1-10000): its share of host.io.
+    SetIo { vm: String, weight: u64 },
+    /// Change a drive's rate limiter (Firecracker's PATCH /drives): each
+    /// bucket SIZE:REFILL_MS[:ONE_TIME_BURST], or "none" to remove it.
+    SetDrive {
+        vm: String,
+        drive: String,
+        #[arg(long)]
+        bandwidth: Option<String>,
+        #[arg(long)]
+        ops: Option<String>,
+    },
     /// The device-access verifier's counters of a VM.
     Counters { vm: String },
     /// The statistics of the VMs you may see as Prometheus text (printed
@@ -122,6 +134,22 @@ fn request(command: CtlCommand) -> Result<Value, String> {
             }
             r
         }
+        CtlCommand::SetIo { vm, weight } => json!({"op": "set-io", "vm": vm, "weight": weight}),
+        CtlCommand::SetDrive {
+            vm,
+            drive,
+            bandwidth,
+            ops,
+        } => {
+            let mut limiter = json!({});
+            if let Some(b) = bandwidth {
+                limiter["bandwidth"] = bucket(&b)?;
+            }
+            if let Some(o) = ops {
+                limiter["ops"] = bucket(&o)?;
+            }
+            json!({"op": "set-drive", "vm": vm, "drive": drive, "rate_limiter": limiter})
+        }
         CtlCommand::Counters { vm } => json!({"op": "access-counters", "vm": vm}),
         CtlCommand::Metrics => json!({"op": "metrics"}),
         CtlCommand::Shutdown => json!({"op": "shutdown"}),
@@ -133,6 +161,25 @@ fn request(command: CtlCommand) -> Result<Value, String> {
             serde_json::from_str(&json).map_err(|e| format!("not JSON: {e}"))?
         }
     })
+}
+
+/// A bucket given as `SIZE:REFILL_MS[:ONE_TIME_BURST]`, or `none`.
+fn bucket(text: &str) -> Result<Value, String> {
+    if text == "none" {
+        return Ok(Value::Null);
+    }
+    let bad = || format!("bucket {text:?} is not SIZE:REFILL_MS[:ONE_TIME_BURST] or \"none\"");
+    let parts: Vec<u64> = text
+        .split(':')
+        .map(|p| p.parse::<u64>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    match parts[..] {
+        [size, refill] => Ok(json!({"size": size, "refill_time": refill})),
+        [size, refill, burst] => {
+            Ok(json!({"size": size, "refill_time": refill, "one_time_burst": burst}))
+        }
+        _ => Err(bad()),
+    }
 }
 
 /// Most bytes of a VM definition file (as a config file).
@@ -181,6 +228,27 @@ pub fn main(args: CtlArgs) -> ExitCode {
         Err(e) => {
             eprintln!("hearth: error: {}: {e}", args.socket.display());
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_on_the_command_line() {
+        assert_eq!(bucket("none"), Ok(Value::Null));
+        assert_eq!(
+            bucket("1048576:100"),
+            Ok(json!({"size": 1048576, "refill_time": 100}))
+        );
+        assert_eq!(
+            bucket("10:1000:50"),
+            Ok(json!({"size": 10, "refill_time": 1000, "one_time_burst": 50}))
+        );
+        for bad in ["", "10", "a:b", "1:2:3:4", "-1:100"] {
+            assert!(bucket(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -203,6 +203,14 @@ const BUILDER: &[i64] = &[
     libc::SYS_io_uring_setup,
     libc::SYS_io_uring_enter,
     libc::SYS_io_uring_register,
+    // The device threads it starts serve disks under both this filter and
+    // their own (filters stack): the sync engine's I/O and flushes.
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_pwrite64,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_fallocate,
     libc::SYS_exit_group,
 ];
 

@@ -34,6 +34,9 @@ pub struct VmStats {
     pub net: Vec<crate::virtio::net::NetStats>,
     /// The vsock device's figures.
     pub vsock: Option<crate::virtio::vsock::VsockStats>,
+    /// The disks: `io.weight`, the share of `host.io` taken, each drive
+    /// (`virtio::block::VmDisks::to_json`).
+    pub io: Option<Value>,
 }
 
 fn balloon_json(b: &BalloonStats) -> Value {
@@ -126,6 +129,7 @@ pub fn to_json(
                 })),
                 "net": v.net.iter().map(|n| n.to_json()).collect::<Vec<_>>(),
                 "vsock": v.vsock.as_ref().map(|s| s.to_json()),
+                "io": v.io,
             })
         })
         .collect();
@@ -178,6 +182,7 @@ mod tests {
             serial: None,
             net: Vec::new(),
             vsock: None,
+            io: None,
         }
     }
 

@@ -44,6 +44,8 @@ pub enum VmError {
     Acl(#[from] CompileError),
     #[error("{name}: {detail}")]
     Backend { name: String, detail: String },
+    #[error(transparent)]
+    Block(#[from] crate::virtio::block::BlockError),
     #[error("{0}: this device is not supported yet")]
     Unsupported(String),
     #[error("{what}: {source}")]
@@ -66,6 +68,8 @@ pub struct VmDevices {
     pub vsock: Option<crate::virtio::vsock::VsockHandle>,
     /// The i8042, for Ctrl+Alt+Del from the host.
     pub keyboard: Option<Arc<Mutex<crate::devices::I8042<I8042Lines>>>>,
+    /// The drives (virtio-blk) and the VM's share of `host.io`.
+    pub disks: Option<crate::virtio::block::VmDisks>,
 }
 
 /// The i8042's keyboard interrupt (ISA IRQ 1).

@@ -205,17 +205,24 @@ fn converted_file_validates_and_boots() {
 }
 
 #[test]
-fn firecracker_config_boots_linux_to_init() {
+fn firecracker_config_boots_linux_from_an_ext4_rootfs_drive() {
     let kit = linux_kit();
+    let rootfs = kit.join("rootfs.ext4");
+    assert!(
+        rootfs.is_file(),
+        "{} is missing: run resources/linux/build-kit.sh",
+        rootfs.display()
+    );
     let cmdline_path = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/linux/cmdline.txt");
     let cmdline = std::fs::read_to_string(cmdline_path).expect("resources/linux/cmdline.txt");
+    // Firecracker's usual config: a kernel, no initrd, a root drive.
     let config = serde_json::json!({
         "boot-source": {
             "kernel_image_path": kit.join("vmlinux"),
-            "initrd_path": kit.join("initramfs.cpio"),
             "boot_args": cmdline.trim()
         },
-        "drives": [],
+        "drives": [{"drive_id": "rootfs", "path_on_host": rootfs,
+                    "is_root_device": true, "is_read_only": true}],
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
         "network-interfaces": []
     });
@@ -223,11 +230,18 @@ fn firecracker_config_boots_linux_to_init() {
     let path = write_file(&dir, "vm_config.json", &config.to_string());
     let run = run_hearth(&["run", "--config", &path], LINUX_DEADLINE);
     run.assert_no_panic();
-    assert!(
-        run.stdout.contains("Run /init as init process"),
-        "Linux did not reach init:\n{}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    for milestone in [
+        "root=/dev/vda ro",
+        "virtio_blk virtio0: [vda] 32768 512-byte logical blocks",
+        "VFS: Mounted root (ext4 filesystem) readonly on device 254:0.",
+        "Run /sbin/init as init process",
+    ] {
+        assert!(
+            run.stdout.contains(milestone),
+            "no {milestone:?} in the boot log:\n{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Build the Hearth Linux guest kit: a minimal Linux 6.1 kernel (ELF vmlinux
-# with a PVH note, and bzImage) plus a busybox initramfs.
+# with a PVH note, and bzImage) plus a busybox initramfs and the same tree as
+# an ext4 root disk image (rootfs.ext4, for root=/dev/vda).
 #
 #   resources/linux/build-kit.sh            # outputs in /var/cache/hearth/kit
 #   HEARTH_KIT_DIR=/some/dir build-kit.sh   # elsewhere
 #
 # Idempotent: the outputs are keyed on a hash of the kernel patch(es), the
-# config fragment, the initramfs recipe and the Debian package versions of
-# linux-source-6.1 / busybox-static. A run whose key matches the existing
+# config fragment, the initramfs and root image recipes and the Debian
+# package versions of linux-source-6.1 / busybox-static / e2fsprogs. A run whose key matches the existing
 # stamp does nothing. See README.md next to this script.
 set -euo pipefail
 
@@ -35,7 +36,7 @@ shopt -u nullglob
 # --- packages -------------------------------------------------------------------
 # Binary needed -> package that provides it on Debian 12.
 REQUIRED_PKGS=(linux-source-6.1 busybox-static build-essential flex bison
-               libelf-dev libssl-dev bc cpio xz-utils gzip util-linux)
+               libelf-dev libssl-dev bc cpio xz-utils gzip util-linux e2fsprogs)
 
 ensure_packages() {
     local missing=() p
@@ -152,6 +153,29 @@ make_initramfs() {
     mv -f "$KIT_DIR/initramfs.cpio.gz.tmp" "$KIT_DIR/initramfs.cpio.gz"
 }
 
+# The initramfs's tree as an ext4 image (mke2fs -d): busybox and its applet
+# links, and the kit's init script at /sbin/init, where the kernel looks
+# first on a root disk ("Run /sbin/init as init process").
+make_rootfs() {
+    local tree="$BUILD_DIR/rootfs" bb=/bin/busybox applet dir
+    [ -x "$bb" ] || die "$bb missing (busybox-static)"
+    rm -rf "$tree"
+    for dir in bin sbin usr/bin usr/sbin dev proc sys tmp root etc mnt run; do
+        mkdir -p "$tree/$dir"
+    done
+    cp "$bb" "$tree/bin/busybox"
+    "$bb" --list-full | sort | while read -r applet; do
+        [ "$applet" = bin/busybox ] && continue
+        ln -sf /bin/busybox "$tree/$applet"
+    done
+    rm -f "$tree/sbin/init"
+    install -m 0755 "$INIT_SCRIPT" "$tree/sbin/init"
+    rm -f "$KIT_DIR/rootfs.ext4.tmp"
+    mke2fs -q -t ext4 -F -L hearth-root -d "$tree" -E root_owner=0:0 \
+        "$KIT_DIR/rootfs.ext4.tmp" 16M
+    mv -f "$KIT_DIR/rootfs.ext4.tmp" "$KIT_DIR/rootfs.ext4"
+}
+
 kernel_key() {
     {
         echo "linux-source-6.1 $(pkg_version linux-source-6.1)"
@@ -168,12 +192,22 @@ initramfs_key() {
     } | sha256sum | cut -d' ' -f1
 }
 
+rootfs_key() {
+    {
+        echo "busybox-static $(pkg_version busybox-static)"
+        echo "e2fsprogs $(pkg_version e2fsprogs)"
+        sha256sum "$INIT_SCRIPT" | cut -d' ' -f1
+        declare -f make_rootfs
+    } | sha256sum | cut -d' ' -f1
+}
+
 print_outputs() {
     echo "kit dir:    $KIT_DIR"
     echo "vmlinux:    $KIT_DIR/vmlinux"
     echo "bzImage:    $KIT_DIR/bzImage"
     echo "initramfs:  $KIT_DIR/initramfs.cpio.gz"
     echo "initramfs (uncompressed): $KIT_DIR/initramfs.cpio"
+    echo "root disk:  $KIT_DIR/rootfs.ext4 (ext4, /sbin/init)"
     echo "config:     $KIT_DIR/config"
     echo "stamp:      $KIT_DIR/stamp"
     printf 'cmdline:    %s\n' "$(cat "$HERE/cmdline.txt")"
@@ -192,10 +226,17 @@ flock 9
 
 KKEY="$(kernel_key)"
 IKEY="$(initramfs_key)"
+RKEY="$(rootfs_key)"
 
-if [ "$(stamp_field kernel)" = "$KKEY" ] && [ "$(stamp_field initramfs)" = "$IKEY" ] &&
-   [ -s "$KIT_DIR/vmlinux" ] && [ -s "$KIT_DIR/bzImage" ] && [ -s "$KIT_DIR/initramfs.cpio.gz" ] && [ -s "$KIT_DIR/initramfs.cpio" ]; then
-    log "up to date (kernel ${KKEY:0:12}, initramfs ${IKEY:0:12})"
+initramfs_ok() {
+    [ "$(stamp_field initramfs)" = "$IKEY" ] &&
+        [ -s "$KIT_DIR/initramfs.cpio.gz" ] && [ -s "$KIT_DIR/initramfs.cpio" ]
+}
+rootfs_ok() { [ "$(stamp_field rootfs)" = "$RKEY" ] && [ -s "$KIT_DIR/rootfs.ext4" ]; }
+
+if [ "$(stamp_field kernel)" = "$KKEY" ] && initramfs_ok && rootfs_ok &&
+   [ -s "$KIT_DIR/vmlinux" ] && [ -s "$KIT_DIR/bzImage" ]; then
+    log "up to date (kernel ${KKEY:0:12}, initramfs ${IKEY:0:12}, rootfs ${RKEY:0:12})"
     print_outputs
     exit 0
 fi
@@ -206,17 +247,29 @@ else
     rm -f "$KIT_DIR/stamp"
     build_kernel
 fi
-# From here on the stamp vouches for the kernel only.
-echo "kernel=$KKEY" > "$KIT_DIR/stamp.tmp"
+# From here on the stamp vouches for the kernel and what is still current.
+{
+    echo "kernel=$KKEY"
+    initramfs_ok && echo "initramfs=$IKEY"
+    rootfs_ok && echo "rootfs=$RKEY"
+} > "$KIT_DIR/stamp.tmp" || true
 mv -f "$KIT_DIR/stamp.tmp" "$KIT_DIR/stamp"
-log "building initramfs"
-make_initramfs
+if ! initramfs_ok; then
+    log "building initramfs"
+    make_initramfs
+fi
+if ! rootfs_ok; then
+    log "building the ext4 root disk"
+    make_rootfs
+fi
 
 {
     echo "kernel=$KKEY"
     echo "initramfs=$IKEY"
+    echo "rootfs=$RKEY"
     echo "linux-source-6.1=$(pkg_version linux-source-6.1)"
     echo "busybox-static=$(pkg_version busybox-static)"
+    echo "e2fsprogs=$(pkg_version e2fsprogs)"
     echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } > "$KIT_DIR/stamp.tmp"
 mv -f "$KIT_DIR/stamp.tmp" "$KIT_DIR/stamp"

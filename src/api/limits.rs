@@ -1,5 +1,6 @@
-//! Rate limiter changes on the control socket (`set-net`): Firecracker's
-//! PATCH of a network interface's `rx_rate_limiter`/`tx_rate_limiter`.
+//! Rate limiter changes on the control socket (`set-net`, `set-drive`):
+//! Firecracker's PATCH of a network interface's `rx_rate_limiter` /
+//! `tx_rate_limiter` and of a drive's `rate_limiter`.
 //! Per bucket: absent keeps it, `null` removes it, an object replaces it
 //! (full, with its one-time burst); a bucket of `size` or `refill_time` 0
 //! removes it, as in Firecracker.
@@ -40,6 +41,7 @@ fn update(field: Option<Option<BucketJson>>) -> BucketUpdate {
     match field {
         None => BucketUpdate::Keep,
         Some(None) => BucketUpdate::Disable,
+        Some(Some(b)) if b.size == 0 || b.refill_time == 0 => BucketUpdate::Disable,
         Some(Some(b)) => BucketUpdate::Replace(TokenBucketSpec {
             size: b.size,
             one_time_burst: b.one_time_burst,
@@ -109,6 +111,30 @@ mod tests {
         assert_eq!(
             limiter_json(&spec),
             json!({"bandwidth": null, "ops": {"size": 5, "one_time_burst": 1, "refill_time": 10}})
+        );
+    }
+
+    #[test]
+    fn a_bucket_of_size_or_refill_time_0_is_removed() {
+        let p = |text: &str| -> LimiterPatch { serde_json::from_str(text).expect("parses") };
+        let zero = p(
+            r#"{"bandwidth": {"size": 0, "refill_time": 100}, "ops": {"size": 10, "refill_time": 0}}"#,
+        );
+        assert_eq!(
+            zero.updates(),
+            (BucketUpdate::Disable, BucketUpdate::Disable)
+        );
+        let burst = p(r#"{"ops": {"size": 10, "one_time_burst": 7, "refill_time": 100}}"#);
+        assert_eq!(
+            burst.updates(),
+            (
+                BucketUpdate::Keep,
+                BucketUpdate::Replace(TokenBucketSpec {
+                    size: 10,
+                    one_time_burst: 7,
+                    refill_time_ms: 100
+                })
+            )
         );
     }
 }

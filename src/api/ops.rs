@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{CpuSpec, Grant, MAX_CPU_WEIGHT, MIN_CPU_WEIGHT};
+use crate::config::{CpuSpec, Grant, MAX_CPU_WEIGHT, MAX_IO_WEIGHT, MIN_CPU_WEIGHT, MIN_IO_WEIGHT};
+use crate::ratelimit::BucketUpdate;
 
 use super::deferred::{Answer, Waiter};
 
@@ -72,6 +73,22 @@ pub trait Control {
         rx: Option<super::limits::LimiterPatch>,
         tx: Option<super::limits::LimiterPatch>,
     ) -> Result<Value, String>;
+
+    /// Sets a VM's `io.weight` (checked to be 1..=10000).
+    fn set_io_weight(&mut self, _vm: usize, _weight: u32) -> Result<Value, String> {
+        Err("not supported: this monitor has no disks".into())
+    }
+
+    /// Changes the rate limiter of a VM's drive `drive`.
+    fn set_drive_limits(
+        &mut self,
+        _vm: usize,
+        _drive: &str,
+        _bandwidth: BucketUpdate,
+        _ops: BucketUpdate,
+    ) -> Result<Value, String> {
+        Err("not supported: this monitor has no disks".into())
+    }
 
     /// The device-access verifier's counters of a VM.
     fn access_counters(&self, vm: usize) -> Result<Value, String>;
@@ -254,6 +271,7 @@ fn immediate(
             }
             ctl.set_net(idx, &iface, rx_rate_limiter, tx_rate_limiter)
         }
+        r @ (Request::SetIo { .. } | Request::SetDrive { .. }) => disks(ctl, r),
         Request::AccessCounters { vm } => {
             let idx = find(ctl, &vm)?;
             ctl.access_counters(idx)
@@ -268,6 +286,31 @@ fn immediate(
         | Request::Restart { .. } => {
             Err("internal: a life-cycle request reached the wrong path".into())
         }
+    }
+}
+
+/// `set-io` and `set-drive`: a VM's share of `host.io`, a drive's buckets.
+fn disks(ctl: &mut dyn Control, request: Request) -> Result<Value, String> {
+    match request {
+        Request::SetIo { vm, weight } => {
+            let idx = running(ctl, &vm)?;
+            match u32::try_from(weight) {
+                Ok(w) if (MIN_IO_WEIGHT..=MAX_IO_WEIGHT).contains(&w) => ctl.set_io_weight(idx, w),
+                _ => Err(format!(
+                    "io weight {weight} is out of range ({MIN_IO_WEIGHT}..={MAX_IO_WEIGHT})"
+                )),
+            }
+        }
+        Request::SetDrive {
+            vm,
+            drive,
+            rate_limiter,
+        } => {
+            let idx = running(ctl, &vm)?;
+            let (bandwidth, ops) = rate_limiter.updates();
+            ctl.set_drive_limits(idx, &drive, bandwidth, ops)
+        }
+        _ => Err("not a disk request".into()),
     }
 }
 

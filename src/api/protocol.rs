@@ -50,6 +50,18 @@ pub enum Request {
         rx_rate_limiter: Option<super::limits::LimiterPatch>,
         tx_rate_limiter: Option<super::limits::LimiterPatch>,
     },
+    /// A VM's `io.weight` (its share of `host.io`).
+    SetIo {
+        vm: String,
+        weight: u64,
+    },
+    /// A drive's rate limiter (Firecracker's `PATCH /drives`): a bucket
+    /// left out is kept, `null` or a size or refill time of 0 removes it.
+    SetDrive {
+        vm: String,
+        drive: String,
+        rate_limiter: super::limits::LimiterPatch,
+    },
     /// The device-access verifier's counters of one VM.
     AccessCounters {
         vm: String,
@@ -89,8 +101,10 @@ pub enum Request {
 }
 
 /// `Some(x)` for a field that is present (even as `null`), `None` if absent.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
-    Option::<f64>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl Request {
@@ -115,6 +129,8 @@ impl Request {
             | Request::SetCpu { vm, .. }
             | Request::SetMemory { vm, .. }
             | Request::SetNet { vm, .. }
+            | Request::SetIo { vm, .. }
+            | Request::SetDrive { vm, .. }
             | Request::Start { vm }
             | Request::Restart { vm }
             | Request::Delete { vm } => (Grant::Control, Some(vm)),
@@ -176,6 +192,46 @@ mod tests {
         assert_eq!(
             Request::parse(br#"{"op":"stats"}"#),
             Ok(Request::Stats { vm: None })
+        );
+    }
+
+    #[test]
+    fn set_drive_keeps_removes_or_replaces_each_bucket() {
+        use crate::api::limits::{BucketJson as BucketPatch, LimiterPatch};
+        let r = Request::parse(
+            br#"{"op":"set-drive","vm":"a","drive":"root","rate_limiter":{"bandwidth":{"size":10,"refill_time":1000},"ops":null}}"#,
+        )
+        .expect("parses");
+        let Request::SetDrive { rate_limiter, .. } = r else {
+            panic!("not set-drive: {r:?}");
+        };
+        assert_eq!(
+            rate_limiter.bandwidth,
+            Some(Some(BucketPatch {
+                size: 10,
+                one_time_burst: 0,
+                refill_time: 1000
+            }))
+        );
+        assert_eq!(rate_limiter.ops, Some(None));
+        let keep = Request::parse(br#"{"op":"set-drive","vm":"a","drive":"d","rate_limiter":{}}"#);
+        assert!(matches!(
+            keep,
+            Ok(Request::SetDrive {
+                rate_limiter: LimiterPatch {
+                    bandwidth: None,
+                    ops: None
+                },
+                ..
+            })
+        ));
+        let bad = Request::parse(
+            br#"{"op":"set-drive","vm":"a","drive":"d","rate_limiter":{"bandwidth":{"size":1}}}"#,
+        );
+        assert!(bad.expect_err("no refill_time").contains("refill_time"));
+        assert_eq!(
+            Request::parse(br#"{"op":"set-io","vm":"a","weight":300}"#).map(|r| r.needs().0),
+            Ok(Grant::Control)
         );
     }
 

@@ -33,6 +33,7 @@ impl Monitor {
             serial: e.output.as_ref().map(|r| (r.written(), r.dropped())),
             net: e.last_net.clone(),
             vsock: e.last_vsock.clone(),
+            io: e.last_io.clone(),
         };
         match &e.state {
             VmState::Running(vm) => VmStats {
@@ -44,6 +45,11 @@ impl Monitor {
                 balloon: vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b)),
                 net: vm.devices.net.iter().map(|n| n.stats()).collect(),
                 vsock: vm.devices.vsock.as_ref().map(|v| v.stats()),
+                io: vm
+                    .devices
+                    .disks
+                    .as_ref()
+                    .map(|d| d.to_json(e.io_weight, self.io.vm_stats(id))),
                 ..base
             },
             VmState::Building | VmState::Created(_) | VmState::Stopping => base,
@@ -141,6 +147,15 @@ impl Control for Monitor {
         stats::add_tick_lateness(&mut value, self.sched.jitter());
         let (mem_ticks, mem_cost) = self.mem.cost();
         stats::add_memory(&mut value, self.mem.budget_mib(), mem_ticks, mem_cost);
+        let (io_ticks, io_cost) = self.io.cost();
+        let budget = self.io.budget();
+        value["io"] = serde_json::json!({
+            "bytes_per_s": budget.and_then(|b| b.bytes_per_s),
+            "ops_per_s": budget.and_then(|b| b.ops_per_s),
+            "ticks": io_ticks,
+            "missed_ticks": self.io.missed_ticks(),
+            "cost_ns": io_cost,
+        });
         value
     }
 
@@ -261,6 +276,7 @@ impl Control for Monitor {
                 e.last_balloon = None;
                 e.last_net.clear();
                 e.last_vsock = None;
+                e.last_io = None;
                 if let Some(ring) = e.output.take() {
                     terminal.remove(&ring);
                 }
@@ -365,6 +381,32 @@ impl Control for Monitor {
         }
         b.set_balloon_mib(amount_mib);
         Ok(json!({"vm": e.name, "amount_mib": amount_mib}))
+    }
+
+    fn set_io_weight(&mut self, vm: usize, weight: u32) -> Result<serde_json::Value, String> {
+        let Some((id, e)) = self.nth_mut(vm) else {
+            return Err("no such VM".into());
+        };
+        let name = e.name.clone();
+        e.io_weight = weight;
+        self.io.set_weight(id, weight);
+        Ok(serde_json::json!({"vm": name, "io_weight": weight}))
+    }
+
+    fn set_drive_limits(
+        &mut self,
+        vm: usize,
+        drive: &str,
+        bandwidth: crate::ratelimit::BucketUpdate,
+        ops: crate::ratelimit::BucketUpdate,
+    ) -> Result<serde_json::Value, String> {
+        let (_, e) = self.nth(vm).ok_or_else(|| "no such VM".to_string())?;
+        let disks = e.running().and_then(|v| v.devices.disks.as_ref());
+        let Some(handle) = disks.and_then(|d| d.drive(drive)) else {
+            return Err(format!("vm {} has no drive {drive:?}", e.name));
+        };
+        handle.update_limits(bandwidth, ops);
+        Ok(handle.stats().to_json())
     }
 
     fn set_memory(

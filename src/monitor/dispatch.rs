@@ -18,6 +18,7 @@ const TAG_MEM: u32 = 4;
 const TAG_EXITS: u32 = 5;
 const TAG_WORKERS: u32 = 6;
 const TAG_CAP: u32 = 7;
+const TAG_IO: u32 = 8;
 
 impl Monitor {
     /// VMs whose vCPUs stopped (a guest reset, a failure, a stop request):
@@ -39,6 +40,12 @@ impl Monitor {
             return;
         };
         entry.last_balloon = vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b));
+        entry.last_io = vm
+            .devices
+            .disks
+            .as_ref()
+            .map(|d| d.to_json(entry.io_weight, self.io.vm_stats(id)));
+        self.io.remove_vm(id);
         let throttle_events = self.sched.vm_stats(id).throttle_events;
         self.sched.remove_vm(id);
         self.submit(Job::TearDown {
@@ -139,6 +146,9 @@ impl Monitor {
         if let Some(b) = &vm.devices.balloon {
             self.mem.add_vm(id, b, &e.memory);
         }
+        if let Some(d) = &vm.devices.disks {
+            self.io.add_vm(id, e.io_weight, d.share.clone(), d.wakers());
+        }
     }
 
     /// A worker tore a VM down: it is gone, and its share of the memory
@@ -174,6 +184,7 @@ impl Monitor {
                 entry.last_balloon = None;
                 entry.last_net.clear();
                 entry.last_vsock = None;
+                entry.last_io = None;
                 if let Some(ring) = entry.output.take() {
                     self.plan.terminal.remove(&ring);
                 }
@@ -248,6 +259,9 @@ impl MutEventSubscriber for Monitor {
             EventSet::IN,
         ));
         add(Events::with_data(self.mem.timer(), TAG_MEM, EventSet::IN));
+        if self.io.budget().is_some() {
+            add(Events::with_data(self.io.timer(), TAG_IO, EventSet::IN));
+        }
         add(Events::with_data(
             self.sched.cap_timer(),
             TAG_CAP,
@@ -299,6 +313,7 @@ impl MutEventSubscriber for Monitor {
                 self.write_stats();
             }
             TAG_MEM => self.on_mem_tick(),
+            TAG_IO => self.io.on_timer(),
             TAG_EXITS => self.on_exits(),
             TAG_WORKERS => self.on_workers(),
             other => log::warn!("monitor: unexpected event tag {other}"),

@@ -132,6 +132,10 @@ pub struct VmEntry {
     pub last_vsock: Option<crate::virtio::vsock::VsockStats>,
     /// Its serial output's ring (for the written and dropped counts).
     pub output: Option<Arc<OutputRing>>,
+    /// `io.weight` now (the control socket may change it).
+    pub io_weight: u32,
+    /// Its disks' figures when it stopped (kept for statistics).
+    pub last_io: Option<serde_json::Value>,
     /// Control-socket requests answered when the VM reaches its next state.
     waiting: Vec<Waiter>,
     after_stop: AfterStop,
@@ -145,6 +149,8 @@ impl VmEntry {
             name: spec.name.clone(),
             cpu: spec.cpu.clone(),
             memory: spec.memory,
+            io_weight: spec.io.weight,
+            last_io: None,
             spec: Box::new(spec),
             state: VmState::Building,
             paused: false,
@@ -221,6 +227,8 @@ pub(crate) struct Monitor {
     signal: Option<i32>,
     sched: CpuScheduler,
     mem: MemoryManager,
+    /// `host.io` shared by `io.weight` (docs/shares.md).
+    io: crate::share::ShareRuntime,
     stats_timer: TimerFd,
     stats_file: Option<PathBuf>,
     started: Instant,

@@ -46,6 +46,8 @@ pub enum MonitorError {
     Api(#[from] crate::api::ApiError),
     #[error("seccomp: {0}")]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("host.io: {0}")]
+    Io(crate::share::RuntimeError),
     #[error("hearth serve needs a control socket (--api-socket or host.api)")]
     NoSocket,
     #[error(transparent)]
@@ -142,6 +144,7 @@ fn start_monitor(
     let mut sched = CpuScheduler::new(allowed_cpus, spec.host.sched_tick_ms)
         .map_err(setup_err("scheduler timer"))?;
     let mut mem = MemoryManager::new(spec.host.memory).map_err(setup_err("memory timer"))?;
+    let mut io = crate::share::ShareRuntime::new(spec.host.io).map_err(MonitorError::Io)?;
     let mut stats_timer = TimerFd::new().map_err(|e| setup_err("statistics timer")(e.into()))?;
     if opts.stats_file.is_some() {
         stats_timer
@@ -154,6 +157,7 @@ fn start_monitor(
         log::info!("the CPU scheduler is off (host.cpu.scheduler): the host's scheduler alone shares the CPUs");
     }
     mem.start().map_err(setup_err("memory timer"))?;
+    io.start().map_err(MonitorError::Io)?;
     let mut monitor = Monitor {
         vms: BTreeMap::new(),
         next_id: 0,
@@ -167,6 +171,7 @@ fn start_monitor(
         signal: None,
         sched,
         mem,
+        io,
         stats_timer,
         stats_file: opts.stats_file.clone(),
         started: Instant::now(),

@@ -16,9 +16,11 @@
 
 pub mod bucket;
 pub mod policy;
+pub mod runtime;
 
 pub use bucket::{ShareStats, SharedBucket};
 pub use policy::{water_fill, Grant, SharePolicy, Usage, VmId, MILLI};
+pub use runtime::{RuntimeError, ShareRuntime, Wake};
 
 /// Why a host budget cannot be shared as given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -18,6 +18,7 @@
 //! device DEVICE_NEEDS_RESET ([`DeviceState::fail`]) and stops serving it.
 
 pub mod balloon;
+pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod queue;
