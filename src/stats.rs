@@ -34,6 +34,8 @@ pub struct VmStats {
     pub net: Vec<crate::virtio::net::NetStats>,
     /// The vsock device's figures.
     pub vsock: Option<crate::virtio::vsock::VsockStats>,
+    /// Its share of `host.net` (`net.weight`), when there is a budget.
+    pub net_share: Option<Value>,
     /// The disks: `io.weight`, the share of `host.io` taken, each drive
     /// (`virtio::block::VmDisks::to_json`).
     pub io: Option<Value>,
@@ -129,6 +131,7 @@ pub fn to_json(
                 })),
                 "net": v.net.iter().map(|n| n.to_json()).collect::<Vec<_>>(),
                 "vsock": v.vsock.as_ref().map(|s| s.to_json()),
+                "net_share": v.net_share,
                 "io": v.io,
             })
         })
@@ -182,6 +185,7 @@ mod tests {
             serial: None,
             net: Vec::new(),
             vsock: None,
+            net_share: None,
             io: None,
         }
     }

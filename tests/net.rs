@@ -435,3 +435,64 @@ fn hearth_ctl_set_net_changes_an_interfaces_limiters_at_run_time() {
         assert!(status.success(), "{err}");
     });
 }
+
+/// Two VMs sending as fast as they can under one `host.net` budget with
+/// `net.weight` 100:300 move bytes 1:3 (measured from the monitor's own
+/// per-VM share counters over the same window).
+#[test]
+fn two_vms_share_host_net_by_weight() {
+    in_netns(|| {
+        add_tap("tapa");
+        add_tap("tapb");
+        let dir = scratch_dir("net-share");
+        let bench = "hearth.scenario=net-bench hearth.dir=tx hearth.count=1000000 hearth.len=1500";
+        let weighted = |name: &str, tap: &str, mac: &str, weight: u32| {
+            let mut vm: Value =
+                serde_json::from_str(&vm_member(name, bench, tap, mac)).expect("a VM definition");
+            vm["net"] = serde_json::json!({"weight": weight, "interfaces": vm["net"]});
+            vm
+        };
+        let config = serde_json::json!({
+            "host": {"net": {"bytes_per_s": 2_000_000, "tick_ms": 10}},
+            "vms": [weighted("light", "tapa", "06:00:00:00:00:0a", 100),
+                    weighted("heavy", "tapb", "06:00:00:00:00:0b", 300)]
+        });
+        let path = write_file(&dir, "monitor.json", &config.to_string());
+        let stats = dir.join("stats.json").to_string_lossy().into_owned();
+        let mut g = Live::spawn(
+            &["run", "--config", &path, "--stats-file", &stats],
+            Duration::from_secs(60),
+        );
+        g.wait_for("light| hearth-guest: NET-BENCH-START");
+        g.wait_for("heavy| hearth-guest: NET-BENCH-START");
+        let bytes = |name: &str| -> f64 {
+            let v: Value =
+                serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
+                    .unwrap_or_default();
+            v["vms"]
+                .as_array()
+                .and_then(|vms| vms.iter().find(|v| v["name"] == name))
+                .and_then(|v| v["net_share"]["bytes"].as_f64())
+                .unwrap_or(0.0)
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        let (l0, h0) = (bytes("light"), bytes("heavy"));
+        std::thread::sleep(Duration::from_secs(4));
+        let (l1, h1) = (bytes("light"), bytes("heavy"));
+        let (status, _, err) = g.finish(true);
+        assert!(!err.contains("panicked"), "{err}");
+        let _ = status;
+        let (light, heavy) = (l1 - l0, h1 - h0);
+        assert!(light > 0.0, "the light VM sent nothing: {err}");
+        let ratio = heavy / light;
+        assert!(
+            (2.4..=3.6).contains(&ratio),
+            "heavy:light = {heavy}:{light} = {ratio:.2} (wanted 3 within 20 %)"
+        );
+        // Together they stay within the budget (4 s at 2 MB/s, plus a tick's slack).
+        assert!(
+            light + heavy <= 4.0 * 2_000_000.0 * 1.1,
+            "{light} + {heavy} bytes in 4 s over a budget of 2 MB/s"
+        );
+    });
+}

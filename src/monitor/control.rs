@@ -33,6 +33,7 @@ impl Monitor {
             serial: e.output.as_ref().map(|r| (r.written(), r.dropped())),
             net: e.last_net.clone(),
             vsock: e.last_vsock.clone(),
+            net_share: None,
             io: e.last_io.clone(),
         };
         match &e.state {
@@ -45,6 +46,15 @@ impl Monitor {
                 balloon: vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b)),
                 net: vm.devices.net.iter().map(|n| n.stats()).collect(),
                 vsock: vm.devices.vsock.as_ref().map(|v| v.stats()),
+                net_share: self.net.vm_stats(id).map(|s| {
+                    json!({
+                        "weight": e.net_weight,
+                        "bytes": s.bytes,
+                        "ops": s.ops,
+                        "throttle_events": s.throttle_events,
+                        "throttled_ns": s.throttled_ns,
+                    })
+                }),
                 io: vm
                     .devices
                     .disks
@@ -84,6 +94,19 @@ impl VmEntry {
             other => other.name().into(),
         }
     }
+}
+
+/// A host budget's figures (`host.io`, `host.net`).
+fn share_json(runtime: &crate::share::ShareRuntime) -> serde_json::Value {
+    let (ticks, cost) = runtime.cost();
+    let budget = runtime.budget();
+    serde_json::json!({
+        "bytes_per_s": budget.and_then(|b| b.bytes_per_s),
+        "ops_per_s": budget.and_then(|b| b.ops_per_s),
+        "ticks": ticks,
+        "missed_ticks": runtime.missed_ticks(),
+        "cost_ns": cost,
+    })
 }
 
 /// Why a sandboxed monitor builds no VM after start-up.
@@ -147,15 +170,8 @@ impl Control for Monitor {
         stats::add_tick_lateness(&mut value, self.sched.jitter());
         let (mem_ticks, mem_cost) = self.mem.cost();
         stats::add_memory(&mut value, self.mem.budget_mib(), mem_ticks, mem_cost);
-        let (io_ticks, io_cost) = self.io.cost();
-        let budget = self.io.budget();
-        value["io"] = serde_json::json!({
-            "bytes_per_s": budget.and_then(|b| b.bytes_per_s),
-            "ops_per_s": budget.and_then(|b| b.ops_per_s),
-            "ticks": io_ticks,
-            "missed_ticks": self.io.missed_ticks(),
-            "cost_ns": io_cost,
-        });
+        value["io"] = share_json(&self.io);
+        value["net"] = share_json(&self.net);
         value
     }
 

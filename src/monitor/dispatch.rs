@@ -19,6 +19,7 @@ const TAG_EXITS: u32 = 5;
 const TAG_WORKERS: u32 = 6;
 const TAG_CAP: u32 = 7;
 const TAG_IO: u32 = 8;
+const TAG_NET: u32 = 9;
 
 impl Monitor {
     /// VMs whose vCPUs stopped (a guest reset, a failure, a stop request):
@@ -46,6 +47,7 @@ impl Monitor {
             .as_ref()
             .map(|d| d.to_json(entry.io_weight, self.io.vm_stats(id)));
         self.io.remove_vm(id);
+        self.net.remove_vm(id);
         let throttle_events = self.sched.vm_stats(id).throttle_events;
         self.sched.remove_vm(id);
         self.submit(Job::TearDown {
@@ -148,6 +150,17 @@ impl Monitor {
         }
         if let Some(d) = &vm.devices.disks {
             self.io.add_vm(id, e.io_weight, d.share.clone(), d.wakers());
+        }
+        // Interfaces go under the VM's share of host.net when there is one
+        // (without a budget they are left unlimited).
+        if self.net.budget().is_some() && !vm.devices.net.is_empty() {
+            let bucket = std::sync::Arc::new(crate::share::SharedBucket::new());
+            let mut wakers: Vec<std::sync::Arc<dyn crate::share::Wake>> = Vec::new();
+            for n in &vm.devices.net {
+                n.shared.set_share(bucket.clone());
+                wakers.push(n.shared.clone());
+            }
+            self.net.add_vm(id, e.net_weight, bucket, wakers);
         }
     }
 
@@ -259,6 +272,9 @@ impl MutEventSubscriber for Monitor {
             EventSet::IN,
         ));
         add(Events::with_data(self.mem.timer(), TAG_MEM, EventSet::IN));
+        if self.net.budget().is_some() {
+            add(Events::with_data(self.net.timer(), TAG_NET, EventSet::IN));
+        }
         if self.io.budget().is_some() {
             add(Events::with_data(self.io.timer(), TAG_IO, EventSet::IN));
         }
@@ -314,6 +330,7 @@ impl MutEventSubscriber for Monitor {
             }
             TAG_MEM => self.on_mem_tick(),
             TAG_IO => self.io.on_timer(),
+            TAG_NET => self.net.on_timer(),
             TAG_EXITS => self.on_exits(),
             TAG_WORKERS => self.on_workers(),
             other => log::warn!("monitor: unexpected event tag {other}"),

@@ -134,6 +134,8 @@ pub struct VmEntry {
     pub output: Option<Arc<OutputRing>>,
     /// `io.weight` now (the control socket may change it).
     pub io_weight: u32,
+    /// `net.weight`: its share of `host.net`.
+    pub net_weight: u32,
     /// Its disks' figures when it stopped (kept for statistics).
     pub last_io: Option<serde_json::Value>,
     /// Control-socket requests answered when the VM reaches its next state.
@@ -150,6 +152,7 @@ impl VmEntry {
             cpu: spec.cpu.clone(),
             memory: spec.memory,
             io_weight: spec.io.weight,
+            net_weight: spec.net_share.weight,
             last_io: None,
             spec: Box::new(spec),
             state: VmState::Building,
@@ -229,6 +232,8 @@ pub(crate) struct Monitor {
     mem: MemoryManager,
     /// `host.io` shared by `io.weight` (docs/shares.md).
     io: crate::share::ShareRuntime,
+    /// `host.net` shared by `net.weight`.
+    net: crate::share::ShareRuntime,
     stats_timer: TimerFd,
     stats_file: Option<PathBuf>,
     started: Instant,

@@ -145,6 +145,7 @@ fn start_monitor(
         .map_err(setup_err("scheduler timer"))?;
     let mut mem = MemoryManager::new(spec.host.memory).map_err(setup_err("memory timer"))?;
     let mut io = crate::share::ShareRuntime::new(spec.host.io).map_err(MonitorError::Io)?;
+    let mut net = crate::share::ShareRuntime::new(spec.host.net).map_err(MonitorError::Io)?;
     let mut stats_timer = TimerFd::new().map_err(|e| setup_err("statistics timer")(e.into()))?;
     if opts.stats_file.is_some() {
         stats_timer
@@ -158,6 +159,7 @@ fn start_monitor(
     }
     mem.start().map_err(setup_err("memory timer"))?;
     io.start().map_err(MonitorError::Io)?;
+    net.start().map_err(MonitorError::Io)?;
     let mut monitor = Monitor {
         vms: BTreeMap::new(),
         next_id: 0,
@@ -172,6 +174,7 @@ fn start_monitor(
         sched,
         mem,
         io,
+        net,
         stats_timer,
         stats_file: opts.stats_file.clone(),
         started: Instant::now(),

@@ -126,6 +126,12 @@ impl NetShared {
     }
 }
 
+impl crate::share::Wake for NetShared {
+    fn wake(&self) {
+        NetShared::wake(self);
+    }
+}
+
 /// The direction a rate limiter applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
