@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages Hearth's build, tests and guest kit need, and
+# Installs the Debian packages Hearth's build, tests and guest kit need
+# (the network tests use ip, the API tests curl, the disk tests losetup), and
 # checks the machine has what no package provides (a Rust toolchain, KVM).
 # Idempotent: installs only what is missing. Run as root on Debian 12.
 set -euo pipefail
 
-PKGS=(build-essential binutils iproute2)
+PKGS=(build-essential binutils iproute2 curl util-linux e2fsprogs)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
