@@ -177,3 +177,32 @@ pub fn enter(spec: &SandboxSpec) -> Result<(), SandboxError> {
     );
     Ok(())
 }
+
+/// A socket file the monitor bound (the control socket, a Firecracker API
+/// socket, a VM's vsock socket), removed when dropped. Inside the sandbox
+/// the monitor sees no file system and removes nothing (an `unlink` there
+/// would be a forbidden call): the file is left, and the next monitor to
+/// bind that path replaces it as stale.
+#[derive(Debug)]
+pub struct SocketFile(std::path::PathBuf);
+
+impl SocketFile {
+    pub fn new(path: std::path::PathBuf) -> Self {
+        SocketFile(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if active() {
+            return;
+        }
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            log::debug!("cannot remove {}: {e}", self.0.display());
+        }
+    }
+}

@@ -308,7 +308,10 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
     } else {
         map.insert(libc::SYS_ioctl, ioctl_rule(ioctls)?);
     }
-    if class == ThreadClass::EventLoop {
+    // Every socket Hearth makes after start-up is a Unix one (the control
+    // and API sockets, vsock's host side); none of its threads may open a
+    // network socket.
+    if map.contains_key(&libc::SYS_socket) {
         map.insert(
             libc::SYS_socket,
             vec![SeccompRule::new(vec![SeccompCondition::new(

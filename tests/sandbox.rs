@@ -120,6 +120,92 @@ fn a_sandboxed_monitor_runs_its_vms_as_nobody_in_an_empty_root() {
     );
 }
 
+/// The state of `vm` in a `list` reply.
+fn state_of(list: &Value, vm: &str) -> String {
+    list["result"]["vms"]
+        .as_array()
+        .and_then(|vms| vms.iter().find(|v| v["name"] == vm))
+        .map(|v| v["state"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// VMs with every device a sandbox can hold (drives on both engines,
+/// vsock, a balloon) are torn down inside it, as they end by themselves
+/// and as they are deleted: the monitor opens and removes nothing there,
+/// lives on, and exits cleanly. Their socket files are left for the next
+/// start to replace.
+#[test]
+fn vms_with_devices_are_torn_down_inside_the_sandbox() {
+    let dir = scratch_dir("sandbox-teardown");
+    let socket = dir.join("api.sock");
+    let (d1, d2) = (dir.join("d1.img"), dir.join("d2.img"));
+    for d in [&d1, &d2] {
+        std::fs::File::create(d)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("disk image");
+    }
+    let vsock = dir.join("v.sock");
+    let quiet = json!({"output": "off", "stdin": false});
+    let config = write_file(
+        &dir,
+        "monitor.json",
+        &json!({
+            "host": {"api": {"socket": socket}, "memory": {"budget_mib": 256}},
+            "vms": [
+                {"name": "sync", "kernel": {"path": guest_elf(), "cmdline": "hearth.scenario=blk-write"},
+                 "memory": {"size_mib": 64}, "serial": quiet,
+                 "drives": [{"id": "d", "path": d1}],
+                 "vsock": {"guest_cid": 7, "uds_path": vsock}},
+                {"name": "ring", "kernel": {"path": guest_elf(), "cmdline": "hearth.scenario=mem-idle"},
+                 "memory": {"size_mib": 64}, "serial": quiet,
+                 "drives": [{"id": "d", "path": d2, "engine": "io_uring"}]},
+                {"name": "idle", "kernel": {"path": guest_elf(), "cmdline": "hearth.scenario=mem-idle"},
+                 "memory": {"size_mib": 64}, "serial": quiet}
+            ]
+        })
+        .to_string(),
+    );
+    let mut child = Command::new(hearth())
+        .args(["serve", "--config", &config, "--sandbox"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hearth");
+    let start = Instant::now();
+    let mut list = Value::Null;
+    // `sync` writes its disk, resets and is torn down by itself.
+    while !state_of(&list, "sync").contains("reset") {
+        assert!(
+            start.elapsed() < DEADLINE && child.try_wait().expect("wait").is_none(),
+            "sync never ended by itself: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        list = match UnixStream::connect(&socket) {
+            Ok(_) => call(&socket, json!({"op": "list"})),
+            Err(_) => Value::Null,
+        };
+    }
+    let deleted = call(&socket, json!({"op": "delete", "vm": "ring"}));
+    assert_eq!(deleted["result"]["state"], "deleted", "{deleted}");
+    let list = call(&socket, json!({"op": "list"}));
+    assert_eq!(state_of(&list, "idle"), "running", "{list}");
+    assert_eq!(state_of(&list, "ring"), "", "{list}");
+    let stats = call(&socket, json!({"op": "stats", "vm": "sync"}));
+    assert_eq!(stats["ok"], true, "{stats}");
+    let reply = call(&socket, json!({"op": "shutdown"}));
+    assert_eq!(reply["ok"], true, "{reply}");
+    let status = child.wait().expect("wait");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert_eq!(status.code(), Some(0), "{status:?}\n{err}");
+    assert!(err.contains("sandbox: in an empty root"), "{err}");
+    // Left behind, as a sandboxed monitor removes no file.
+    assert!(vsock.exists() && socket.exists());
+}
+
 /// Set in the child that enters a sandbox and then opens a file.
 const CHILD: &str = "HEARTH_SANDBOX_CHILD";
 

@@ -1,7 +1,8 @@
 //! A thread that makes a system call outside its class's allowlist is
 //! stopped by seccomp: the filter is installed with hearth's own function
 //! in a child process (this test binary, re-run with an env var), which
-//! then calls socket(2) — something neither a vCPU nor the event loop does.
+//! then calls socket(AF_INET): no thread of Hearth opens a network socket
+//! (the ones that make sockets at all make Unix ones).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
@@ -15,11 +16,21 @@ const CHILD: &str = "HEARTH_SECCOMP_CHILD";
 fn child(class: &str) -> ! {
     let class = match class {
         "vcpu" => ThreadClass::Vcpu,
+        "device" => ThreadClass::Device,
+        "output" => ThreadClass::Output,
+        "builder" => ThreadClass::Builder,
         _ => ThreadClass::EventLoop,
     };
     let t = std::thread::spawn(move || {
         install(class).expect("install the filter");
         eprintln!("filter installed");
+        if class != ThreadClass::Vcpu && class != ThreadClass::Output {
+            // SAFETY: socket() takes no pointers; the fd is closed at once.
+            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            eprintln!("unix socket: {}", if fd >= 0 { "ok" } else { "refused" });
+            // SAFETY: closes the fd just made (or fails harmlessly on -1).
+            unsafe { libc::close(fd) };
+        }
         // SAFETY: socket() takes no pointers; the result is only printed.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
         eprintln!("still alive after socket() = {fd}");
@@ -49,7 +60,7 @@ fn child_entry() {
 
 #[test]
 fn a_forbidden_call_kills_the_process_with_sigsys() {
-    for class in ["vcpu", "event-loop"] {
+    for class in ["vcpu", "event-loop", "device", "output", "builder"] {
         let (status, stderr) = run_child(class);
         assert_eq!(
             status.signal(),
@@ -58,5 +69,8 @@ fn a_forbidden_call_kills_the_process_with_sigsys() {
         );
         assert!(stderr.contains("filter installed"), "{class}: {stderr}");
         assert!(!stderr.contains("still alive"), "{class}: {stderr}");
+        if !matches!(class, "vcpu" | "output") {
+            assert!(stderr.contains("unix socket: ok"), "{class}: {stderr}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use crate::config::ApiSpec;
+use crate::sandbox::SocketFile;
 
 use super::acl::{Acl, Peer};
 
@@ -23,20 +24,6 @@ pub enum ApiError {
         what: &'static str,
         source: io::Error,
     },
-}
-
-/// The socket file, removed when dropped (the monitor's exit).
-#[derive(Debug)]
-pub struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        // A sandboxed monitor sees no file system (the next start removes
-        // the stale socket).
-        if !crate::sandbox::active() {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
 }
 
 /// A bound, listening control socket.
@@ -70,7 +57,7 @@ impl Listener {
         // SAFETY: as above; restores the previous mask.
         unsafe { libc::umask(old) };
         let listener = bound.map_err(io_err("cannot listen"))?;
-        let file = SocketFile(path.clone());
+        let file = SocketFile::new(path.clone());
         listener
             .set_nonblocking(true)
             .map_err(io_err("set non-blocking"))?;
@@ -82,7 +69,7 @@ impl Listener {
     }
 
     pub fn path(&self) -> &Path {
-        &self.file.0
+        self.file.path()
     }
 }
 

@@ -16,29 +16,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::slot::Slot;
 use super::FcApiError;
 use crate::bus::lock;
+pub use crate::sandbox::SocketFile;
 
 /// Firecracker's API socket mode: only its owner may connect.
 pub const DEFAULT_MODE: u32 = 0o600;
-
-/// An API socket file, removed when dropped.
-#[derive(Debug)]
-pub struct SocketFile(PathBuf);
-
-impl SocketFile {
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        // A sandboxed monitor sees no file system (the next start replaces
-        // a stale socket).
-        if !crate::sandbox::active() {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
 
 /// Closes `fd` when dropped (until handed on).
 struct Fd(i32);
@@ -109,7 +90,7 @@ pub fn bind(
     if unsafe { libc::bind(fd.0, std::ptr::addr_of!(addr).cast(), len) } != 0 {
         return Err(os("cannot bind", path));
     }
-    let file = SocketFile(path.to_path_buf());
+    let file = SocketFile::new(path.to_path_buf());
     let c_path = std::ffi::CString::new(bytes).map_err(|_| FcApiError::Path {
         path: path.to_path_buf(),
         why: "must not contain NUL",

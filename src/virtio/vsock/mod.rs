@@ -27,6 +27,7 @@ use std::sync::Arc;
 use super::timer::Timer;
 use super::{DeviceState, QueueHandler, VirtioDevice};
 use crate::config::VsockSpec;
+use crate::sandbox::SocketFile;
 pub use stats::{VsockCounters, VsockStats};
 
 pub const DEVICE_TYPE: u32 = 19;
@@ -139,17 +140,6 @@ impl VsockHandle {
     }
 }
 
-/// The VM's socket file, removed when the VM is torn down.
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.0) {
-            log::debug!("cannot remove {}: {e}", self.0.display());
-        }
-    }
-}
-
 /// Binds the VM's socket at `spec.uds_path` (a stale socket there is
 /// replaced) and makes the device: build time, before seccomp and any
 /// privilege drop.
@@ -181,7 +171,7 @@ pub fn new_vsock(
     listener
         .set_nonblocking(true)
         .map_err(|e| err(format!("{}: {e}", path.display())))?;
-    let file = SocketFile(path.clone());
+    let file = SocketFile::new(path.clone());
     let dev =
         Vsock::new(u64::from(spec.guest_cid), OwnedFd::from(listener), path).map_err(|source| {
             crate::vm::VmError::Io {
