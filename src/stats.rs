@@ -59,6 +59,7 @@ fn balloon_json(b: &BalloonStats) -> Value {
         "deflated_pages": b.deflated_pages,
         "reported_mib": b.reported_mib,
         "needs_reset": b.needs_reset,
+        "notifications": b.notifications,
         "failures": b.failures,
         "last_failure": b.last_failure,
     })

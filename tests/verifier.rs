@@ -298,3 +298,80 @@ fn stop_vm_after_100_violations_stops_the_probe_vm_alone() {
         .expect("a summary for spin");
     assert!(spin.contains("ended: guest reset"), "{spin}");
 }
+
+/// A virtio queue's doorbell is served by an ioeventfd, which the verifier
+/// never sees: so it is registered only where the ACL allows the write.
+/// A VM whose ACL denies writes to its disk's QueueNotify register has
+/// every doorbell exit to the verifier, refused and counted, and the disk
+/// is never served; the same VM without that rule writes its disk through
+/// the ioeventfd, and its device counts the notifications.
+#[test]
+fn a_doorbell_the_acl_denies_exits_to_the_verifier() {
+    let dir = scratch_dir("verifier-doorbell");
+    let elf = guest_elf();
+    let mut vms = Vec::new();
+    for (name, rules) in [
+        ("open", "[]"),
+        // blk0 is the first virtio-mmio window (no balloon): QueueNotify
+        // at its base + 0x50.
+        (
+            "shut",
+            r#"[{"mmio": "0xd0000050-0xd0000053", "access": ["write"], "action": "deny"}]"#,
+        ),
+    ] {
+        let disk = dir.join(format!("{name}.img"));
+        std::fs::File::create(&disk)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("disk image");
+        vms.push(format!(
+            r#"{{"name": "{name}", "kernel": {{"path": "{elf}", "cmdline": "hearth.scenario=blk-write"}},
+                "memory": {{"size_mib": 64}}, "serial": {TERMINAL},
+                "drives": [{{"id": "d", "path": "{}"}}],
+                "acl": {{"rules": {rules}}}}}"#,
+            disk.display()
+        ));
+    }
+    let config = write_file(
+        &dir,
+        "monitor.json",
+        &format!(r#"{{"host": {{}}, "vms": [{}]}}"#, vms.join(",")),
+    );
+    let stats = dir.join("stats.json");
+    let stats_arg = stats.to_string_lossy().into_owned();
+    let run = run_hearth(
+        &["run", "--config", &config, "--stats-file", &stats_arg],
+        DEADLINE,
+    );
+    run.assert_no_panic();
+    let stats: Value = serde_json::from_str(
+        &std::fs::read_to_string(&stats).expect("the stats file is written at the end"),
+    )
+    .expect("the stats file is JSON");
+    let out = &run.stdout;
+    assert!(
+        out.contains("open| hearth-guest: BLK-WRITE dev=0 start=0 sectors=8 seed=0x0 status=ok"),
+        "{out}\n{}",
+        run.stderr
+    );
+    assert!(
+        out.contains("shut| hearth-guest: BLK-WRITE")
+            && !out.contains(
+                "shut| hearth-guest: BLK-WRITE dev=0 start=0 sectors=8 seed=0x0 status=ok"
+            ),
+        "the shut VM's disk was served:\n{out}"
+    );
+    let drive = |vm: &str| vm_stats(&stats, vm)["io"]["drives"][0].clone();
+    let (open, shut) = (drive("open"), drive("shut"));
+    assert!(open["notifications"].as_u64() >= Some(1), "{open}");
+    assert!(open["write_bytes"].as_u64() >= Some(4096), "{open}");
+    assert_eq!(shut["notifications"], 0, "{shut}");
+    assert_eq!(shut["write_bytes"], 0, "{shut}");
+    let rule = vm_stats(&stats, "shut")["acl"]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["rule"] == "rules[0]")
+        .cloned()
+        .expect("the doorbell rule's counters");
+    assert!(rule["mmio_write"].as_u64() >= Some(1), "{rule}");
+}

@@ -54,6 +54,9 @@ pub struct BalloonStats {
     /// The guest has kept more than its target for a while.
     pub over_target: bool,
     pub needs_reset: bool,
+    /// Doorbells its device thread took (queue notifications through
+    /// ioeventfds, which the access verifier does not see).
+    pub notifications: u64,
     pub failures: u64,
     pub last_failure: Option<String>,
 }
@@ -238,6 +241,7 @@ impl MemoryManager {
             deflated_pages: c.deflated_pages,
             reported_mib: c.reported_bytes / MIB,
             needs_reset: dev.state().needs_reset(),
+            notifications: dev.state().notifications(),
             failures,
             last_failure: last,
         }

@@ -162,6 +162,9 @@ pub struct DriveStats {
     pub limits: crate::config::RateLimiterSpec,
     pub needs_reset: bool,
     pub failures: u64,
+    /// Doorbells its device thread took (queue notifications through
+    /// ioeventfds, which the access verifier does not see).
+    pub notifications: u64,
 }
 
 /// What a drive's front, its handler and the monitor share: counters, the
@@ -345,6 +348,7 @@ impl DriveHandle {
             limits: limiter.spec(),
             needs_reset: self.state.needs_reset(),
             failures: self.state.failures().0,
+            notifications: self.state.notifications(),
         }
     }
 
@@ -396,6 +400,7 @@ impl DriveStats {
             "errors": self.errors,
             "needs_reset": self.needs_reset,
             "failures": self.failures,
+            "notifications": self.notifications,
             "rate_limiter": {
                 "bandwidth": bucket_json(self.limits.bandwidth),
                 "ops": bucket_json(self.limits.ops),

@@ -287,6 +287,7 @@ impl NetHandle {
             mac: stats::format_mac(self.mac),
             active: self.shared.active.load(Ordering::Acquire),
             needs_reset: self.state.needs_reset(),
+            notifications: self.state.notifications(),
             failures,
             last_failure,
             counters: stats::NetCounts::read(&self.shared.counters),

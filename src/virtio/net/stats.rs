@@ -53,6 +53,9 @@ pub struct NetStats {
     /// Its driver has set it up (DRIVER_OK) and not reset it since.
     pub active: bool,
     pub needs_reset: bool,
+    /// Doorbells its device thread took (queue notifications through
+    /// ioeventfds, which the access verifier does not see).
+    pub notifications: u64,
     pub failures: u64,
     pub last_failure: Option<String>,
     pub counters: NetCounts,
@@ -83,6 +86,7 @@ impl NetStats {
             "mac": self.mac,
             "active": self.active,
             "needs_reset": self.needs_reset,
+            "notifications": self.notifications,
             "failures": self.failures,
             "last_failure": self.last_failure,
             "rx": {

@@ -133,6 +133,7 @@ impl VsockHandle {
                 .active
                 .load(std::sync::atomic::Ordering::Acquire),
             needs_reset: self.state.needs_reset(),
+            notifications: self.state.notifications(),
             failures,
             last_failure,
             counts: stats::VsockCounts::read(&self.shared.counters),

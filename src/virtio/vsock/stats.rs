@@ -72,6 +72,9 @@ pub struct VsockStats {
     pub uds_path: String,
     pub active: bool,
     pub needs_reset: bool,
+    /// Doorbells its device thread took (queue notifications through
+    /// ioeventfds, which the access verifier does not see).
+    pub notifications: u64,
     pub failures: u64,
     pub last_failure: Option<String>,
     pub counts: VsockCounts,
@@ -85,6 +88,7 @@ impl VsockStats {
             "uds_path": self.uds_path,
             "active": self.active,
             "needs_reset": self.needs_reset,
+            "notifications": self.notifications,
             "failures": self.failures,
             "last_failure": self.last_failure,
             "connections": {
