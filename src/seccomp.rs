@@ -311,16 +311,13 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
     // Every socket Hearth makes after start-up is a Unix one (the control
     // and API sockets, vsock's host side); none of its threads may open a
     // network socket.
-    if map.contains_key(&libc::SYS_socket) {
-        map.insert(
-            libc::SYS_socket,
-            vec![SeccompRule::new(vec![SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                libc::AF_UNIX as u64,
-            )?])?],
-        );
+    if let Some(rules) = map.get_mut(&libc::SYS_socket) {
+        *rules = vec![SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )?])?];
     }
     if matches!(class, ThreadClass::Vcpu | ThreadClass::Output) {
         map.insert(
