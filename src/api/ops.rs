@@ -202,6 +202,48 @@ fn immediate(
     request: Request,
 ) -> Result<Value, String> {
     match request {
+        r @ (Request::List {} | Request::Stats { .. } | Request::Metrics {}) => {
+            reads(ctl, acl, peer, r)
+        }
+        Request::Pause { vm } => {
+            let idx = running(ctl, &vm)?;
+            ctl.set_paused(idx, true);
+            Ok(json!({ "vm": vm, "state": "paused" }))
+        }
+        Request::Resume { vm } => {
+            let idx = running(ctl, &vm)?;
+            ctl.set_paused(idx, false);
+            Ok(json!({ "vm": vm, "state": "running" }))
+        }
+        Request::Stop { vm } => {
+            let idx = running(ctl, &vm)?;
+            ctl.stop(idx, STOPPED_BY_API);
+            Ok(json!({ "vm": vm, "state": "stopping" }))
+        }
+        r @ (Request::SetCpu { .. } | Request::SetMemory { .. } | Request::SetNet { .. }) => {
+            settings(ctl, r)
+        }
+        r @ (Request::SetIo { .. } | Request::SetDrive { .. }) => disks(ctl, r),
+        Request::AccessCounters { vm } => {
+            let idx = find(ctl, &vm)?;
+            ctl.access_counters(idx)
+        }
+        Request::Shutdown {} => {
+            ctl.shutdown("shutdown through the control socket");
+            Ok(json!({ "state": "stopping" }))
+        }
+        Request::Create { .. }
+        | Request::Start { .. }
+        | Request::Delete { .. }
+        | Request::Restart { .. } => {
+            Err("internal: a life-cycle request reached the wrong path".into())
+        }
+    }
+}
+
+/// `list`, `stats` and `metrics`: what the client may read.
+fn reads(ctl: &mut dyn Control, acl: &Acl, peer: &Peer, request: Request) -> Result<Value, String> {
+    match request {
         Request::List {} => {
             let doc = readable_stats(ctl, acl, peer);
             let vms: Vec<Value> = doc["vms"]
@@ -227,21 +269,13 @@ fn immediate(
                 .cloned()
                 .ok_or_else(|| format!("no statistics for vm {name}"))
         }
-        Request::Pause { vm } => {
-            let idx = running(ctl, &vm)?;
-            ctl.set_paused(idx, true);
-            Ok(json!({ "vm": vm, "state": "paused" }))
-        }
-        Request::Resume { vm } => {
-            let idx = running(ctl, &vm)?;
-            ctl.set_paused(idx, false);
-            Ok(json!({ "vm": vm, "state": "running" }))
-        }
-        Request::Stop { vm } => {
-            let idx = running(ctl, &vm)?;
-            ctl.stop(idx, STOPPED_BY_API);
-            Ok(json!({ "vm": vm, "state": "stopping" }))
-        }
+        _ => Err("internal: not a read request".into()),
+    }
+}
+
+/// `set-cpu`, `set-memory` and `set-net` on a running VM.
+fn settings(ctl: &mut dyn Control, request: Request) -> Result<Value, String> {
+    match request {
         Request::SetCpu { vm, weight, max } => {
             let idx = running(ctl, &vm)?;
             let cpu = new_cpu(ctl.cpu(idx), ctl.vcpus(idx), weight, max)?;
@@ -271,21 +305,7 @@ fn immediate(
             }
             ctl.set_net(idx, &iface, rx_rate_limiter, tx_rate_limiter)
         }
-        r @ (Request::SetIo { .. } | Request::SetDrive { .. }) => disks(ctl, r),
-        Request::AccessCounters { vm } => {
-            let idx = find(ctl, &vm)?;
-            ctl.access_counters(idx)
-        }
-        Request::Shutdown {} => {
-            ctl.shutdown("shutdown through the control socket");
-            Ok(json!({ "state": "stopping" }))
-        }
-        Request::Create { .. }
-        | Request::Start { .. }
-        | Request::Delete { .. }
-        | Request::Restart { .. } => {
-            Err("internal: a life-cycle request reached the wrong path".into())
-        }
+        _ => Err("internal: not a setting request".into()),
     }
 }
 

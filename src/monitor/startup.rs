@@ -120,6 +120,76 @@ fn build_plan(spec: &MonitorSpec, serving: bool) -> Result<BuildPlan, MonitorErr
     })
 }
 
+/// The policies' runtimes, each with its timer armed.
+struct Timers {
+    sched: CpuScheduler,
+    mem: MemoryManager,
+    io: crate::share::ShareRuntime,
+    net: crate::share::ShareRuntime,
+    stats: TimerFd,
+}
+
+impl Timers {
+    fn start(spec: &MonitorSpec, opts: &RunOptions) -> Result<Self, MonitorError> {
+        let allowed_cpus = spec
+            .host
+            .cpus
+            .as_ref()
+            .map_or_else(crate::host::online_cpus, Vec::len);
+        let mut sched = CpuScheduler::new(allowed_cpus, spec.host.sched_tick_ms)
+            .map_err(setup_err("scheduler timer"))?;
+        let mut mem = MemoryManager::new(spec.host.memory).map_err(setup_err("memory timer"))?;
+        let mut io = crate::share::ShareRuntime::new(spec.host.io).map_err(MonitorError::Io)?;
+        let mut net = crate::share::ShareRuntime::new(spec.host.net).map_err(MonitorError::Io)?;
+        let mut stats = TimerFd::new().map_err(|e| setup_err("statistics timer")(e.into()))?;
+        if opts.stats_file.is_some() {
+            stats
+                .reset(STATS_PERIOD, Some(STATS_PERIOD))
+                .map_err(|e| setup_err("statistics timer")(e.into()))?;
+        }
+        if spec.host.scheduler {
+            sched.start().map_err(setup_err("scheduler timer"))?;
+        } else {
+            log::info!("the CPU scheduler is off (host.cpu.scheduler): the host's scheduler alone shares the CPUs");
+        }
+        mem.start().map_err(setup_err("memory timer"))?;
+        io.start().map_err(MonitorError::Io)?;
+        net.start().map_err(MonitorError::Io)?;
+        Ok(Timers {
+            sched,
+            mem,
+            io,
+            net,
+            stats,
+        })
+    }
+}
+
+/// The file's VMs build on the workers side by side, each starting as
+/// soon as it is built; the control socket is served once they all are
+/// (before the loop runs, so no tick waits on a build).
+fn build_file_vms(monitor: &mut Monitor, spec: &MonitorSpec) -> Result<(), MonitorError> {
+    for vm in &spec.vms {
+        let id = monitor.next_id;
+        monitor.next_id += 1;
+        let mut entry = VmEntry::new(vm.clone());
+        entry.from_file = true;
+        monitor.vms.insert(id, entry);
+        monitor.build(id, true);
+    }
+    for _ in &spec.vms {
+        match monitor.workers.done.recv() {
+            Ok(done) => monitor.finished(done),
+            Err(_) => {
+                return Err(MonitorError::Build(
+                    "the life-cycle workers are gone".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The monitor with its ticks armed and the spec's VMs queued for building.
 fn start_monitor(
     spec: &MonitorSpec,
@@ -136,30 +206,7 @@ fn start_monitor(
         filter(spec, ThreadClass::Builder)?,
     )
     .map_err(setup_err("start the life-cycle workers"))?;
-    let allowed_cpus = spec
-        .host
-        .cpus
-        .as_ref()
-        .map_or_else(crate::host::online_cpus, Vec::len);
-    let mut sched = CpuScheduler::new(allowed_cpus, spec.host.sched_tick_ms)
-        .map_err(setup_err("scheduler timer"))?;
-    let mut mem = MemoryManager::new(spec.host.memory).map_err(setup_err("memory timer"))?;
-    let mut io = crate::share::ShareRuntime::new(spec.host.io).map_err(MonitorError::Io)?;
-    let mut net = crate::share::ShareRuntime::new(spec.host.net).map_err(MonitorError::Io)?;
-    let mut stats_timer = TimerFd::new().map_err(|e| setup_err("statistics timer")(e.into()))?;
-    if opts.stats_file.is_some() {
-        stats_timer
-            .reset(STATS_PERIOD, Some(STATS_PERIOD))
-            .map_err(|e| setup_err("statistics timer")(e.into()))?;
-    }
-    if spec.host.scheduler {
-        sched.start().map_err(setup_err("scheduler timer"))?;
-    } else {
-        log::info!("the CPU scheduler is off (host.cpu.scheduler): the host's scheduler alone shares the CPUs");
-    }
-    mem.start().map_err(setup_err("memory timer"))?;
-    io.start().map_err(MonitorError::Io)?;
-    net.start().map_err(MonitorError::Io)?;
+    let timers = Timers::start(spec, opts)?;
     let mut monitor = Monitor {
         vms: BTreeMap::new(),
         next_id: 0,
@@ -171,11 +218,11 @@ fn start_monitor(
         signals,
         quit: EventFd::new(libc::EFD_NONBLOCK).map_err(setup_err("quit eventfd"))?,
         signal: None,
-        sched,
-        mem,
-        io,
-        net,
-        stats_timer,
+        sched: timers.sched,
+        mem: timers.mem,
+        io: timers.io,
+        net: timers.net,
+        stats_timer: timers.stats,
         stats_file: opts.stats_file.clone(),
         started: Instant::now(),
         exits: ExitQueue::new().map_err(setup_err("exit eventfd"))?,
@@ -189,27 +236,7 @@ fn start_monitor(
         },
         exit_with_vm: opts.firecracker.is_some(),
     };
-    for vm in &spec.vms {
-        let id = monitor.next_id;
-        monitor.next_id += 1;
-        let mut entry = VmEntry::new(vm.clone());
-        entry.from_file = true;
-        monitor.vms.insert(id, entry);
-        monitor.build(id, true);
-    }
-    // The file's VMs build on the workers side by side, each starting as
-    // soon as it is built; the control socket is served once they all are
-    // (before the loop runs, so no tick waits on a build).
-    for _ in &spec.vms {
-        match monitor.workers.done.recv() {
-            Ok(done) => monitor.finished(done),
-            Err(_) => {
-                return Err(MonitorError::Build(
-                    "the life-cycle workers are gone".into(),
-                ))
-            }
-        }
-    }
+    build_file_vms(&mut monitor, spec)?;
     Ok(monitor)
 }
 
