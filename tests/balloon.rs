@@ -238,13 +238,12 @@ fn an_inflated_balloon_gives_its_pages_back_to_the_host_and_deflating_returns_th
     );
 }
 
-#[test]
-fn under_a_budget_a_growing_vm_takes_memory_from_an_idle_one() {
-    let dir = scratch_dir("balloon-budget");
-    let stats = dir.join("stats.json");
+/// Two 512 MiB VMs (floors 64) under a 640 MiB budget: "grow" grows to
+/// 320 MiB in 64 MiB steps, "idle" stays idle.
+fn grow_and_idle(dir: &std::path::Path) -> String {
     let memory = r#"{"size_mib": 512, "floor_mib": 64}"#;
-    let config = write_file(
-        &dir,
+    write_file(
+        dir,
         "monitor.json",
         &format!(
             r#"{{"host": {{"memory": {{"budget_mib": 640, "tick_ms": 500}}}}, "vms": [{}, {}]}}"#,
@@ -256,7 +255,14 @@ fn under_a_budget_a_growing_vm_takes_memory_from_an_idle_one() {
             ),
             guest_vm("idle", "hearth.scenario=mem-idle", memory),
         ),
-    );
+    )
+}
+
+#[test]
+fn under_a_budget_a_growing_vm_takes_memory_from_an_idle_one() {
+    let dir = scratch_dir("balloon-budget");
+    let stats = dir.join("stats.json");
+    let config = grow_and_idle(&dir);
     let mut live = Live::spawn(&config, &stats, Duration::from_secs(120));
     let mut min_idle = u64::MAX;
     // Balloons start empty (1024 MiB against a budget of 640): once the

@@ -111,24 +111,7 @@ fn spin_without_a_limit_stops_on_q_from_the_console() {
         .spawn()
         .expect("start hearth");
     let mut stdin = child.stdin.take().expect("piped stdin");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    let out_reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let (rx, out_reader, err_reader) = readers(&mut child);
 
     // Once both CPUs have finished a chunk, tell the guest to stop.
     let mut seen = [false, false];
@@ -175,4 +158,35 @@ fn spin_without_a_limit_stops_on_q_from_the_console() {
     let last = stdout.lines().rfind(|l| l.starts_with("hearth-guest: "));
     assert_eq!(last, Some("hearth-guest: SPIN STOPPED"), "{stdout}");
     assert!(!stdout.contains("SPIN DONE"), "{stdout}");
+}
+
+/// Threads reading the child's stdout (each line also sent on the channel;
+/// the whole text at the end) and stderr.
+#[allow(clippy::type_complexity)]
+fn readers(
+    child: &mut std::process::Child,
+) -> (
+    mpsc::Receiver<String>,
+    std::thread::JoinHandle<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    let out_reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    (rx, out_reader, err_reader)
 }

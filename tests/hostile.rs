@@ -54,8 +54,35 @@ fn a_hostile_guest_gets_needs_reset_and_hurts_neither_the_monitor_nor_its_neighb
             ),
         ),
     );
+    let (status, out, err, baseline, peak) = run_watching_rss(&config);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("good| hearth-guest: SPIN DONE"), "{out}");
+    let attacks: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("bad| hearth-guest: HOSTILE round=") && l.contains(" kind="))
+        .collect();
+    // 3 rounds x 9 kinds x the balloon's 4 queues, each refused.
+    assert_eq!(attacks.len(), 3 * 9 * 4, "{out}");
+    for a in &attacks {
+        assert!(a.contains("needs_reset=1"), "{a}");
+    }
+    assert!(
+        out.contains("bad| hearth-guest: HOSTILE-DONE rounds=3"),
+        "{out}"
+    );
+    assert!(
+        peak < baseline + 8 * 1024,
+        "the monitor's RSS grew from {baseline} KiB to {peak} KiB under attack"
+    );
+}
+
+/// Runs the monitor file to its end, sampling the monitor's RSS every
+/// 10 ms: its exit status, stdout, stderr, the RSS once both guests have
+/// booted, and the peak RSS (KiB).
+fn run_watching_rss(config: &str) -> (std::process::ExitStatus, String, String, u64, u64) {
     let mut child = Command::new(hearth())
-        .args(["run", "--config", &config])
+        .args(["run", "--config", config])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -91,24 +118,5 @@ fn a_hostile_guest_gets_needs_reset_and_hurts_neither_the_monitor_nor_its_neighb
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
     }
     let out = lines.lock().expect("lines").join("\n");
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(status.code(), Some(0), "{out}\n{err}");
-    assert!(out.contains("good| hearth-guest: SPIN DONE"), "{out}");
-    let attacks: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("bad| hearth-guest: HOSTILE round=") && l.contains(" kind="))
-        .collect();
-    // 3 rounds x 9 kinds x the balloon's 4 queues, each refused.
-    assert_eq!(attacks.len(), 3 * 9 * 4, "{out}");
-    for a in &attacks {
-        assert!(a.contains("needs_reset=1"), "{a}");
-    }
-    assert!(
-        out.contains("bad| hearth-guest: HOSTILE-DONE rounds=3"),
-        "{out}"
-    );
-    assert!(
-        peak < baseline + 8 * 1024,
-        "the monitor's RSS grew from {baseline} KiB to {peak} KiB under attack"
-    );
+    (status, out, err, baseline, peak)
 }

@@ -142,7 +142,6 @@ fn serial_output_can_go_to_a_log_file_per_vm() {
 /// once, and the dropped bytes are counted.
 #[test]
 fn a_console_nobody_reads_blocks_neither_the_monitor_nor_its_neighbour() {
-    use std::process::{Command, Stdio};
     let dir = scratch_dir("blocked-console");
     let log = dir.join("quiet.log");
     let config = write_file(
@@ -168,39 +167,18 @@ fn a_console_nobody_reads_blocks_neither_the_monitor_nor_its_neighbour() {
         ),
     );
     let stats = dir.join("stats.json");
-    let mut child = Command::new(hearth())
-        .args(["run", "--config", &config, "--stats-file"])
-        .arg(&stats)
-        .stdin(Stdio::null())
-        // A pipe nobody reads.
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hearth");
-    // Make it small (4 KiB) so it fills soon.
-    if let Some(out) = &child.stdout {
-        use std::os::fd::AsRawFd;
-        // SAFETY: F_SETPIPE_SZ on a pipe this test owns; no memory is passed.
-        unsafe { libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
-    }
+    let mut child = spawn_with_unread_stdout(&config, &stats);
     // Wait until the loud VM's output has filled the pipe and its ring.
-    let loud = |doc: &serde_json::Value| {
-        doc["vms"]
-            .as_array()
-            .and_then(|v| v.iter().find(|v| v["name"] == "loud"))
-            .cloned()
-            .unwrap_or_default()
-    };
     let read_stats = || -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
             .unwrap_or_default()
     };
     let filling = Instant::now();
-    while loud(&read_stats())["serial"]["dropped_bytes"].as_u64() < Some(1) {
+    while vm_of(&read_stats(), "loud")["serial"]["dropped_bytes"].as_u64() < Some(1) {
         assert!(
             filling.elapsed() < Duration::from_secs(30),
             "the loud VM never filled its console: {}",
-            loud(&read_stats())
+            vm_of(&read_stats(), "loud")
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -215,32 +193,62 @@ fn a_console_nobody_reads_blocks_neither_the_monitor_nor_its_neighbour() {
     std::thread::sleep(Duration::from_secs(2));
     let after = lines(&log);
     let doc = read_stats();
+    let (status, took) = sigterm_and_wait(&mut child);
+    assert!(took < Duration::from_secs(3), "SIGTERM took {took:?}");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(
+        after > before,
+        "the quiet VM runs on while the loud one's console is blocked ({before} -> {after})"
+    );
+    let loud = vm_of(&doc, "loud");
+    assert!(
+        loud["serial"]["dropped_bytes"].as_u64() > Some(0),
+        "the loud VM's dropped output is counted: {loud}"
+    );
+}
+
+/// A monitor whose stdout is a small (4 KiB) pipe nobody reads.
+fn spawn_with_unread_stdout(config: &str, stats: &std::path::Path) -> std::process::Child {
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
+    let child = Command::new(hearth())
+        .args(["run", "--config", config, "--stats-file"])
+        .arg(stats)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hearth");
+    if let Some(out) = &child.stdout {
+        // SAFETY: F_SETPIPE_SZ on a pipe this test owns; no memory is passed.
+        unsafe { libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    }
+    child
+}
+
+/// The statistics of VM `name` in a stats document (null if absent).
+fn vm_of(doc: &serde_json::Value, name: &str) -> serde_json::Value {
+    doc["vms"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == name))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Sends SIGTERM and waits for the child (killing it after 10 s, which
+/// fails the test): its status and how long it took.
+fn sigterm_and_wait(child: &mut std::process::Child) -> (std::process::ExitStatus, Duration) {
     // SAFETY: signals the child we started; its pid is valid until we wait.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let sent = Instant::now();
-    let status = loop {
+    loop {
         if let Some(s) = child.try_wait().expect("wait") {
-            break s;
+            return (s, sent.elapsed());
         }
         if sent.elapsed() > Duration::from_secs(10) {
             let _ = child.kill();
             panic!("hearth still runs 10 s after SIGTERM with a blocked console");
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(
-        sent.elapsed() < Duration::from_secs(3),
-        "SIGTERM took {:?}",
-        sent.elapsed()
-    );
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
-    assert!(
-        after > before,
-        "the quiet VM runs on while the loud one's console is blocked ({before} -> {after})"
-    );
-    let loud = loud(&doc);
-    assert!(
-        loud["serial"]["dropped_bytes"].as_u64() > Some(0),
-        "the loud VM's dropped output is counted: {loud}"
-    );
+    }
 }

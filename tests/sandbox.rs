@@ -33,6 +33,34 @@ fn status_field(pid: u32, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waits for the monitor to drop to nobody, then checks from outside that
+/// it has no capabilities, no_new_privs, a seccomp filter, an empty root,
+/// and mount, network and IPC namespaces of its own.
+fn assert_jailed(child: &mut std::process::Child) {
+    let pid = child.id();
+    let start = Instant::now();
+    while status_field(pid, "Uid:") != "65534\t65534\t65534\t65534" {
+        assert!(
+            start.elapsed() < DEADLINE && child.try_wait().expect("wait").is_none(),
+            "the monitor never dropped to nobody"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status_field(pid, "CapEff:"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm:"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(pid, "Seccomp:"), "2");
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .expect("its root")
+        .collect();
+    assert!(root.is_empty(), "its root holds {root:?}");
+    for ns in ["mnt", "net", "ipc"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("ns");
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("ns");
+        assert_ne!(theirs, ours, "{ns} namespace");
+    }
+}
+
 #[test]
 fn a_sandboxed_monitor_runs_its_vms_as_nobody_in_an_empty_root() {
     let dir = scratch_dir("sandbox");
@@ -60,29 +88,7 @@ fn a_sandboxed_monitor_runs_its_vms_as_nobody_in_an_empty_root() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start hearth");
-    let pid = child.id();
-    let start = Instant::now();
-    while status_field(pid, "Uid:") != "65534\t65534\t65534\t65534" {
-        assert!(
-            start.elapsed() < DEADLINE && child.try_wait().expect("wait").is_none(),
-            "the monitor never dropped to nobody"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(status_field(pid, "CapEff:"), "0000000000000000");
-    assert_eq!(status_field(pid, "CapPrm:"), "0000000000000000");
-    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
-    assert_eq!(status_field(pid, "Seccomp:"), "2");
-    // An empty root, and mount and network namespaces of its own.
-    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
-        .expect("its root")
-        .collect();
-    assert!(root.is_empty(), "its root holds {root:?}");
-    for ns in ["mnt", "net", "ipc"] {
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("ns");
-        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("ns");
-        assert_ne!(theirs, ours, "{ns} namespace");
-    }
+    assert_jailed(&mut child);
     // Its VMs run, its control socket answers, it builds no new VM.
     let list = call(&socket, json!({"op": "list"}));
     assert_eq!(list["result"]["vms"][0]["state"], "running", "{list}");
