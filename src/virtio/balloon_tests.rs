@@ -422,3 +422,49 @@ fn buffers_posted_before_driver_ok_are_taken_on_the_device_thread() {
     assert_eq!(ring.used_idx(&mem), 1);
     assert_eq!(dev.device().held_pages(), 1);
 }
+
+/// The allocator counts what the device saw inflated, not the `actual` the
+/// driver writes: a driver that claims its whole balloon while keeping its
+/// pages still holds all its RAM in the allocator's eyes (so it is given
+/// nothing for the claim) and is reported as over its target.
+#[test]
+fn a_driver_that_claims_its_balloon_without_inflating_is_over_its_target() {
+    use crate::config::{BalloonOptions, HostMemorySpec, MemorySpec};
+    use crate::mem::{BalloonHandle, MemoryManager};
+    use std::sync::Mutex;
+
+    let Driver { dev, _thread, .. } = driver(ALL, 0, 2);
+    let handle = BalloonHandle {
+        device: Arc::new(Mutex::new(dev)),
+        size_mib: 64,
+        options: BalloonOptions {
+            target_mib: None,
+            deflate_on_oom: true,
+            stats_interval_s: 1,
+            free_page_reporting: false,
+        },
+    };
+    let mut spec = MemorySpec::defaults(64);
+    (spec.floor_mib, spec.ceiling_mib) = (16, 64);
+    let host = HostMemorySpec {
+        budget_mib: 32,
+        tick_ms: 10,
+    };
+    let mut mem = MemoryManager::new(Some(host)).expect("allocator");
+    mem.add_vm(0, &handle, &spec);
+    mem.start().expect("tick");
+    for _ in 0..crate::mem::runtime::LAG_TICKS + 2 {
+        mem.on_tick(std::iter::once((0, &handle)));
+        // The driver claims whatever it is asked for, and inflates nothing.
+        let mut dev = handle.device.lock().expect("device");
+        let target = dev.device().target_pages();
+        w32(&mut dev, 0x104, target);
+    }
+    let s = mem.stats(0, &handle);
+    assert_eq!(s.alloc_target_mib, Some(32), "{s:?}");
+    assert_eq!(s.balloon_target_mib, 32, "{s:?}");
+    assert_eq!(s.balloon_actual_mib, 32, "the driver's claim: {s:?}");
+    assert_eq!(s.balloon_held_mib, 0, "{s:?}");
+    assert_eq!(s.guest_mib, 64, "{s:?}");
+    assert!(s.over_target, "{s:?}");
+}
