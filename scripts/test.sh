@@ -9,5 +9,5 @@ scripts/setup-host.sh
 resources/linux/build-kit.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo test
+cargo test --no-fail-fast
 cargo bench --no-run

@@ -350,12 +350,6 @@ impl QueueHandler for NetHandler {
     }
 }
 
-impl Drop for NetHandler {
-    fn drop(&mut self) {
-        self.shared.active.store(false, Ordering::Release);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

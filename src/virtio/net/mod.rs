@@ -226,6 +226,12 @@ impl VirtioDevice for Net {
         }
     }
 
+    /// A driver reset (not the VM's tear-down, which leaves the last
+    /// figures as they were).
+    fn reset(&mut self) {
+        self.shared.active.store(false, Ordering::Release);
+    }
+
     fn activate(&mut self, acked: u64) -> Result<Box<dyn QueueHandler>, String> {
         Ok(Box::new(handler::NetHandler::new(
             self.backend.clone(),

@@ -431,6 +431,5 @@ impl Drop for VsockHandler {
     fn drop(&mut self) {
         let open = self.slots.iter().filter(|s| s.is_some()).count() as u64;
         self.shared.counters.open.fetch_sub(open, Ordering::Relaxed);
-        self.shared.active.store(false, Ordering::Release);
     }
 }

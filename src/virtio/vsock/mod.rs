@@ -102,6 +102,14 @@ impl VirtioDevice for Vsock {
         }
     }
 
+    /// A driver reset (not the VM's tear-down, which leaves the last
+    /// figures as they were).
+    fn reset(&mut self) {
+        self.shared
+            .active
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
     fn activate(&mut self, _acked: u64) -> Result<Box<dyn QueueHandler>, String> {
         Ok(Box::new(handler::VsockHandler::new(
             self.cid,
