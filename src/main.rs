@@ -169,6 +169,30 @@ fn serve(args: ServeArgs) -> ExitCode {
             host: config::HostSpec::default(),
         }),
     };
+    let common = Common {
+        api_socket: args.api_socket,
+        sandbox: args.sandbox,
+        no_seccomp: args.no_seccomp,
+        stats_file: args.stats_file,
+    };
+    run_monitor(parsed, common, true)
+}
+
+/// What `run` and `serve` both take besides the VMs.
+struct Common {
+    api_socket: Option<PathBuf>,
+    sandbox: Option<String>,
+    no_seccomp: bool,
+    stats_file: Option<PathBuf>,
+}
+
+/// Runs a parsed monitor file (or reports why it is not one) with the
+/// flags both `run` and `serve` take.
+fn run_monitor(
+    parsed: Result<MonitorSpec, config::ConfigErrors>,
+    common: Common,
+    serve: bool,
+) -> ExitCode {
     let mut spec = match parsed {
         Ok(spec) => spec,
         Err(errors) => {
@@ -176,16 +200,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    set_api_socket(&mut spec, args.api_socket);
-    if let Err(code) = set_sandbox(&mut spec, args.sandbox) {
+    set_api_socket(&mut spec, common.api_socket);
+    if let Err(code) = set_sandbox(&mut spec, common.sandbox) {
         return code;
     }
-    if args.no_seccomp {
+    if common.no_seccomp {
         spec.host.seccomp = false;
     }
     let opts = monitor::RunOptions {
-        stats_file: args.stats_file,
-        serve: true,
+        stats_file: common.stats_file,
+        serve,
         ..Default::default()
     };
     finish(monitor::run(&spec, &opts))
@@ -203,27 +227,13 @@ fn run(args: RunArgs) -> ExitCode {
             name: args.name,
         }),
     };
-    let mut spec: MonitorSpec = match parsed {
-        Ok(spec) => spec,
-        Err(errors) => {
-            report_config_errors(&errors);
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-
-    set_api_socket(&mut spec, args.api_socket);
-    if let Err(code) = set_sandbox(&mut spec, args.sandbox) {
-        return code;
-    }
-    if args.no_seccomp {
-        spec.host.seccomp = false;
-    }
-    let opts = monitor::RunOptions {
+    let common = Common {
+        api_socket: args.api_socket,
+        sandbox: args.sandbox,
+        no_seccomp: args.no_seccomp,
         stats_file: args.stats_file,
-        serve: false,
-        ..Default::default()
     };
-    finish(monitor::run(&spec, &opts))
+    run_monitor(parsed, common, false)
 }
 
 /// The exit status of a run, after its summary.

@@ -16,7 +16,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use event_manager::{EventOps, EventSet, Events};
+use event_manager::{EventOps, EventSet};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::queue::read_from;
@@ -522,12 +522,8 @@ impl BalloonHandler {
 impl QueueHandler for BalloonHandler {
     fn start(&mut self, q: &mut Queues, ops: &mut EventOps) -> Result<(), QueueError> {
         if self.stats_index().is_some() {
-            ops.add(Events::with_data(
-                self.stats_request.eventfd(),
-                HANDLER_TAG,
-                EventSet::IN,
-            ))
-            .map_err(|e| QueueError::Device(format!("cannot watch statistics requests: {e}")))?;
+            let requests = self.stats_request.eventfd();
+            super::watch(ops, requests, HANDLER_TAG, false, "statistics requests")?;
         }
         for index in 0..q.len() {
             self.queue_ready(index, q)?;

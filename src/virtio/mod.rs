@@ -203,6 +203,27 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) {}
 }
 
+/// Watches `fd` (level-triggered input, or edge-triggered with `edge`) on
+/// the device thread under `tag`; `what` names it in the error.
+pub fn watch(
+    ops: &mut EventOps,
+    fd: &dyn std::os::fd::AsRawFd,
+    tag: u32,
+    edge: bool,
+    what: &str,
+) -> Result<(), QueueError> {
+    let set = match edge {
+        true => EventSet::IN | EventSet::EDGE_TRIGGERED,
+        false => EventSet::IN,
+    };
+    ops.add(event_manager::Events::with_data_raw(
+        fd.as_raw_fd(),
+        tag,
+        set,
+    ))
+    .map_err(|e| QueueError::Device(format!("cannot watch {what}: {e}")))
+}
+
 /// First event tag a handler may use for its own fds (queue notifications
 /// use the tags below it, one per queue).
 pub const HANDLER_TAG: u32 = 64;

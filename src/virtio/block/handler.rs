@@ -3,10 +3,11 @@
 //! share, hand it to the engine, and complete it (status byte, used ring,
 //! interrupt) when the engine is done.
 
+use crate::virtio::watch;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use event_manager::{EventOps, EventSet, Events};
+use event_manager::{EventOps, EventSet};
 
 use super::engine::{iovecs, Completion, Engine, IoKind};
 use super::request::{write_status, Geometry, Kind, Request, S_IOERR, S_OK};
@@ -273,14 +274,22 @@ fn chain_err(head: u16, detail: String) -> QueueError {
 
 impl QueueHandler for BlockHandler {
     fn start(&mut self, q: &mut Queues, ops: &mut EventOps) -> Result<(), QueueError> {
-        let watch = |ops: &mut EventOps, fd: &dyn std::os::fd::AsRawFd, tag, what: &str| {
-            ops.add(Events::with_data_raw(fd.as_raw_fd(), tag, EventSet::IN))
-                .map_err(|e| QueueError::Device(format!("cannot watch {what}: {e}")))
-        };
-        watch(ops, &*lock(&self.shared.timer), TAG_TIMER, "its timer")?;
-        watch(ops, &self.shared.wake, TAG_WAKE, "its wake-up eventfd")?;
+        watch(
+            ops,
+            &*lock(&self.shared.timer),
+            TAG_TIMER,
+            false,
+            "its timer",
+        )?;
+        watch(
+            ops,
+            &self.shared.wake,
+            TAG_WAKE,
+            false,
+            "its wake-up eventfd",
+        )?;
         if let Some(evt) = lock(&self.engine).eventfd() {
-            watch(ops, evt, TAG_ENGINE, "its io_uring")?;
+            watch(ops, evt, TAG_ENGINE, false, "its io_uring")?;
         }
         self.serve(q)
     }

@@ -14,12 +14,13 @@
 //! device NEEDS_RESET; a frame that is merely wrong (too short, too long,
 //! a header asking for what was not negotiated) is dropped and counted.
 
+use crate::virtio::watch;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_manager::{EventOps, EventSet, Events};
+use event_manager::{EventOps, EventSet};
 
 use super::header::{check_tx, tx_frame_len, NetHdr, TxDrop, MAX_PACKET_LEN};
 use super::tap::{NetBackend, VNET_HDR_LEN};
@@ -289,33 +290,10 @@ impl QueueHandler for NetHandler {
                 "cannot set the tap's offloads to {offloads:#x}: {e}"
             ))
         })?;
-        let watch = |ops: &mut EventOps, ev: Events, what: &str| {
-            ops.add(ev)
-                .map_err(|e| QueueError::Device(format!("cannot watch the {what}: {e}")))
-        };
-        watch(
-            ops,
-            Events::with_data_raw(
-                self.backend.as_raw_fd(),
-                TAG_TAP,
-                EventSet::IN | EventSet::EDGE_TRIGGERED,
-            ),
-            "tap",
-        )?;
-        watch(
-            ops,
-            Events::with_data(&self.shared.timer, TAG_TIMER, EventSet::IN),
-            "timer",
-        )?;
-        watch(
-            ops,
-            Events::with_data(
-                self.shared.limits_changed.eventfd(),
-                TAG_LIMITS,
-                EventSet::IN,
-            ),
-            "limiter mailbox",
-        )?;
+        watch(ops, &*self.backend, TAG_TAP, true, "the tap")?;
+        watch(ops, &self.shared.timer, TAG_TIMER, false, "the timer")?;
+        let limits = self.shared.limits_changed.eventfd();
+        watch(ops, limits, TAG_LIMITS, false, "the limiter mailbox")?;
         self.shared.active.store(true, Ordering::Release);
         self.run(q)
     }

@@ -3,6 +3,7 @@
 //! and deadlines.
 
 use super::*;
+use crate::virtio::watch;
 
 /// What goes into the next receive buffer.
 enum Next {
@@ -372,24 +373,14 @@ impl VsockHandler {
 
 impl QueueHandler for VsockHandler {
     fn start(&mut self, q: &mut Queues, ops: &mut EventOps) -> Result<(), QueueError> {
-        let watch = |ops: &mut EventOps, ev: Events, what: &str| {
-            ops.add(ev)
-                .map_err(|e| QueueError::Device(format!("cannot watch the {what}: {e}")))
-        };
         watch(
             ops,
-            Events::with_data_raw(
-                self.listener.as_raw_fd(),
-                TAG_LISTENER,
-                EventSet::IN | EventSet::EDGE_TRIGGERED,
-            ),
-            "listening socket",
+            &self.listener,
+            TAG_LISTENER,
+            true,
+            "the listening socket",
         )?;
-        watch(
-            ops,
-            Events::with_data(&self.shared.timer, TAG_TIMER, EventSet::IN),
-            "timer",
-        )?;
+        watch(ops, &self.shared.timer, TAG_TIMER, false, "the timer")?;
         self.shared.active.store(true, Ordering::Release);
         self.run(q, ops)
     }
