@@ -1,0 +1,446 @@
+//! Target `config`: the config parser (`config::parse_str`) and the
+//! control socket's VM definitions (`config::parse_vm_for_monitor`), on
+//! arbitrary text and on the example configs of `resources/examples/`
+//! mutated a few edits at a time (values replaced, keys removed or added,
+//! VMs duplicated, the text cut or spliced). The examples' kernels,
+//! initrds and disks are pointed at files in a scratch directory, so
+//! that most mutants get past the file checks to the rules behind them.
+//!
+//! What must hold:
+//! - nothing panics;
+//! - a refusal lists errors each with a non-empty path and message, on
+//!   one line each;
+//! - an accepted file is a sane spec (at least one VM, names unique), and
+//!   `spec_to_json` of it loads back to the same spec (the promise of
+//!   `hearth convert`);
+//! - a VM definition for a running monitor never takes the name of a VM
+//!   the monitor runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use arbitrary::Arbitrary;
+use hearth::config::{self, ConfigErrors, HostSpec, MonitorSpec, VmSpec};
+use serde_json::{json, Value};
+
+use crate::support::{self, List};
+
+/// Keys a config may have (Hearth's and Firecracker's), and a stranger.
+const KEYS: [&str; 48] = [
+    "name",
+    "kernel",
+    "path",
+    "cmdline",
+    "initrd",
+    "protocol",
+    "cpu",
+    "vcpus",
+    "weight",
+    "max",
+    "memory",
+    "size_mib",
+    "floor_mib",
+    "ceiling_mib",
+    "balloon",
+    "serial",
+    "output",
+    "stdin",
+    "acl",
+    "rules",
+    "default",
+    "own_devices",
+    "on_violation",
+    "ports",
+    "mmio",
+    "device",
+    "access",
+    "sizes",
+    "action",
+    "drives",
+    "id",
+    "root",
+    "read_only",
+    "engine",
+    "rate_limiter",
+    "net",
+    "tap",
+    "mac",
+    "vsock",
+    "guest_cid",
+    "uds_path",
+    "io",
+    "host",
+    "vms",
+    "api",
+    "boot-source",
+    "machine-config",
+    "bogus",
+];
+
+/// Values that mean something somewhere in a config.
+const STRINGS: [&str; 24] = [
+    "",
+    "a",
+    "web",
+    "0x80",
+    "0x90-0x80",
+    "0x3f8-0x3ff",
+    "serial0",
+    "cmos",
+    "io_uring",
+    "sync",
+    "tap0",
+    "/dev/null",
+    "..",
+    "rootfs.ext4",
+    "deny-and-log",
+    "stop-vm-after 3",
+    "read",
+    "pvh",
+    "file",
+    "stdout",
+    "02:00:00:00:01:01",
+    "admin",
+    "vmlinux",
+    "ÿ\u{0}",
+];
+
+#[derive(Debug, Clone, Arbitrary)]
+pub enum Val {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Small(u16),
+    /// 2^n - 1 for n in 0..64, and 2^n.
+    Edge(u8),
+    Float(f64),
+    Word(u8),
+    Str(String),
+    Empty(bool),
+    One(Box<Val>),
+}
+
+impl Val {
+    fn json(&self) -> Value {
+        match self {
+            Val::Null => Value::Null,
+            Val::Bool(b) => json!(b),
+            Val::Int(n) => json!(n),
+            Val::Small(n) => json!(n),
+            Val::Edge(n) => {
+                let bit = 1u64 << (n % 64);
+                json!(if n & 64 != 0 { bit } else { bit - 1 })
+            }
+            Val::Float(f) => json!(f),
+            Val::Word(i) => json!(STRINGS[usize::from(*i) % STRINGS.len()]),
+            Val::Str(s) => json!(s),
+            Val::Empty(true) => json!([]),
+            Val::Empty(false) => json!({}),
+            Val::One(v) => json!([v.json()]),
+        }
+    }
+}
+
+/// One edit of a config: `path` picks a node, one selector per level.
+#[derive(Debug, Clone, Arbitrary)]
+pub enum Edit {
+    Set {
+        path: List<u8, 5>,
+        value: Val,
+    },
+    Remove {
+        path: List<u8, 5>,
+    },
+    Insert {
+        path: List<u8, 5>,
+        key: u8,
+        value: Val,
+    },
+    /// Another copy of an element of the array at `path`.
+    Duplicate {
+        path: List<u8, 5>,
+    },
+    /// Text: keep only the first `n % len` bytes.
+    Cut(u16),
+    /// Text: insert bytes at `at % len`.
+    Splice {
+        at: u16,
+        bytes: List<u8, 8>,
+    },
+}
+
+/// Where a case's text comes from.
+#[derive(Debug, Clone, Arbitrary)]
+pub struct Case {
+    /// Under 32: `text` as it is. From 192: an example with a name (a
+    /// single VM) edited, as a VM definition for a monitor that runs the
+    /// `hello` example (renamed). Otherwise an example, edited.
+    pub kind: u8,
+    pub which: u8,
+    pub edits: List<Edit, 6>,
+    pub text: String,
+}
+
+static TALLY: support::Tally<5> = support::Tally::new([
+    "cases",
+    "refused",
+    "accepted",
+    "round trips",
+    "for monitor ok",
+]);
+
+/// The scratch directory, the examples with their files pointed into it,
+/// and the running monitor's VMs for `ForMonitor`.
+struct Fixture {
+    dir: PathBuf,
+    examples: Vec<Value>,
+    running: Vec<VmSpec>,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("hearth-fuzz-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        let kernel = dir.join("vmlinux");
+        std::fs::copy(env!("HEARTH_TEST_GUEST_ELF"), &kernel).expect("the test guest");
+        for disk in [
+            "initramfs.cpio",
+            "rootfs.ext4",
+            "web-rootfs.ext4",
+            "batch-rootfs.ext4",
+            "scratch.img",
+        ] {
+            std::fs::write(dir.join(disk), [0u8; 4096]).expect("a scratch disk");
+        }
+        // Interfaces that exist, for the examples' taps (only their
+        // names are checked).
+        let mut taps: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        taps.sort();
+        let examples_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/examples");
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&examples_dir)
+            .expect("resources/examples")
+            .map(|e| e.expect("a directory entry").path())
+            .collect();
+        names.sort();
+        let examples: Vec<Value> = names
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).expect("an example");
+                let mut v: Value = serde_json::from_str(&text).expect("an example is JSON");
+                repoint(&mut v, &dir, &taps);
+                v
+            })
+            .collect();
+        let mut hello = examples
+            .iter()
+            .find(|v| v["name"] == "hello")
+            .expect("the hello example")
+            .clone();
+        hello["name"] = json!("running");
+        let running = config::parse_str(&hello.to_string(), &dir)
+            .expect("the hello example is valid with its kernel in place")
+            .vms;
+        Fixture {
+            dir,
+            examples,
+            running,
+        }
+    })
+}
+
+/// Points the kernel and initrd of an example at the scratch directory,
+/// and its taps `tapN` at the host's `N`th interface.
+fn repoint(v: &mut Value, dir: &Path, taps: &[String]) {
+    match v {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                let file = matches!(key.as_str(), "path" | "kernel_image_path" | "initrd");
+                match value {
+                    Value::String(s) if file && (s.ends_with("vmlinux") || s.ends_with(".elf")) => {
+                        *s = dir.join("vmlinux").display().to_string()
+                    }
+                    Value::String(s) if file && s.ends_with(".cpio") => {
+                        *s = dir.join("initramfs.cpio").display().to_string()
+                    }
+                    Value::String(s) if key == "tap" || key == "host_dev_name" => {
+                        let n: usize = s.trim_start_matches("tap").parse().unwrap_or(0);
+                        if let Some(tap) = taps.get(n) {
+                            *s = tap.clone();
+                        }
+                    }
+                    other => repoint(other, dir, taps),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| repoint(i, dir, taps)),
+        _ => {}
+    }
+}
+
+/// The node `path` leads to (each selector picks a key or an element;
+/// the walk stops at a leaf or an empty container).
+fn node<'a>(v: &'a mut Value, path: &[u8]) -> &'a mut Value {
+    let Some((&sel, rest)) = path.split_first() else {
+        return v;
+    };
+    let sel = usize::from(sel);
+    let len = match v {
+        Value::Object(map) => map.len(),
+        Value::Array(items) => items.len(),
+        _ => 0,
+    };
+    if len == 0 {
+        return v;
+    }
+    let child = match v {
+        Value::Object(map) => map.values_mut().nth(sel % len),
+        Value::Array(items) => items.get_mut(sel % len),
+        _ => None,
+    };
+    node(child.expect("a container with `len` children"), rest)
+}
+
+fn edit_value(v: &mut Value, edit: &Edit) {
+    match edit {
+        Edit::Set { path, value } => *node(v, path) = value.json(),
+        Edit::Remove { path } => {
+            let (last, parent) = path.split_last().map_or((0, &path[..0]), |(l, p)| (*l, p));
+            match node(v, parent) {
+                Value::Object(map) if !map.is_empty() => {
+                    let key = map.keys().nth(usize::from(last) % map.len()).cloned();
+                    key.map(|k| map.remove(&k));
+                }
+                Value::Array(items) if !items.is_empty() => {
+                    let n = items.len();
+                    items.remove(usize::from(last) % n);
+                }
+                _ => {}
+            }
+        }
+        Edit::Insert { path, key, value } => {
+            if let Value::Object(map) = node(v, path) {
+                map.insert(KEYS[usize::from(*key) % KEYS.len()].into(), value.json());
+            }
+        }
+        Edit::Duplicate { path } => {
+            if let Value::Array(items) = node(v, path) {
+                if let Some(first) = items.first().cloned() {
+                    items.push(first);
+                }
+            }
+        }
+        Edit::Cut(_) | Edit::Splice { .. } => {}
+    }
+}
+
+fn edit_text(text: &mut Vec<u8>, edit: &Edit) {
+    match edit {
+        Edit::Cut(n) => text.truncate(usize::from(*n) % (text.len() + 1)),
+        Edit::Splice { at, bytes } => {
+            let at = usize::from(*at) % (text.len() + 1);
+            text.splice(at..at, bytes.iter().copied());
+        }
+        _ => {}
+    }
+}
+
+/// The example `which`, edited: JSON edits first, then text ones.
+fn edited(which: u8, edits: &[Edit], single_vm_only: bool) -> String {
+    let f = fixture();
+    let pool: Vec<&Value> = f
+        .examples
+        .iter()
+        .filter(|v| !single_vm_only || v.get("name").is_some())
+        .collect();
+    let mut v = pool[usize::from(which) % pool.len()].clone();
+    for e in edits {
+        edit_value(&mut v, e);
+    }
+    let mut text = v.to_string().into_bytes();
+    for e in edits {
+        edit_text(&mut text, e);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Each error names where it is and what is wrong, on one line.
+fn check_errors(errors: &ConfigErrors) {
+    assert!(!errors.is_empty(), "a refusal without an error");
+    for e in errors {
+        assert!(!e.path.trim().is_empty(), "an error without a path: {e:?}");
+        assert!(
+            !e.message.trim().is_empty(),
+            "an error without a message: {e:?}"
+        );
+        assert!(!e.path.contains('\n') && !e.message.contains('\n'), "{e:?}");
+    }
+}
+
+/// An accepted spec is sane and survives `hearth convert`.
+fn check_spec(spec: &MonitorSpec, dir: &Path) {
+    assert!(!spec.vms.is_empty(), "a spec without VMs");
+    let mut names: Vec<&str> = spec.vms.iter().map(|v| v.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), spec.vms.len(), "VM names are unique");
+    let json = config::spec_to_json(spec).expect("a valid spec converts");
+    match config::parse_str(&json.to_string(), dir) {
+        Ok(back) => assert_eq!(&back, spec, "{json:#}"),
+        Err(e) => panic!("the converted spec is refused:\n{e}\n{json:#}"),
+    }
+    TALLY.add("round trips");
+}
+
+/// Runs one case; panics when a property fails.
+pub fn run(case: &Case) {
+    TALLY.add("cases");
+    let f = fixture();
+    if case.kind >= 192 {
+        let text = edited(case.which, &case.edits, true);
+        let host = HostSpec::default();
+        match config::parse_vm_for_monitor(&text, &f.dir, &host, &f.running) {
+            Err(e) => check_errors(&e),
+            Ok(vm) => {
+                TALLY.add("for monitor ok");
+                assert!(
+                    f.running.iter().all(|r| r.name != vm.name),
+                    "{} runs already",
+                    vm.name
+                );
+            }
+        }
+        return;
+    }
+    let text = if case.kind < 32 {
+        case.text.clone()
+    } else {
+        edited(case.which, &case.edits, false)
+    };
+    match config::parse_str(&text, &f.dir) {
+        Err(e) => {
+            TALLY.add("refused");
+            check_errors(&e)
+        }
+        Ok(spec) => {
+            TALLY.add("accepted");
+            check_spec(&spec, &f.dir)
+        }
+    }
+}
+
+#[test]
+fn config() {
+    let _heap = support::shared();
+    bolero::check!()
+        .with_test_time(support::budget(8))
+        .with_generator(support::input())
+        .for_each(|bytes| support::decode(bytes, run));
+    TALLY.report("config");
+}
