@@ -10,8 +10,8 @@ mod api_fake;
 mod api_ops;
 mod api_server;
 mod balloon;
-mod balloon_driver;
 mod config;
+mod device;
 mod queue;
 mod queue_model;
 
