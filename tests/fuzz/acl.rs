@@ -384,3 +384,53 @@ fn acl() {
         .for_each(|bytes| support::decode(bytes, run));
     TALLY.report("acl");
 }
+
+/// Fixed inputs: accesses that cross ranges and the end of the port space.
+mod regressions {
+    use super::*;
+
+    fn access(mmio: bool, addr: u64, len: u8, write: bool) -> Access {
+        Access {
+            mmio,
+            near: None,
+            addr: Addr::Raw(addr),
+            len,
+            write,
+        }
+    }
+
+    /// docs/verifier.md's example: a 4-byte read at 0x3fe runs past the
+    /// serial port; a 2-byte read at the last port runs past the space.
+    #[test]
+    fn accesses_across_a_device_and_past_the_last_port() {
+        let _heap = support::shared();
+        let serial = Dev {
+            mmio: false,
+            name: 0,
+            first: Addr::Raw(0x3f8),
+            span: 7,
+        };
+        let last = Dev {
+            mmio: false,
+            name: 2,
+            first: Addr::Raw(0xfffe),
+            span: 1,
+        };
+        for default in 0..3 {
+            run(&Case {
+                default,
+                own_devices: true,
+                on_violation: 2,
+                devices: vec![serial.clone(), last.clone()].into(),
+                rules: vec![].into(),
+                accesses: vec![
+                    access(false, 0x3fe, 4, false),
+                    access(false, 0x3f8, 8, true),
+                    access(false, 0xffff, 2, false),
+                    access(true, u64::MAX, 8, false),
+                ]
+                .into(),
+            });
+        }
+    }
+}

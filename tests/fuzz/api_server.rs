@@ -72,7 +72,13 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let dir = std::env::temp_dir().join(format!("hearth-fuzz-api-{}", std::process::id()));
+        Self::start_in("target")
+    }
+
+    /// A server whose socket is in a scratch directory named after `tag`.
+    fn start_in(tag: &str) -> Server {
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("hearth-fuzz-api-{pid}-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a scratch directory");
         let socket = dir.join("api.sock");
@@ -206,10 +212,21 @@ fn run_on(server: &Server, case: &Case) {
     let mut s = UnixStream::connect(&server.socket).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("a read timeout");
-    // The server may close mid-way (a line over the limit): stop writing then.
-    let _ = s
+    s.set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("a write timeout");
+    // The server may close mid-way (a line over the limit): stop writing
+    // then. It must not stop reading while the client still writes (its
+    // replies to 4 KiB of requests are far below what stops it).
+    let written = s
         .write_all(&sent)
         .and_then(|_| s.shutdown(std::net::Shutdown::Write));
+    if let Err(e) = written {
+        let timed_out = matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+        assert!(
+            !timed_out,
+            "the server stopped reading a client that writes"
+        );
+    }
     let mut got = Vec::new();
     match s.read_to_end(&mut got) {
         Ok(_) => {}
@@ -250,4 +267,42 @@ fn api_server() {
         .with_generator(support::input())
         .for_each(|bytes| support::decode(bytes, |case| run_on(*server, case)));
     TALLY.report("api_server");
+}
+
+/// Fixed inputs: the edges of the line protocol.
+mod regressions {
+    use super::*;
+
+    fn case(pieces: Vec<Piece>) -> Case {
+        Case {
+            outcome: Outcome::Later(true),
+            pieces: pieces.into(),
+        }
+    }
+
+    #[test]
+    fn lines_at_and_over_the_limit_empty_lines_and_a_last_line_without_newline() {
+        let _heap = support::shared();
+        let server = Server::start_in("regressions");
+        let raw = |b: &[u8]| Piece::Raw(b.to_vec().into());
+        // 63 KiB is answered; 70 KiB ends the connection after the replies
+        // before it.
+        run_on(
+            &server,
+            &case(vec![Piece::Long(b'x', 227), Piece::Newline, raw(b"{}")]),
+        );
+        run_on(
+            &server,
+            &case(vec![raw(b"{}\n"), Piece::Long(b'x', 250), Piece::Newline]),
+        );
+        run_on(
+            &server,
+            &case(vec![
+                Piece::CrLf,
+                Piece::Newline,
+                raw(b"\r\r\n"),
+                raw(b"{\"op\":\"list\"}"),
+            ]),
+        );
+    }
 }

@@ -200,7 +200,9 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hearth-fuzz-config-{}", std::process::id()));
+        // Cargo's scratch directory for integration tests: reused by the
+        // next run, never left in /tmp.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-config");
         std::fs::create_dir_all(&dir).expect("a scratch directory");
         let kernel = dir.join("vmlinux");
         std::fs::copy(env!("HEARTH_TEST_GUEST_ELF"), &kernel).expect("the test guest");
@@ -443,4 +445,43 @@ fn config() {
         .with_generator(support::input())
         .for_each(|bytes| support::decode(bytes, run));
     TALLY.report("config");
+}
+
+/// Fixed inputs: the examples themselves, and edits worth keeping.
+mod regressions {
+    use super::*;
+
+    /// Every example loads (its files in place) and converts back to
+    /// itself: the mutants start from valid configs.
+    #[test]
+    fn every_example_loads_and_converts_back() {
+        let _heap = support::shared();
+        let f = fixture();
+        for which in 0..f.examples.len() {
+            let text = edited(which as u8, &[], false);
+            match config::parse_str(&text, &f.dir) {
+                Ok(spec) => check_spec(&spec, &f.dir),
+                Err(e) => panic!("example {which} is refused:\n{e}\n{text}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_duplicated_vm_and_a_cut_file() {
+        let _heap = support::shared();
+        let dup = Edit::Duplicate {
+            path: vec![1].into(),
+        };
+        for which in 0..8 {
+            for edits in [vec![dup.clone()], vec![Edit::Cut(40)], vec![Edit::Cut(0)]] {
+                let kind = if which % 2 == 0 { 64 } else { 200 };
+                run(&Case {
+                    kind,
+                    which,
+                    edits: edits.into(),
+                    text: String::new(),
+                });
+            }
+        }
+    }
 }
