@@ -13,14 +13,14 @@
 //! - an accepted file is a sane spec (at least one VM, names unique), and
 //!   `spec_to_json` of it loads back to the same spec (the promise of
 //!   `hearth convert`);
-//! - a VM definition for a running monitor never takes the name of a VM
-//!   the monitor runs.
+//! - a VM definition for a running monitor never takes the name or the
+//!   vsock CID of a VM the monitor runs.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
-use hearth::config::{self, ConfigErrors, HostSpec, MonitorSpec, VmSpec};
+use hearth::config::{self, ConfigErrors, MonitorSpec, VmSpec};
 use serde_json::{json, Value};
 
 use crate::support::{self, List};
@@ -173,8 +173,10 @@ pub enum Edit {
 #[derive(Debug, Clone, Arbitrary)]
 pub struct Case {
     /// Under 32: `text` as it is. From 192: an example with a name (a
-    /// single VM) edited, as a VM definition for a monitor that runs the
-    /// `hello` example (renamed). Otherwise an example, edited.
+    /// single VM) edited, as a VM definition for a running monitor: the
+    /// `hello` example renamed (below 224) or the `devices` example, with
+    /// its memory budget, disks, taps and vsock sockets (from 224).
+    /// Otherwise an example, edited.
     pub kind: u8,
     pub which: u8,
     pub edits: List<Edit, 6>,
@@ -190,11 +192,11 @@ static TALLY: support::Tally<5> = support::Tally::new([
 ]);
 
 /// The scratch directory, the examples with their files pointed into it,
-/// and the running monitor's VMs for `ForMonitor`.
+/// and the running monitors for VM definitions.
 struct Fixture {
     dir: PathBuf,
     examples: Vec<Value>,
-    running: Vec<VmSpec>,
+    running: [MonitorSpec; 2],
 }
 
 fn fixture() -> &'static Fixture {
@@ -246,9 +248,13 @@ fn fixture() -> &'static Fixture {
             .expect("the hello example")
             .clone();
         hello["name"] = json!("running");
-        let running = config::parse_str(&hello.to_string(), &dir)
-            .expect("the hello example is valid with its kernel in place")
-            .vms;
+        let devices = examples
+            .iter()
+            .find(|v| v["vms"][0]["name"] == "web")
+            .expect("the devices example");
+        let running = [hello, devices.clone()].map(|v| {
+            config::parse_str(&v.to_string(), &dir).expect("the examples are valid, files in place")
+        });
         Fixture {
             dir,
             examples,
@@ -406,16 +412,19 @@ pub fn run(case: &Case) {
     let f = fixture();
     if case.kind >= 192 {
         let text = edited(case.which, &case.edits, true);
-        let host = HostSpec::default();
-        match config::parse_vm_for_monitor(&text, &f.dir, &host, &f.running) {
+        let monitor = &f.running[usize::from(case.kind >= 224)];
+        let (host, running) = (&monitor.host, &monitor.vms);
+        match config::parse_vm_for_monitor(&text, &f.dir, host, running) {
             Err(e) => check_errors(&e),
             Ok(vm) => {
                 TALLY.add("for monitor ok");
                 assert!(
-                    f.running.iter().all(|r| r.name != vm.name),
+                    running.iter().all(|r| r.name != vm.name),
                     "{} runs already",
                     vm.name
                 );
+                let cid = |v: &VmSpec| v.vsock.as_ref().map(|s| s.guest_cid);
+                assert!(cid(&vm).is_none() || running.iter().all(|r| cid(r) != cid(&vm)));
             }
         }
         return;
