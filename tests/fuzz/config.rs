@@ -206,8 +206,7 @@ fn fixture() -> &'static Fixture {
         // next run, never left in /tmp.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-config");
         std::fs::create_dir_all(&dir).expect("a scratch directory");
-        let kernel = dir.join("vmlinux");
-        std::fs::copy(env!("HEARTH_TEST_GUEST_ELF"), &kernel).expect("the test guest");
+        std::fs::write(dir.join("vmlinux"), elf_kernel()).expect("a kernel");
         for disk in [
             "initramfs.cpio",
             "rootfs.ext4",
@@ -227,7 +226,7 @@ fn fixture() -> &'static Fixture {
             })
             .unwrap_or_default();
         taps.sort();
-        let examples_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/examples");
+        let examples_dir = support::repo_dir().join("resources/examples");
         let mut names: Vec<PathBuf> = std::fs::read_dir(&examples_dir)
             .expect("resources/examples")
             .map(|e| e.expect("a directory entry").path())
@@ -261,6 +260,31 @@ fn fixture() -> &'static Fixture {
             running,
         }
     })
+}
+
+/// The smallest kernel the config accepts: an ELF64 x86_64 executable with
+/// one loadable segment at 1 MiB (its code never runs).
+fn elf_kernel() -> Vec<u8> {
+    let mut elf = vec![0u8; 64 + 56 + 16];
+    elf[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    let mut put = |at: usize, bytes: &[u8]| elf[at..at + bytes.len()].copy_from_slice(bytes);
+    put(16, &2u16.to_le_bytes()); // ET_EXEC
+    put(18, &62u16.to_le_bytes()); // EM_X86_64
+    put(20, &1u32.to_le_bytes());
+    put(24, &0x10_0000u64.to_le_bytes()); // entry
+    put(32, &64u64.to_le_bytes()); // program headers
+    put(52, &64u16.to_le_bytes());
+    put(54, &56u16.to_le_bytes());
+    put(56, &1u16.to_le_bytes());
+    put(64, &1u32.to_le_bytes()); // PT_LOAD
+    put(68, &7u32.to_le_bytes());
+    put(72, &120u64.to_le_bytes()); // offset
+    put(80, &0x10_0000u64.to_le_bytes()); // vaddr
+    put(88, &0x10_0000u64.to_le_bytes()); // paddr
+    put(96, &16u64.to_le_bytes()); // file bytes
+    put(104, &0x1000u64.to_le_bytes()); // memory bytes
+    put(112, &0x1000u64.to_le_bytes()); // align
+    elf
 }
 
 /// Points the kernel and initrd of an example at the scratch directory,

@@ -24,6 +24,16 @@ pub fn budget(secs: u64) -> Duration {
     Duration::from_secs(secs)
 }
 
+/// The repository's top directory (the fuzz targets also build as the
+/// package in `fuzz/`, for `cargo bolero`).
+pub fn repo_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    match dir.parent() {
+        Some(parent) if !dir.join("resources").is_dir() => parent.to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
+}
+
 /// Most bytes one input decodes from.
 pub const MAX_INPUT: usize = 4096;
 
