@@ -45,7 +45,7 @@ const BUFFERS_LEN: u64 = 0x4_0000;
 /// Queues a bench drives at most.
 pub const MAX_QUEUES: usize = 4;
 /// How long a healthy device may take to serve a notification.
-const SERVE_DEADLINE: Duration = Duration::from_secs(5);
+const SERVE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Register offsets (virtio-mmio version 2).
 pub const REG_STATUS: u64 = 0x70;
