@@ -8,8 +8,8 @@
 //!
 //! What must hold:
 //! - nothing panics;
-//! - a refusal lists errors each with a non-empty path and message, on
-//!   one line each;
+//! - a refusal lists errors each with a path (`<root>`, `line L, column
+//!   C`, or keys and indices) and a non-empty message, on one line each;
 //! - an accepted file is a sane spec (at least one VM, names unique), and
 //!   `spec_to_json` of it loads back to the same spec (the promise of
 //!   `hearth convert`);
@@ -402,11 +402,44 @@ fn edited(which: u8, edits: &[Edit], single_vm_only: bool) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
+/// Whether `path` is where an error can be: `<root>`, `<file>`,
+/// `<base_dir>`, `line L, column C` (JSON syntax), or keys and indices
+/// (`vms[1].net.interfaces[0].tap`, `network-interfaces[0].host_dev_name`).
+fn well_formed_path(path: &str) -> bool {
+    if matches!(path, "<root>" | "<file>" | "<base_dir>") {
+        return true;
+    }
+    if let Some(rest) = path.strip_prefix("line ") {
+        let mut parts = rest.split(", column ");
+        let number = |s: Option<&str>| {
+            s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        };
+        return number(parts.next()) && number(parts.next()) && parts.next().is_none();
+    }
+    path.split('.').all(|segment| {
+        let key_end = segment.find('[').unwrap_or(segment.len());
+        let (key, indices) = segment.split_at(key_end);
+        let key_ok = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        let indices_ok = indices.is_empty()
+            || indices
+                .strip_prefix('[')
+                .and_then(|i| i.strip_suffix(']'))
+                .is_some_and(|i| {
+                    i.split("][")
+                        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                });
+        key_ok && indices_ok
+    })
+}
+
 /// Each error names where it is and what is wrong, on one line.
 fn check_errors(errors: &ConfigErrors) {
     assert!(!errors.is_empty(), "a refusal without an error");
     for e in errors {
-        assert!(!e.path.trim().is_empty(), "an error without a path: {e:?}");
+        assert!(well_formed_path(&e.path), "an error at {:?}: {e:?}", e.path);
         assert!(
             !e.message.trim().is_empty(),
             "an error without a message: {e:?}"
