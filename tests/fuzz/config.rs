@@ -237,7 +237,10 @@ fn fixture() -> &'static Fixture {
             .map(|p| {
                 let text = std::fs::read_to_string(p).expect("an example");
                 let mut v: Value = serde_json::from_str(&text).expect("an example is JSON");
-                repoint(&mut v, &dir, &taps);
+                if !repoint(&mut v, &dir, &taps) {
+                    // Fewer interfaces than the example has taps: no network.
+                    drop_network(&mut v);
+                }
                 v
             })
             .collect();
@@ -288,8 +291,10 @@ fn elf_kernel() -> Vec<u8> {
 }
 
 /// Points the kernel and initrd of an example at the scratch directory,
-/// and its taps `tapN` at the host's `N`th interface.
-fn repoint(v: &mut Value, dir: &Path, taps: &[String]) {
+/// and its taps `tapN` at the host's `N`th interface; `false` if the host
+/// has too few.
+fn repoint(v: &mut Value, dir: &Path, taps: &[String]) -> bool {
+    let mut found = true;
     match v {
         Value::Object(map) => {
             for (key, value) in map.iter_mut() {
@@ -303,16 +308,33 @@ fn repoint(v: &mut Value, dir: &Path, taps: &[String]) {
                     }
                     Value::String(s) if key == "tap" || key == "host_dev_name" => {
                         let n: usize = s.trim_start_matches("tap").parse().unwrap_or(0);
-                        if let Some(tap) = taps.get(n) {
-                            *s = tap.clone();
+                        match taps.get(n) {
+                            Some(tap) => *s = tap.clone(),
+                            None => found = false,
                         }
                     }
-                    other => repoint(other, dir, taps),
+                    other => found &= repoint(other, dir, taps),
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(|i| repoint(i, dir, taps)),
+        Value::Array(items) => {
+            for item in items {
+                found &= repoint(item, dir, taps);
+            }
+        }
         _ => {}
+    }
+    found
+}
+
+/// Removes the network interfaces of an example (and of its VMs).
+fn drop_network(v: &mut Value) {
+    if let Value::Object(map) = v {
+        map.remove("net");
+        map.remove("network-interfaces");
+        if let Some(Value::Array(vms)) = map.get_mut("vms") {
+            vms.iter_mut().for_each(drop_network);
+        }
     }
 }
 
