@@ -1,0 +1,19 @@
+//! Fuzz targets for everything a guest or a client controls. See
+//! docs/fuzzing.md: under `cargo test` each target runs for a few seconds
+//! on random inputs; `cargo bolero test` runs one for as long as you like,
+//! coverage-guided.
+
+mod support;
+
+mod acl;
+mod api_fake;
+mod api_ops;
+mod api_server;
+mod balloon;
+mod config;
+mod device;
+mod queue;
+mod queue_model;
+
+#[global_allocator]
+static HEAP: support::Heap = support::Heap;
