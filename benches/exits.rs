@@ -23,6 +23,11 @@
 //!   exit at all: the guest's own instruction cost) and then one `out` to
 //!   the counting port. ns per in-kernel exit = (batch - pio-write) / BATCH;
 //!   benches/side_by_side.py does that arithmetic.
+//! - `inkernel/doorbell`: the same with `BATCH` MMIO writes to an address
+//!   with a KVM ioeventfd registered, as a virtio queue's `QueueNotify`
+//!   is: KVM signals the eventfd and resumes the guest without an exit to
+//!   user space (what a guest pays per doorbell; the device thread's wake-up
+//!   runs beside it on another CPU).
 //!
 //! The whole process (and so every vCPU thread, which inherits it) is pinned
 //! to one host CPU: `HEARTH_BENCH_CPU`, default the last online CPU.
@@ -46,6 +51,7 @@ use hearth::vcpu::VcpuCommand;
 use hearth::vm::{build_vm, BuildOptions, ExtraDevice, Vm};
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
 
 /// The port the bench device claims (and the raw floor's guest writes to).
 const BENCH_PORT: u16 = 0x510;
@@ -68,11 +74,20 @@ const LOOP_MMIO_WRITE: &[u8] = &[0xbb, 0x00, 0x00, 0x00, 0xd8, 0x88, 0x03, 0xeb,
 const LOOP_MMIO_READ: &[u8] = &[0xbb, 0x00, 0x00, 0x00, 0xd8, 0x8a, 0x03, 0xeb, 0xfc];
 
 /// `1: <BATCH times `insn`>; mov $0x510, %dx; out %al, (%dx); jmp 1b`
+/// (a short jump, or a near one past 127 bytes)
 fn batch_loop(insn: &[u8]) -> Vec<u8> {
     let mut code: Vec<u8> = insn.repeat(BATCH);
     code.extend_from_slice(&[0x66, 0xba, 0x10, 0x05, 0xee]);
-    let back = -(i8::try_from(code.len() + 2).expect("a batch fits a short jump"));
-    code.extend_from_slice(&[0xeb, back as u8]);
+    match i8::try_from(code.len() + 2) {
+        // jmp rel8
+        Ok(len) => code.extend_from_slice(&[0xeb, (-len) as u8]),
+        // jmp rel32 (e9)
+        Err(_) => {
+            let back = -(i32::try_from(code.len() + 5).expect("a batch fits a near jump"));
+            code.push(0xe9);
+            code.extend_from_slice(&back.to_le_bytes());
+        }
+    }
     code
 }
 
@@ -82,6 +97,13 @@ const CPUID: &[u8] = &[0x0f, 0xa2];
 const PIT_READ: &[u8] = &[0xe4, 0x40];
 /// `nop` (90): no exit; the guest's own cost per instruction.
 const NOP: &[u8] = &[0x90];
+/// Where the `doorbell` guest writes: an ioeventfd, no device.
+const DOORBELL_MMIO: u64 = 0xd800_1000;
+/// `mov $0xd8001000, %ebx` before the batch of `movl $0, (%rbx)`
+/// (c7 03 00 00 00 00): queue 0's index, written as a virtio driver writes
+/// QueueNotify.
+const DOORBELL_SETUP: &[u8] = &[0xbb, 0x00, 0x10, 0x00, 0xd8];
+const DOORBELL: &[u8] = &[0xc7, 0x03, 0x00, 0x00, 0x00, 0x00];
 
 // ---------------------------------------------------------------------------
 // Pinning.
@@ -414,6 +436,12 @@ struct BenchVm {
 
 impl BenchVm {
     fn start(kvm: &Kvm, name: &str, code: &[u8]) -> BenchVm {
+        Self::start_with(kvm, name, code, None)
+    }
+
+    /// As `start`, with `doorbell` as queue 0's ioeventfd of a device at
+    /// DOORBELL_MMIO (registered by the builder, as a virtio device's).
+    fn start_with(kvm: &Kvm, name: &str, code: &[u8], doorbell: Option<&EventFd>) -> BenchVm {
         static KICK: Once = Once::new();
         KICK.call_once(|| hearth::vcpu::install_kick_handler().expect("install kick handler"));
         let spec = VmSpec {
@@ -442,7 +470,7 @@ impl BenchVm {
         };
         let counts = Counts::new();
         let probe: hearth::bus::SharedDevice = Arc::new(Mutex::new(Probe(counts.clone())));
-        let extra = vec![
+        let mut extra = vec![
             ExtraDevice {
                 space: AddressSpace::Pio,
                 name: "bench-pio".into(),
@@ -455,11 +483,24 @@ impl BenchVm {
                 name: "bench-mmio".into(),
                 base: BENCH_MMIO,
                 len: 0x1000,
-                device: probe,
+                device: probe.clone(),
             },
         ];
+        let mut doorbells = Vec::new();
+        if let Some(evt) = doorbell {
+            extra.push(ExtraDevice {
+                space: AddressSpace::Mmio,
+                name: "bench-doorbell".into(),
+                base: DOORBELL_MMIO,
+                len: 4,
+                device: probe.clone(),
+            });
+            let evt = evt.try_clone().expect("clone the doorbell eventfd");
+            doorbells.push((DOORBELL_MMIO, vec![evt]));
+        }
         let opts = BuildOptions {
             extra,
+            doorbells,
             ..BuildOptions::default()
         };
         let mut vm = build_vm(kvm, &spec, opts).expect("build the bench VM");
@@ -517,6 +558,14 @@ fn hearth_exits(c: &mut Criterion) {
         group.bench_function(name, |b| b.iter_custom(|iters| vm.counts.time(iters)));
         vm.stop();
     }
+    let evt = EventFd::new(libc::EFD_NONBLOCK).expect("doorbell eventfd");
+    let mut code = DOORBELL_SETUP.to_vec();
+    code.extend(batch_loop(DOORBELL));
+    let vm = BenchVm::start_with(&kvm, "bench-doorbell", &code, Some(&evt));
+    group.bench_function("doorbell", |b| b.iter_custom(|iters| vm.counts.time(iters)));
+    vm.stop();
+    // Every doorbell reached the eventfd (the counter adds them up).
+    assert!(evt.read().expect("doorbells signalled") >= BATCH as u64);
     group.finish();
 }
 

@@ -65,6 +65,10 @@ pub struct BuildOptions {
     /// Where the VM says it stops, and its id there (default: a queue of
     /// its own, for a VM driven without a monitor).
     pub exits: Option<(Arc<ExitQueue>, usize)>,
+    /// More doorbells (notify address, one eventfd per queue index), set
+    /// up as a virtio device's are: for benchmarks that add a device of
+    /// their own in `extra`.
+    pub doorbells: Vec<(u64, Vec<EventFd>)>,
 }
 
 /// What is being built, while it is.
@@ -189,6 +193,7 @@ impl Build<'_> {
             };
             bus.insert(&d.name, d.base, d.len, d.device)?;
         }
+        self.doorbells.append(&mut opts.doorbells);
         for device in &plan.virtio {
             self.virtio_device(device)?;
         }
