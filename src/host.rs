@@ -123,6 +123,17 @@ pub fn current_thread_ids() -> Option<(libc::pid_t, libc::clockid_t)> {
     (rc == 0).then_some((tid, clock))
 }
 
+/// The CPU-time clock of a thread this process started and has not joined.
+pub fn thread_cpu_clock<T>(thread: &std::thread::JoinHandle<T>) -> Option<libc::clockid_t> {
+    use std::os::unix::thread::JoinHandleExt;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: the pthread is valid until it is joined, which needs the
+    // handle borrowed here; `clock` is a valid place for the result, and
+    // the return code is checked.
+    let rc = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
+    (rc == 0).then_some(clock)
+}
+
 /// CPU time consumed so far on a thread CPU-time clock, in ns (`None` once
 /// the thread has exited).
 pub fn thread_cpu_ns(clock: libc::clockid_t) -> Option<u64> {
@@ -206,6 +217,36 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
         assert_eq!(thread_runnable(tid), None, "gone once joined");
+    }
+
+    #[test]
+    fn the_spawner_reads_a_threads_clock_without_waiting_for_it() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let clock = thread_cpu_clock(&t).expect("a clock for a live thread");
+        let before = thread_cpu_ns(clock).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let after = thread_cpu_ns(clock).unwrap();
+        assert!(after > before, "{before} -> {after}");
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+        // The same clock the thread itself would report (asked while it lives).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let own = std::thread::spawn(move || {
+            tx.send(current_thread_ids().unwrap().1).unwrap();
+            let _ = done_rx.recv();
+        });
+        assert_eq!(thread_cpu_clock(&own), Some(rx.recv().unwrap()));
+        drop(done_tx);
+        own.join().unwrap();
     }
 
     #[test]

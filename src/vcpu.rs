@@ -3,7 +3,7 @@
 //! (a command channel plus a kick signal).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -163,7 +163,7 @@ impl VcpuCounters {
     }
 }
 
-/// How the monitor reads a vCPU thread's CPU time and run state.
+/// How the monitor reads a thread's CPU time and run state.
 #[derive(Debug, Clone, Copy)]
 pub struct ThreadIds {
     /// Kernel thread id (for /proc/self/task/TID).
@@ -194,7 +194,10 @@ pub struct VcpuHandle {
     commands: Sender<VcpuCommand>,
     state: Arc<AtomicU8>,
     counters: Arc<VcpuCounters>,
-    ids: Option<ThreadIds>,
+    /// The thread's kernel id, which it publishes first thing (0 until then).
+    tid: Arc<AtomicI32>,
+    /// Its CPU-time clock (`None` if the system would not say).
+    cpu_clock: Option<libc::clockid_t>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -208,25 +211,32 @@ impl VcpuHandle {
         self.counters.snapshot()
     }
 
-    /// The thread's ids, for CPU accounting (`None` if it could not say).
+    /// The thread's ids, for CPU accounting (`None` until the thread has
+    /// run, or if the system would not say).
     pub fn thread_ids(&self) -> Option<ThreadIds> {
-        self.ids
+        let tid = self.tid.load(Ordering::Acquire);
+        match (tid, self.cpu_clock) {
+            (1.., Some(cpu_clock)) => Some(ThreadIds { tid, cpu_clock }),
+            _ => None,
+        }
     }
 
     /// CPU time the vCPU thread has used, including time inside KVM_RUN.
     pub fn cpu_ns(&self) -> u64 {
-        let live = match (&self.thread, self.ids) {
-            (Some(t), Some(ids)) if !t.is_finished() => crate::host::thread_cpu_ns(ids.cpu_clock),
+        let live = match (&self.thread, self.cpu_clock) {
+            (Some(t), Some(clock)) if !t.is_finished() => crate::host::thread_cpu_ns(clock),
             _ => None,
         };
         live.unwrap_or_else(|| self.counters.final_cpu_ns.load(Ordering::Acquire))
     }
 
-    /// Whether the thread is running or waiting for a CPU right now.
+    /// Whether the thread is running or waiting for a CPU right now (a
+    /// thread that has not run yet is waiting for one).
     pub fn runnable(&self) -> bool {
-        self.ids
-            .and_then(|ids| crate::host::thread_runnable(ids.tid))
-            .unwrap_or(false)
+        match self.tid.load(Ordering::Acquire) {
+            0 => self.thread.as_ref().is_some_and(|t| !t.is_finished()),
+            tid => crate::host::thread_runnable(tid).unwrap_or(false),
+        }
     }
 
     /// Sends `cmd` and kicks the thread out of KVM_RUN so it sees it.
@@ -308,34 +318,32 @@ fn violation_outcome(verifier: &Verifier, v: &crate::verifier::Violation) -> VmO
 }
 
 impl Vcpu {
-    /// Starts the vCPU's thread.
+    /// Starts the vCPU's thread. It does not wait for the thread to run:
+    /// with many busy vCPUs on the host CPUs that can take a while, and
+    /// the caller (a life-cycle worker) has other VMs to build.
     pub fn spawn(self, thread_name: String) -> std::io::Result<VcpuHandle> {
         let (tx, rx) = channel();
-        let (ids_tx, ids_rx) = channel();
         let state = Arc::new(AtomicU8::new(VcpuState::Created as u8));
         let counters = Arc::new(VcpuCounters::default());
+        let tid = Arc::new(AtomicI32::new(0));
         let id = self.id;
         let st = state.clone();
         let ct = counters.clone();
+        let published = tid.clone();
         let thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
-                let _ = ids_tx.send(crate::host::current_thread_ids());
+                // SAFETY: gettid has no arguments and cannot fail.
+                published.store(unsafe { libc::gettid() }, Ordering::Release);
                 self.run(rx, st, &ct)
             })?;
-        // The thread reports its ids first thing; a thread that died before
-        // that has no ids (and its VM will stop).
-        let ids = ids_rx
-            .recv()
-            .ok()
-            .flatten()
-            .map(|(tid, cpu_clock)| ThreadIds { tid, cpu_clock });
         Ok(VcpuHandle {
             id,
             commands: tx,
             state,
             counters,
-            ids,
+            tid,
+            cpu_clock: crate::host::thread_cpu_clock(&thread),
             thread: Some(thread),
         })
     }
