@@ -350,6 +350,14 @@ impl Vcpu {
 
     fn run(mut self, commands: Receiver<VcpuCommand>, state: Arc<AtomicU8>, stats: &VcpuCounters) {
         let set_state = |s: VcpuState| state.store(s as u8, Ordering::Release);
+        // Started by a life-cycle worker: back to the VMs' priority.
+        if let Err(e) = crate::host::leave_monitor_priority() {
+            log::warn!(
+                "{}: vCPU {}: cannot set its priority: {e}",
+                self.vm.name,
+                self.id
+            );
+        }
         if let Some(cpus) = &self.affinity {
             if let Err(e) = crate::host::set_thread_affinity(cpus) {
                 log::warn!(

@@ -196,6 +196,15 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
     // Before any thread exists, so every thread inherits the blocked mask
     // and SIGINT/SIGTERM only ever arrive through the signalfd.
     let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
+    // Also before any thread exists, so the monitor's threads inherit it.
+    match crate::host::raise_monitor_priority() {
+        Ok((vms, monitor)) => {
+            log::debug!("the monitor's threads run at nice {monitor}, vCPU threads at {vms}")
+        }
+        Err(e) => log::debug!(
+            "the monitor's threads keep the vCPU threads' priority ({e}): with more busy vCPUs than CPUs they get one vCPU's share"
+        ),
+    }
     crate::vcpu::install_kick_handler().map_err(|e| MonitorError::Setup {
         what: "install the vCPU kick handler",
         source: io::Error::from_raw_os_error(e.errno()),
