@@ -129,7 +129,7 @@ fn start_monitor(
         .cpus
         .as_ref()
         .map_or_else(crate::host::online_cpus, Vec::len);
-    let mut sched = CpuScheduler::new(allowed_cpus, spec.host.sched_tick_ms)
+    let sched = CpuScheduler::new(allowed_cpus, spec.host.sched_tick_ms)
         .map_err(setup_err("scheduler timer"))?;
     let mut mem = MemoryManager::new(spec.host.memory).map_err(setup_err("memory timer"))?;
     let mut stats_timer = TimerFd::new().map_err(|e| setup_err("statistics timer")(e.into()))?;
@@ -138,9 +138,7 @@ fn start_monitor(
             .reset(STATS_PERIOD, Some(STATS_PERIOD))
             .map_err(|e| setup_err("statistics timer")(e.into()))?;
     }
-    if spec.host.scheduler {
-        sched.start().map_err(setup_err("scheduler timer"))?;
-    } else {
+    if !spec.host.scheduler {
         log::info!("the CPU scheduler is off (host.cpu.scheduler): the host's scheduler alone shares the CPUs");
     }
     mem.start().map_err(setup_err("memory timer"))?;
@@ -184,6 +182,14 @@ fn start_monitor(
                 ))
             }
         }
+    }
+    // The ticks start with the loop that serves them: the ones that would
+    // fall during the builds above would only count as missed.
+    if spec.host.scheduler {
+        monitor
+            .sched
+            .start()
+            .map_err(setup_err("scheduler timer"))?;
     }
     Ok(monitor)
 }
