@@ -188,6 +188,9 @@ const BUILDER: &[i64] = &[
     libc::SYS_prctl,
     libc::SYS_sched_getaffinity,
     libc::SYS_sched_setaffinity,
+    // The vCPU and device threads it starts inherit the monitor's raised
+    // priority and go back to the VMs' (`host::leave_monitor_priority`).
+    libc::SYS_setpriority,
     libc::SYS_seccomp,
     libc::SYS_gettid,
     libc::SYS_getpid,

@@ -3,9 +3,10 @@
 //! (a command channel plus a kick signal).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
@@ -163,7 +164,7 @@ impl VcpuCounters {
     }
 }
 
-/// How the monitor reads a vCPU thread's CPU time and run state.
+/// How the monitor reads a thread's CPU time and run state.
 #[derive(Debug, Clone, Copy)]
 pub struct ThreadIds {
     /// Kernel thread id (for /proc/self/task/TID).
@@ -194,9 +195,13 @@ pub struct VcpuHandle {
     commands: Sender<VcpuCommand>,
     state: Arc<AtomicU8>,
     counters: Arc<VcpuCounters>,
-    ids: Option<ThreadIds>,
-    /// The thread's /proc stat file, opened by the thread itself at start.
-    stat: Option<crate::host::ProcFile>,
+    /// The thread's kernel id, which it publishes first thing (0 until then).
+    tid: Arc<AtomicI32>,
+    /// Its CPU-time clock (`None` if the system would not say).
+    cpu_clock: Option<libc::clockid_t>,
+    /// The thread's /proc stat file, opened by the thread itself first
+    /// thing (so it is there inside the sandbox, which has no /proc).
+    stat: Arc<OnceLock<crate::host::ProcFile>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -210,26 +215,38 @@ impl VcpuHandle {
         self.counters.snapshot()
     }
 
-    /// The thread's ids, for CPU accounting (`None` if it could not say).
+    /// The thread's ids, for CPU accounting (`None` until the thread has
+    /// run, or if the system would not say).
     pub fn thread_ids(&self) -> Option<ThreadIds> {
-        self.ids
+        let tid = self.tid.load(Ordering::Acquire);
+        match (tid, self.cpu_clock) {
+            (1.., Some(cpu_clock)) => Some(ThreadIds { tid, cpu_clock }),
+            _ => None,
+        }
     }
 
     /// CPU time the vCPU thread has used, including time inside KVM_RUN.
     pub fn cpu_ns(&self) -> u64 {
-        let live = match (&self.thread, self.ids) {
-            (Some(t), Some(ids)) if !t.is_finished() => crate::host::thread_cpu_ns(ids.cpu_clock),
+        let live = match (&self.thread, self.cpu_clock) {
+            (Some(t), Some(clock)) if !t.is_finished() => crate::host::thread_cpu_ns(clock),
             _ => None,
         };
         live.unwrap_or_else(|| self.counters.final_cpu_ns.load(Ordering::Acquire))
     }
 
-    /// Whether the thread is running or waiting for a CPU right now.
+    /// Whether the thread has opened its stat file (or ended without).
+    pub fn settled(&self) -> bool {
+        self.stat.get().is_some() || self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Whether the thread is running or waiting for a CPU right now (a
+    /// thread that has not run yet is waiting for one).
     pub fn runnable(&self) -> bool {
-        self.stat
-            .as_ref()
-            .and_then(crate::host::thread_runnable)
-            .unwrap_or(false)
+        match self.stat.get() {
+            Some(stat) => crate::host::thread_runnable(stat).unwrap_or(false),
+            // Not run yet (waiting for a CPU), or it could not open it.
+            None => self.thread.as_ref().is_some_and(|t| !t.is_finished()),
+        }
     }
 
     /// Sends `cmd` and kicks the thread out of KVM_RUN so it sees it.
@@ -311,32 +328,37 @@ fn violation_outcome(verifier: &Verifier, v: &crate::verifier::Violation) -> VmO
 }
 
 impl Vcpu {
-    /// Starts the vCPU's thread.
+    /// Starts the vCPU's thread. It does not wait for the thread to run:
+    /// with many busy vCPUs on the host CPUs that can take a while, and
+    /// the caller (a life-cycle worker) has other VMs to build.
     pub fn spawn(self, thread_name: String) -> std::io::Result<VcpuHandle> {
         let (tx, rx) = channel();
-        let (ids_tx, ids_rx) = channel();
         let state = Arc::new(AtomicU8::new(VcpuState::Created as u8));
         let counters = Arc::new(VcpuCounters::default());
+        let tid = Arc::new(AtomicI32::new(0));
         let id = self.id;
         let st = state.clone();
         let ct = counters.clone();
+        let published = tid.clone();
+        let stat = Arc::new(OnceLock::new());
+        let own_stat = stat.clone();
         let thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
-                let ids = crate::host::current_thread_ids();
-                let _ = ids_tx.send((ids, crate::host::own_stat().ok()));
+                // SAFETY: gettid has no arguments and cannot fail.
+                published.store(unsafe { libc::gettid() }, Ordering::Release);
+                if let Ok(file) = crate::host::own_stat() {
+                    let _ = own_stat.set(file);
+                }
                 self.run(rx, st, &ct)
             })?;
-        // The thread reports its ids and opens its stat file first thing;
-        // a thread that died before that has none (and its VM will stop).
-        let (ids, stat) = ids_rx.recv().unwrap_or((None, None));
-        let ids = ids.map(|(tid, cpu_clock)| ThreadIds { tid, cpu_clock });
         Ok(VcpuHandle {
             id,
             commands: tx,
             state,
             counters,
-            ids,
+            tid,
+            cpu_clock: crate::host::thread_cpu_clock(&thread),
             stat,
             thread: Some(thread),
         })
@@ -344,6 +366,14 @@ impl Vcpu {
 
     fn run(mut self, commands: Receiver<VcpuCommand>, state: Arc<AtomicU8>, stats: &VcpuCounters) {
         let set_state = |s: VcpuState| state.store(s as u8, Ordering::Release);
+        // Started by a life-cycle worker: back to the VMs' priority.
+        if let Err(e) = crate::host::leave_monitor_priority() {
+            log::warn!(
+                "{}: vCPU {}: cannot set its priority: {e}",
+                self.vm.name,
+                self.id
+            );
+        }
         if let Some(cpus) = &self.affinity {
             if let Err(e) = crate::host::set_thread_affinity(cpus) {
                 log::warn!(

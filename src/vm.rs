@@ -197,6 +197,15 @@ impl Vm {
         Ok(())
     }
 
+    /// Asks the VM to stop for `outcome` (the first reason given is kept)
+    /// and takes its vCPUs out of the guest now: a busy guest would
+    /// otherwise run on until its next exit, and a halted one until the
+    /// worker that tears it down kicks it.
+    pub fn request_stop(&self, outcome: VmOutcome) {
+        self.shared.request_stop(outcome);
+        self.command(VcpuCommand::Stop);
+    }
+
     /// Sends `cmd` to every vCPU.
     pub fn command(&self, cmd: VcpuCommand) {
         for h in &self.handles {

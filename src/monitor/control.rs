@@ -200,7 +200,7 @@ impl Control for Monitor {
 
     fn stop(&mut self, vm: usize, why: &str) {
         if let Some(v) = self.nth(vm).and_then(|(_, e)| e.running()) {
-            v.shared.request_stop(VmOutcome::Stopped(why.to_string()));
+            v.request_stop(VmOutcome::Stopped(why.to_string()));
         }
     }
 

@@ -277,8 +277,7 @@ impl Monitor {
         };
         match &e.state {
             VmState::Running(vm) => {
-                vm.shared
-                    .request_stop(crate::lifecycle::VmOutcome::Stopped(why.to_string()));
+                vm.request_stop(crate::lifecycle::VmOutcome::Stopped(why.to_string()));
             }
             VmState::Created(vm) => {
                 vm.shared

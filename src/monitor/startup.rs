@@ -136,7 +136,7 @@ impl Timers {
             .cpus
             .as_ref()
             .map_or_else(crate::host::online_cpus, Vec::len);
-        let mut sched = CpuScheduler::new(allowed_cpus, spec.host.sched_tick_ms)
+        let sched = CpuScheduler::new(allowed_cpus, spec.host.sched_tick_ms)
             .map_err(setup_err("scheduler timer"))?;
         let mut mem = MemoryManager::new(spec.host.memory).map_err(setup_err("memory timer"))?;
         let mut io = crate::share::ShareRuntime::new(spec.host.io).map_err(MonitorError::Io)?;
@@ -147,9 +147,10 @@ impl Timers {
                 .reset(STATS_PERIOD, Some(STATS_PERIOD))
                 .map_err(|e| setup_err("statistics timer")(e.into()))?;
         }
-        if spec.host.scheduler {
-            sched.start().map_err(setup_err("scheduler timer"))?;
-        } else {
+        // The scheduler's ticks start later, with the loop that serves them
+        // (`start_monitor`): ticks during the file's builds would only count
+        // as missed.
+        if !spec.host.scheduler {
             log::info!("the CPU scheduler is off (host.cpu.scheduler): the host's scheduler alone shares the CPUs");
         }
         mem.start().map_err(setup_err("memory timer"))?;
@@ -237,6 +238,12 @@ fn start_monitor(
         exit_with_vm: opts.firecracker.is_some(),
     };
     build_file_vms(&mut monitor, spec)?;
+    if spec.host.scheduler {
+        monitor
+            .sched
+            .start()
+            .map_err(setup_err("scheduler timer"))?;
+    }
     Ok(monitor)
 }
 
@@ -258,6 +265,15 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         crate::sandbox::unshare(spec.vms.iter().all(|v| v.net.is_empty()))?;
     }
     crate::host::open_proc();
+    // Also before any thread exists, so the monitor's threads inherit it.
+    match crate::host::raise_monitor_priority() {
+        Ok((vms, monitor)) => {
+            log::debug!("the monitor's threads run at nice {monitor}, vCPU threads at {vms}")
+        }
+        Err(e) => log::debug!(
+            "the monitor's threads keep the vCPU threads' priority ({e}): with more busy vCPUs than CPUs they get one vCPU's share"
+        ),
+    }
     crate::vcpu::install_kick_handler().map_err(|e| MonitorError::Setup {
         what: "install the vCPU kick handler",
         source: io::Error::from_raw_os_error(e.errno()),
@@ -325,10 +341,31 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
     report(&mut m)
 }
 
+/// Waits (at most `limit`) until every vCPU thread has opened its /proc
+/// stat file, which the sandbox would hide: without it the scheduler
+/// takes the thread as always runnable.
+fn vcpus_settled(monitor: &Arc<Mutex<Monitor>>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let settled = lock(monitor)
+            .vms
+            .values()
+            .filter_map(VmEntry::running)
+            .all(|vm| vm.vcpus().iter().all(crate::vcpu::VcpuHandle::settled));
+        if settled {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    log::warn!("sandbox: some vCPU threads have not run yet; the scheduler takes them as runnable");
+}
+
 /// Everything is open and every thread has started: the sandbox, if the
 /// host wants one, then the event loop's seccomp filter (docs/security.md).
 fn confine(spec: &MonitorSpec, monitor: &Arc<Mutex<Monitor>>) -> Result<(), MonitorError> {
     if let Some(jail) = &spec.host.sandbox {
+        lock(monitor).workers.stop_growing();
+        vcpus_settled(monitor, Duration::from_secs(5));
         crate::sandbox::enter(jail)?;
         if spec.host.seccomp {
             let sealed = Arc::new(seccomp::sandboxed(ThreadClass::Builder)?);

@@ -1,15 +1,24 @@
-//! The life-cycle workers: a few threads, started with the monitor, that
-//! build VMs (and start them) and tear them down, so the event loop that
-//! every VM's ticks share never waits on KVM mapping guest memory, on a
-//! vCPU thread to join, or on memory being unmapped. Each VM starts as
-//! soon as it is built; N VMs build and stop N-at-a-time-by-pool-size in
-//! parallel. Results come back on a channel, with an eventfd the event
-//! loop watches.
+//! The life-cycle workers: threads that build VMs (and start them) and
+//! tear them down, so the event loop that every VM's ticks share never
+//! waits on KVM mapping guest memory, on a vCPU thread to join, or on
+//! memory being unmapped. Each VM starts as soon as it is built. Results
+//! come back on a channel, with an eventfd the event loop watches.
+//!
+//! The pool is elastic. Most of a build's or a tear-down's time is spent
+//! waiting: in the kernel (an SRCU grace period when the PIT is freed or a
+//! memory slot set, a kthread created for the PIT), or for a CPU that busy
+//! vCPUs share. Neither goes faster with fewer threads, so a worker that
+//! takes a job while more jobs wait than workers are idle starts another
+//! worker (up to [`MAX_WORKERS`]): N VMs build and stop side by side, as N
+//! separate VMM processes would. The workers beyond the first `base` end
+//! after [`IDLE_EXIT`] without a job.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
@@ -20,6 +29,12 @@ use crate::config::VmSpec;
 use crate::lifecycle::VmOutcome;
 use crate::output::{OutputRing, OutputWriter, RingWriter};
 use crate::vm::{build_vm, BuildOptions, Vm, VmError, VmReport};
+
+/// The most workers at once.
+pub(crate) const MAX_WORKERS: usize = 32;
+
+/// How long a worker beyond the first `base` waits for a job before it ends.
+const IDLE_EXIT: Duration = Duration::from_millis(500);
 
 /// Where a VM's serial output goes.
 pub(crate) struct OutputPlan {
@@ -64,122 +79,217 @@ pub(crate) enum Done {
     },
 }
 
-/// The pool: a job queue shared by the workers, and their results.
-pub(crate) struct Workers {
+/// The jobs waiting and the workers there are.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Workers waiting for a job.
+    idle: usize,
+    /// Workers started and not yet ended.
+    alive: usize,
+    /// Set when the monitor ends: no new job, no new worker.
+    closed: bool,
+    /// Workers started so far (for their names).
+    started: usize,
+    /// No worker starts any more (the monitor enters its sandbox, whose
+    /// new PID namespace admits no new thread).
+    fixed: bool,
+    /// The filter each worker installs before its next job (the sandbox's).
+    seal: Option<Arc<seccompiler::BpfProgram>>,
+}
+
+/// What the workers share.
+struct Pool {
+    queue: Mutex<Queue>,
+    work: Condvar,
+    done: Sender<Done>,
+    done_evt: EventFd,
     kvm: Arc<Kvm>,
-    /// A filter each worker installs before its next job (the sandbox's).
-    seal: Arc<Mutex<Option<Arc<seccompiler::BpfProgram>>>>,
-    jobs: Option<Sender<Job>>,
+    /// Workers that live as long as the monitor.
+    base: usize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The pool as the monitor holds it, and the workers' results.
+pub(crate) struct Workers {
+    pool: Arc<Pool>,
     pub(crate) done: Receiver<Done>,
     pub(crate) done_evt: EventFd,
-    threads: Vec<JoinHandle<()>>,
 }
 
 impl Workers {
-    /// Starts `count` workers sharing `kvm` (each installs the builder
-    /// class's seccomp filter first, when given).
+    /// Starts `base` workers sharing `kvm`, each installing the builder
+    /// class's seccomp filter first, when given (the workers they start
+    /// later inherit it).
     pub(crate) fn start(
-        count: usize,
+        base: usize,
         kvm: Arc<Kvm>,
         seccomp: Option<Arc<seccompiler::BpfProgram>>,
     ) -> io::Result<Workers> {
-        let (jobs, queue) = channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
         let (tx, done) = channel();
         let done_evt = EventFd::new(libc::EFD_NONBLOCK)?;
-        let seal = Arc::new(Mutex::new(None));
-        let mut threads = Vec::new();
-        for i in 0..count.max(1) {
-            let ctx = WorkerCtx {
-                queue: queue.clone(),
-                tx: tx.clone(),
-                evt: done_evt.try_clone()?,
-                kvm: kvm.clone(),
-                seal: seal.clone(),
-                sealed: false,
-            };
-            let seccomp = seccomp.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("hearth-life{i}"))
-                    .spawn(move || {
-                        if let Some(filter) = &seccomp {
-                            if let Err(e) = crate::seccomp::apply(filter) {
-                                log::error!("life-cycle worker: cannot install its filter: {e}");
-                                return;
-                            }
-                        }
-                        ctx.run();
-                    })?,
-            );
+        let base = base.clamp(1, MAX_WORKERS);
+        let pool = Arc::new(Pool {
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+            done: tx,
+            done_evt: done_evt.try_clone()?,
+            kvm,
+            base,
+            threads: Mutex::new(Vec::new()),
+        });
+        for _ in 0..base {
+            lock(&pool.queue).alive += 1;
+            pool.spawn(seccomp.clone())?;
         }
         Ok(Workers {
-            kvm,
-            seal,
-            jobs: Some(jobs),
+            pool,
             done,
             done_evt,
-            threads,
         })
     }
 
     pub(crate) fn kvm(&self) -> &Kvm {
-        &self.kvm
+        &self.pool.kvm
     }
 
-    /// Every worker installs `filter` before its next job (they then only
-    /// tear VMs down: in the sandbox nothing is built).
+    /// No worker starts from now on: the workers there are serve every
+    /// later job (in the sandbox they only tear VMs down).
+    pub(crate) fn stop_growing(&self) {
+        lock(&self.pool.queue).fixed = true;
+    }
+
+    /// Every worker installs `filter` before its next job.
     pub(crate) fn seal(&self, filter: Arc<seccompiler::BpfProgram>) {
-        *lock(&self.seal) = Some(filter);
+        lock(&self.pool.queue).seal = Some(filter);
     }
 
     /// Queues a job. `Err` gives it back when no worker is left.
     pub(crate) fn submit(&self, job: Job) -> Result<(), Box<Job>> {
-        match &self.jobs {
-            Some(tx) => tx.send(job).map_err(|e| Box::new(e.0)),
-            None => Err(Box::new(job)),
+        let mut q = lock(&self.pool.queue);
+        if q.closed || q.alive == 0 {
+            return Err(Box::new(job));
         }
+        q.jobs.push_back(job);
+        if q.idle > 0 {
+            self.pool.work.notify_one();
+        }
+        Ok(())
     }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        // Closing the queue ends each worker after its current job.
-        self.jobs = None;
-        for t in self.threads.drain(..) {
+        // Ends each worker after its current job; none starts another.
+        lock(&self.pool.queue).closed = true;
+        self.pool.work.notify_all();
+        let threads = std::mem::take(&mut *lock(&self.pool.threads));
+        for t in threads {
             let _ = t.join();
         }
     }
 }
 
-struct WorkerCtx {
-    queue: Arc<Mutex<Receiver<Job>>>,
-    tx: Sender<Done>,
-    evt: EventFd,
-    kvm: Arc<Kvm>,
-    seal: Arc<Mutex<Option<Arc<seccompiler::BpfProgram>>>>,
-    sealed: bool,
-}
-
-impl WorkerCtx {
-    fn run(mut self) {
-        loop {
-            let job = lock(&self.queue).recv();
-            let Ok(job) = job else { return };
-            if !self.sealed {
-                if let Some(filter) = lock(&self.seal).clone() {
-                    if let Err(e) = crate::seccomp::apply(&filter) {
-                        log::error!("life-cycle worker: cannot seal itself: {e}");
-                        return;
-                    }
-                    self.sealed = true;
+impl Pool {
+    /// Starts a worker (already counted in `alive`); `seccomp` is its
+    /// filter to install, `None` for one that inherits it.
+    fn spawn(self: &Arc<Self>, seccomp: Option<Arc<seccompiler::BpfProgram>>) -> io::Result<()> {
+        let name = {
+            let mut q = lock(&self.queue);
+            q.started += 1;
+            format!("hearth-life{}", q.started - 1)
+        };
+        let pool = self.clone();
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            if let Some(filter) = &seccomp {
+                if let Err(e) = crate::seccomp::apply(filter) {
+                    log::error!("life-cycle worker: cannot install its filter: {e}");
+                    pool.ended();
+                    return;
                 }
             }
+            pool.work_loop();
+        });
+        match spawned {
+            Ok(t) => {
+                let mut threads = lock(&self.threads);
+                // Ended workers' handles are dropped (detached: nothing to wait for).
+                threads.retain(|t| !t.is_finished());
+                threads.push(t);
+                Ok(())
+            }
+            Err(e) => {
+                self.ended();
+                Err(e)
+            }
+        }
+    }
+
+    fn ended(&self) {
+        let mut q = lock(&self.queue);
+        q.alive = q.alive.saturating_sub(1);
+    }
+
+    fn work_loop(self: &Arc<Self>) {
+        let mut sealed = false;
+        while let Some((job, seal)) = self.next_job() {
+            if let (false, Some(filter)) = (sealed, seal) {
+                if let Err(e) = crate::seccomp::apply(&filter) {
+                    log::error!("life-cycle worker: cannot seal itself: {e}");
+                    self.ended();
+                    return;
+                }
+                sealed = true;
+            }
+            self.grow();
             let done = run_job(&self.kvm, job);
-            if self.tx.send(done).is_err() {
+            if self.done.send(done).is_err() {
+                self.ended();
                 return;
             }
-            let _ = self.evt.write(1);
+            let _ = self.done_evt.write(1);
+        }
+    }
+
+    /// The next job, or `None` when this worker ends (and is no longer
+    /// counted): the pool is closing, or it is one of the extra workers
+    /// and had nothing to do for [`IDLE_EXIT`].
+    fn next_job(&self) -> Option<(Job, Option<Arc<seccompiler::BpfProgram>>)> {
+        let mut q = lock(&self.queue);
+        loop {
+            if let Some(job) = q.jobs.pop_front() {
+                return Some((job, q.seal.clone()));
+            }
+            if q.closed {
+                q.alive -= 1;
+                return None;
+            }
+            q.idle += 1;
+            let (guard, wait) = self
+                .work
+                .wait_timeout(q, IDLE_EXIT)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            q = guard;
+            q.idle -= 1;
+            if wait.timed_out() && q.jobs.is_empty() && q.alive > self.base {
+                q.alive -= 1;
+                return None;
+            }
+        }
+    }
+
+    /// More jobs wait than workers are idle to take them: start another
+    /// worker, unless there are [`MAX_WORKERS`] already.
+    fn grow(self: &Arc<Self>) {
+        {
+            let mut q = lock(&self.queue);
+            if q.closed || q.fixed || q.jobs.len() <= q.idle || q.alive >= MAX_WORKERS {
+                return;
+            }
+            q.alive += 1;
+        }
+        if let Err(e) = self.spawn(None) {
+            log::warn!("life-cycle workers: cannot start another: {e}");
         }
     }
 }

@@ -62,6 +62,10 @@ impl DeviceThread {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new().name(name).spawn(move || {
+            // Started by a life-cycle worker: back to the VMs' priority.
+            if let Err(e) = crate::host::leave_monitor_priority() {
+                log::warn!("device thread: cannot set its priority: {e}");
+            }
             let mut em = match EventManager::<Subscriber>::new() {
                 Ok(em) => em,
                 Err(e) => {

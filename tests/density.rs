@@ -1,0 +1,129 @@
+//! Many VMs in one monitor, started and stopped together: a burst of
+//! builds gets more life-cycle workers (which go away once idle), every
+//! VM comes up while the earlier ones already spin on the same host CPU,
+//! and a SIGTERM stops them all at once.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const VMS: usize = 40;
+/// Generous bounds for a loaded, nested machine; the same 40 VMs take
+/// about a second to come up and a fraction of one to stop here.
+const UP_DEADLINE: Duration = Duration::from_secs(60);
+const STOP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The names of the monitor's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+fn workers(pid: u32) -> usize {
+    thread_names(pid)
+        .iter()
+        .filter(|n| n.starts_with("hearth-life"))
+        .count()
+}
+
+#[test]
+fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
+    let dir = scratch_dir("density");
+    let vms: Vec<String> = (0..VMS)
+        .map(|i| {
+            format!(
+                r#"{{"name": "vm{i}", "kernel": {{"path": "{}", "cmdline": "hearth.scenario=spin"}},
+                    "memory": {{"size_mib": 64}}}}"#,
+                guest_elf()
+            )
+        })
+        .collect();
+    let config = write_file(
+        &dir,
+        "monitor.json",
+        &format!(
+            r#"{{"host": {{"cpu": {{"cpus": [0]}}}}, "vms": [{}]}}"#,
+            vms.join(",")
+        ),
+    );
+    let mut child = Command::new(hearth())
+        .args(["run", "--config", &config])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hearth");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some((vm, _)) = line.split_once("| hearth-guest: boot ") {
+                let _ = tx.send(vm.to_string());
+            }
+        }
+    });
+    let err = child.stderr.take().expect("piped stderr");
+    let stderr = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+
+    // Every VM prints its boot line; meanwhile, count the workers.
+    let start = Instant::now();
+    let mut up = std::collections::BTreeSet::new();
+    let mut most_workers = 0;
+    while up.len() < VMS {
+        if start.elapsed() > UP_DEADLINE {
+            let _ = child.kill();
+            panic!("only {} of {VMS} VMs up after {UP_DEADLINE:?}", up.len());
+        }
+        most_workers = most_workers.max(workers(pid));
+        while let Ok(vm) = rx.try_recv() {
+            up.insert(vm);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let online = std::thread::available_parallelism().map_or(1, usize::from);
+    let base = online.max(2);
+    assert!(
+        most_workers > base,
+        "a burst of {VMS} builds started more than the {base} standing workers (saw {most_workers})"
+    );
+    assert!(most_workers <= 32, "at most 32 workers, saw {most_workers}");
+    // The extra workers end once idle (500 ms without a job).
+    let idle = Instant::now();
+    while workers(pid) > base && idle.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(workers(pid), base, "{:?}", thread_names(pid));
+
+    // SIGTERM stops all of them at once.
+    // SAFETY: kill(2) on the child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for hearth") {
+            break status;
+        }
+        if stopping.elapsed() > STOP_DEADLINE {
+            let _ = child.kill();
+            panic!("hearth still running {STOP_DEADLINE:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = stderr.join().unwrap_or_default();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stopped = stderr
+        .lines()
+        .filter(|l| l.contains(": ran ") && l.contains("ended: stopped: monitor received SIGTERM"))
+        .count();
+    assert_eq!(stopped, VMS, "every VM reports the SIGTERM:\n{stderr}");
+}
