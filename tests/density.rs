@@ -28,11 +28,14 @@ fn thread_names(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Life-cycle workers alive: distinct `hearth-life<N>` names (a thread a
+/// worker has just started carries its name until it names itself).
 fn workers(pid: u32) -> usize {
     thread_names(pid)
-        .iter()
+        .into_iter()
         .filter(|n| n.starts_with("hearth-life"))
-        .count()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
 }
 
 #[test]
