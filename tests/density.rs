@@ -18,6 +18,20 @@ const VMS: usize = 40;
 const UP_DEADLINE: Duration = Duration::from_secs(60);
 const STOP_DEADLINE: Duration = Duration::from_secs(20);
 
+/// Kills the monitor if the test ends before it has been reaped (a failed
+/// assertion must not leave forty spinning VMs behind).
+struct KillUnlessReaped(i32, bool);
+
+impl Drop for KillUnlessReaped {
+    fn drop(&mut self) {
+        if !self.1 {
+            // SAFETY: kill(2) on our own child, not yet reaped (so its pid
+            // is still ours).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
 /// The names of the monitor's threads.
 fn thread_names(pid: u32) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -66,6 +80,7 @@ fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
         .spawn()
         .expect("start hearth");
     let pid = child.id();
+    let mut guard = KillUnlessReaped(pid as i32, false);
     let (tx, rx) = mpsc::channel();
     let out = child.stdout.take().expect("piped stdout");
     std::thread::spawn(move || {
@@ -113,6 +128,7 @@ fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
     let stopping = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for hearth") {
+            guard.1 = true;
             break status;
         }
         if stopping.elapsed() > STOP_DEADLINE {
