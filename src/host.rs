@@ -336,6 +336,23 @@ pub fn leave_monitor_priority() -> io::Result<()> {
     }
 }
 
+/// The calling thread runs SCHED_FIFO at the lowest real-time priority,
+/// ahead of every normal thread on its CPU; threads it starts do not
+/// inherit it (SCHED_RESET_ON_FORK). Needs CAP_SYS_NICE or RLIMIT_RTPRIO.
+pub fn become_realtime() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
+    // that outlives the call.
+    let rc = unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Number of online host CPUs.
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)

@@ -32,6 +32,22 @@ impl Drop for KillUnlessReaped {
     }
 }
 
+/// Each thread's name and scheduling policy (field 41 of its stat file).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|t| {
+        let path = t.ok()?.path();
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        let (_, after) = stat.rsplit_once(") ")?;
+        let policy = after.split(' ').nth(41 - 3)?.parse().ok()?;
+        let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+        Some((comm.trim().to_string(), policy))
+    })
+    .collect()
+}
+
 /// The names of the monitor's threads.
 fn thread_names(pid: u32) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -115,6 +131,15 @@ fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
         "a burst of {VMS} builds started more than the {base} standing workers (saw {most_workers})"
     );
     assert!(most_workers <= 32, "at most 32 workers, saw {most_workers}");
+    // The event loop (the main thread, "hearth") serves the ticks ahead of
+    // the spinning vCPUs; every other thread keeps a normal policy.
+    let policies = thread_policies(pid);
+    let fifo: Vec<_> = policies
+        .iter()
+        .filter(|(_, p)| *p as i32 == libc::SCHED_FIFO)
+        .collect();
+    assert_eq!(fifo.len(), 1, "{policies:?}");
+    assert_eq!(fifo[0].0, "hearth", "{policies:?}");
     // The extra workers end once idle (500 ms without a job).
     let idle = Instant::now();
     while workers(pid) > base && idle.elapsed() < Duration::from_secs(10) {

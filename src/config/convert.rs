@@ -56,6 +56,7 @@ fn host_to_json(host: &HostSpec) -> Value {
             .map(|c| c.iter().map(|&n| n as u64).collect()),
         tick_ms: Some(host.sched_tick_ms.into()),
         scheduler: Some(host.scheduler),
+        realtime: Some(host.realtime_loop),
     };
     out.insert("cpu".into(), to_value(&cpu));
     out.insert("seccomp".into(), json!(host.seccomp));

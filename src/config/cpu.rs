@@ -74,6 +74,7 @@ pub(crate) struct HostCpu {
     pub cpus: Option<Vec<usize>>,
     pub tick_ms: u32,
     pub scheduler: bool,
+    pub realtime: bool,
 }
 
 /// Validates `host.cpu` (still a JSON value).
@@ -98,6 +99,7 @@ pub(crate) fn validate_host_cpu(
         cpus: cpus?,
         tick_ms: tick?,
         scheduler: cpu.scheduler.unwrap_or(true),
+        realtime: cpu.realtime.unwrap_or(true),
     })
 }
 
@@ -281,7 +283,9 @@ mod tests {
             Some(HostSpec::default())
         );
         let spec = validate_host(
-            host(serde_json::json!({"cpus": [1, 0], "tick_ms": 1000, "scheduler": false})),
+            host(
+                serde_json::json!({"cpus": [1, 0], "tick_ms": 1000, "scheduler": false, "realtime": false}),
+            ),
             &TWO_CPUS,
             &mut errors,
         );
@@ -291,6 +295,7 @@ mod tests {
                 cpus: Some(vec![1, 0]),
                 sched_tick_ms: 1000,
                 scheduler: false,
+                realtime_loop: false,
                 ..HostSpec::default()
             })
         );
@@ -332,7 +337,7 @@ mod tests {
             ),
             (
                 serde_json::json!({"tickms": 5}),
-                vec!["host.cpu: unknown field \"tickms\" (expected one of: cpus, tick_ms, scheduler); did you mean \"tick_ms\"?"],
+                vec!["host.cpu: unknown field \"tickms\" (expected one of: cpus, tick_ms, scheduler, realtime); did you mean \"tick_ms\"?"],
             ),
             (
                 serde_json::json!([0, 1]),

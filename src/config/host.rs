@@ -30,6 +30,7 @@ pub(crate) fn validate_host(
         cpus: cpu.cpus,
         sched_tick_ms: cpu.tick_ms,
         scheduler: cpu.scheduler,
+        realtime_loop: cpu.realtime,
         api: api?,
         seccomp: raw.seccomp.unwrap_or(true),
         memory: memory?,

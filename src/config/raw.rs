@@ -54,6 +54,7 @@ pub(crate) struct RawHostCpu {
     pub cpus: Option<Vec<u64>>,
     pub tick_ms: Option<u64>,
     pub scheduler: Option<bool>,
+    pub realtime: Option<bool>,
 }
 
 /// `host.io` and `host.net`: a budget the VMs share by weight.

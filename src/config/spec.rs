@@ -22,6 +22,9 @@ pub struct HostSpec {
     /// (default true); off, the host's scheduler alone shares the CPUs, for
     /// comparison.
     pub scheduler: bool,
+    /// `host.cpu.realtime`: the event loop, which serves the scheduler's
+    /// ticks, runs SCHED_FIFO when the host allows it (default true).
+    pub realtime_loop: bool,
     /// `host.api`: the control socket and who may use it; `None`: no socket.
     pub api: Option<ApiSpec>,
     /// `host.seccomp`: per-thread system call filters (default on).
@@ -52,6 +55,7 @@ impl Default for HostSpec {
             cpus: None,
             sched_tick_ms: DEFAULT_SCHED_TICK_MS,
             scheduler: true,
+            realtime_loop: true,
             api: None,
             seccomp: true,
             memory: None,

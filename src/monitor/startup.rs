@@ -363,6 +363,14 @@ fn vcpus_settled(monitor: &Arc<Mutex<Monitor>>, limit: Duration) {
 /// Everything is open and every thread has started: the sandbox, if the
 /// host wants one, then the event loop's seccomp filter (docs/security.md).
 fn confine(spec: &MonitorSpec, monitor: &Arc<Mutex<Monitor>>) -> Result<(), MonitorError> {
+    // The loop serves the scheduler's ticks: behind the busy vCPUs it
+    // schedules, it would wait for a CPU (docs/scheduler.md).
+    if spec.host.realtime_loop {
+        match crate::host::become_realtime() {
+            Ok(()) => log::debug!("the event loop runs SCHED_FIFO 1"),
+            Err(e) => log::debug!("the event loop keeps a normal priority ({e})"),
+        }
+    }
     if let Some(jail) = &spec.host.sandbox {
         lock(monitor).workers.stop_growing();
         vcpus_settled(monitor, Duration::from_secs(5));
