@@ -203,6 +203,18 @@ fn create_request(file: &std::path::Path, start: bool) -> Result<Value, String> 
     Ok(json!({"op": "create", "vm": vm, "base_dir": base_dir, "start": start}))
 }
 
+/// Writes `text` to stdout. A reader that has gone (`hearth ctl ... |
+/// head`) is not an error, and never a panic as `print!` would make it.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("hearth: error: writing to stdout: {e}");
+        }
+    }
+}
+
 pub fn main(args: CtlArgs) -> ExitCode {
     let request = match request(args.command) {
         Ok(r) => r,
@@ -213,12 +225,12 @@ pub fn main(args: CtlArgs) -> ExitCode {
     };
     match hearth::api::client::call(&args.socket, &request) {
         Ok(reply) if request["op"] == "metrics" && reply["ok"] == true => {
-            print!("{}", reply["result"].as_str().unwrap_or_default());
+            emit(reply["result"].as_str().unwrap_or_default());
             ExitCode::SUCCESS
         }
         Ok(reply) => {
             let text = serde_json::to_string_pretty(&reply).unwrap_or_else(|_| reply.to_string());
-            println!("{text}");
+            emit(&format!("{text}\n"));
             if reply["ok"] == true {
                 ExitCode::SUCCESS
             } else {

@@ -293,7 +293,7 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl::main(args),
         Command::Convert { file } => match config::convert_file(&file) {
             Ok(json) => {
-                print!("{json}");
+                ctl::emit(&json);
                 ExitCode::from(EXIT_OK)
             }
             Err(errors) => {

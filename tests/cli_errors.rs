@@ -301,3 +301,32 @@ fn run_with_flags_and_a_config_is_a_usage_error() {
     assert_eq!(run.code(), Some(2));
     assert!(run.stderr.contains("cannot be used with"), "{}", run.stderr);
 }
+
+/// `hearth convert F | head -c 1`: a reader that goes away is no error.
+#[test]
+fn output_to_a_closed_pipe_is_no_panic() {
+    use std::process::{Command, Stdio};
+    let dir = scratch_dir("closed-pipe");
+    let example = write_file(
+        &dir,
+        "fc.json",
+        &format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}}}}"#,
+            guest_elf()
+        ),
+    );
+    let mut child = Command::new(hearth())
+        .args(["convert", &example])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hearth");
+    // Close the read end before hearth writes (a converted file is
+    // bigger than one byte; the pipe is gone either way).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for hearth");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
