@@ -59,19 +59,39 @@ struct Conn {
     interest: EventSet,
 }
 
+/// The events a client connection waits for: input while it `reads`,
+/// output while it has some to write (neither: only hang-ups). Shared
+/// with the Firecracker API's connections.
+pub(crate) fn interest(reads: bool, output: &[u8]) -> EventSet {
+    match (reads, output.is_empty()) {
+        (true, true) => EventSet::IN,
+        (true, false) => EventSet::IN | EventSet::OUT,
+        (false, false) => EventSet::OUT,
+        (false, true) => EventSet::empty(),
+    }
+}
+
+/// Writes what it can of `output` to a non-blocking `stream` and drops
+/// what was written; `Err` means the connection is dead.
+pub(crate) fn write_pending(stream: &mut UnixStream, output: &mut Vec<u8>) -> io::Result<()> {
+    while !output.is_empty() {
+        match stream.write(output) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                output.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl Conn {
     fn wanted(&self) -> EventSet {
         let reading = !self.closing && self.waiting.is_none();
-        match (
-            reading && self.output.len() < MAX_PENDING_REPLIES,
-            self.output.is_empty(),
-        ) {
-            (true, true) => EventSet::IN,
-            (true, false) => EventSet::IN | EventSet::OUT,
-            (false, false) => EventSet::OUT,
-            // Waiting for an answer with nothing to write: only hang-ups.
-            (false, true) => EventSet::empty(),
-        }
+        interest(reading && self.output.len() < MAX_PENDING_REPLIES, &self.output)
     }
 
     /// Whether it is done: closing, every reply written, none pending.
@@ -81,18 +101,7 @@ impl Conn {
 
     /// Writes what it can; `Err` means the connection is dead.
     fn flush(&mut self) -> io::Result<()> {
-        while !self.output.is_empty() {
-            match self.stream.write(&self.output) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.output.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        write_pending(&mut self.stream, &mut self.output)
     }
 }
 

@@ -64,12 +64,7 @@ struct Conn {
 impl Conn {
     fn wanted(&self) -> EventSet {
         let reading = !self.closing && self.waiting.is_none() && self.output.len() < MAX_OUTPUT;
-        match (reading, self.output.is_empty()) {
-            (true, true) => EventSet::IN,
-            (true, false) => EventSet::IN | EventSet::OUT,
-            (false, false) => EventSet::OUT,
-            (false, true) => EventSet::empty(),
-        }
+        crate::api::server::interest(reading, &self.output)
     }
 
     fn finished(&self) -> bool {
@@ -77,18 +72,7 @@ impl Conn {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        while !self.output.is_empty() {
-            match self.stream.write(&self.output) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.output.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        crate::api::server::write_pending(&mut self.stream, &mut self.output)
     }
 }
 
