@@ -171,7 +171,14 @@ pub struct Bench<D: VirtioDevice> {
 
 impl<D: VirtioDevice> Bench<D> {
     pub fn new(device: D, name: &str) -> Self {
+        Self::build(name, |_| device)
+    }
+
+    /// A bench for the device `make` builds in the bench's guest memory
+    /// (a device that keeps it, as virtio-blk's io_uring engine does).
+    pub fn build(name: &str, make: impl FnOnce(&GuestMemoryMmap) -> D) -> Self {
         let mem = support::memory(&REGIONS);
+        let device = make(&mem);
         let thread = DeviceThread::spawn(format!("fuzz-{name}"), None).expect("a device thread");
         let irq = InterruptLine::new(Box::new(CountingIrq::default()));
         let state = Arc::new(DeviceState::new(name, irq));

@@ -62,8 +62,22 @@ pub fn input() -> Input {
 /// Runs `f` on the value `bytes` decode to (with `arbitrary`, as
 /// cargo-fuzz targets do: every engine hands a target bytes, and a crash
 /// file replays as it was found). Bytes that decode to nothing are skipped.
-pub fn decode<'a, T: arbitrary::Arbitrary<'a>>(bytes: &'a [u8], f: impl FnOnce(&T)) {
+/// With `HEARTH_FUZZ_CASE` set, a case that fails is printed decoded.
+pub fn decode<'a, T: arbitrary::Arbitrary<'a> + std::fmt::Debug>(
+    bytes: &'a [u8],
+    f: impl FnOnce(&T),
+) {
+    /// Prints the case if the target panics on it.
+    struct Show<'v, T: std::fmt::Debug>(&'v T);
+    impl<T: std::fmt::Debug> Drop for Show<'_, T> {
+        fn drop(&mut self) {
+            if std::thread::panicking() && std::env::var_os("HEARTH_FUZZ_CASE").is_some() {
+                eprintln!("the failing case: {:#?}", self.0);
+            }
+        }
+    }
     if let Ok(value) = T::arbitrary_take_rest(arbitrary::Unstructured::new(bytes)) {
+        let _show = Show(&value);
         f(&value);
     }
 }
@@ -357,8 +371,12 @@ pub fn shared() -> RwLockReadGuard<'static, ()> {
 }
 
 /// For a test that measures the heap: nothing else of this binary runs.
+/// (The test harness's own thread records the test that just ended, on
+/// the same heap: it is given a moment to do so first.)
 pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    HEAP_LOCK.write().unwrap_or_else(|e| e.into_inner())
+    let guard = HEAP_LOCK.write().unwrap_or_else(|e| e.into_inner());
+    std::thread::sleep(Duration::from_millis(50));
+    guard
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,557 @@
+//! The virtio-blk target's rig ([`crate::blk`]): a disk file, the device
+//! on its bench, the driver's view of the request queue, and the checks
+//! made after every operation and on every answer.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use hearth::config::{CacheMode, DriveSpec, IoEngine, RateLimiterSpec};
+use hearth::share::{Grant, SharedBucket};
+use hearth::virtio::block::Block;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::blk::{Case, Op, TALLY};
+use crate::blk_model::{Answer, Drive, Laid, Shape, MAX_SEGS, S_OK};
+use crate::device::{Bench, Layout, TransportOp, REGIONS};
+use crate::support::{self, RawDesc, DESC_F_NEXT, DESC_F_WRITE};
+
+/// The disk: 64 sectors, and a partial one the guest cannot see.
+pub const SECTORS: u64 = 64;
+/// The drive's id (the GET_ID serial, NUL-padded to 20 bytes).
+pub const ID: &[u8] = b"fuzz-disk";
+/// Where the rings of a device set up properly lie (queue 0 apart or all
+/// on one ring; across the two regions that touch): made-up descriptors
+/// are kept out of them, so that the driver's view of the rings holds.
+const RING_AREAS: [(u64, u64); 2] = [(0x1_0000, 0x2_0000), (0xf_f000, 0x10_3000)];
+
+/// Whether io_uring can be set up here (it cannot in some sandboxes).
+pub fn uring_works() -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let path = image_path("probe");
+        std::fs::write(&path, [0u8; 512]).expect("a probe image");
+        let mem = support::memory(&REGIONS);
+        let works = Block::new(&spec(&path, true, IoEngine::IoUring, false), &mem, share()).is_ok();
+        let _ = std::fs::remove_file(&path);
+        if !works {
+            eprintln!(
+                "fuzz blk: io_uring cannot be set up here; every case runs on the sync engine"
+            );
+        }
+        works
+    })
+}
+
+fn image_path(what: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-blk");
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir.join(format!("{what}-{}.img", std::process::id()))
+}
+
+fn spec(path: &std::path::Path, read_only: bool, engine: IoEngine, writeback: bool) -> DriveSpec {
+    DriveSpec {
+        id: String::from_utf8_lossy(ID).into_owned(),
+        path: path.to_path_buf(),
+        read_only,
+        root: false,
+        partuuid: None,
+        cache: if writeback {
+            CacheMode::Writeback
+        } else {
+            CacheMode::Unsafe
+        },
+        engine,
+        rate_limiter: RateLimiterSpec::default(),
+    }
+}
+
+/// A share of the host's disk budget that never refuses.
+fn share() -> Arc<SharedBucket> {
+    let bucket = Arc::new(SharedBucket::new());
+    bucket.fill(&Grant {
+        vm: 0,
+        bytes_milli: None,
+        ops_milli: None,
+    });
+    bucket
+}
+
+/// A chain as posted: its head and where each segment went.
+#[derive(Clone, Copy, Debug)]
+struct Posted {
+    head: u16,
+    laid: Laid,
+    at: [u64; MAX_SEGS],
+}
+
+/// One used element the model expects.
+#[derive(Clone, Copy, Debug)]
+struct Want {
+    head: u16,
+    len: u32,
+    status: u8,
+    answer: Answer,
+    /// Which request of the op (for its data).
+    of: usize,
+}
+
+pub struct Rig {
+    pub b: Bench<Block>,
+    file: File,
+    path: PathBuf,
+    original: Vec<u8>,
+    scratch: Vec<u8>,
+    /// The file when the device was found needing a reset.
+    frozen: Vec<u8>,
+    frozen_valid: bool,
+    drive: Drive,
+    flush_syncs: bool,
+    /// The driver set the device up with rings in RAM and has written no
+    /// register since: its view of the rings is the device's.
+    sane: bool,
+    /// Used elements looked at.
+    seen: u16,
+    /// The most writable bytes of any chain posted at each head.
+    writable_at: [u64; 256],
+}
+
+impl Rig {
+    pub fn new(case: &Case) -> Rig {
+        let uring = case.uring && uring_works();
+        let path = image_path(if uring { "uring" } else { "sync" });
+        let len = SECTORS * 512 + u64::from(case.tail % 512);
+        let original: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        std::fs::write(&path, &original).expect("the disk image");
+        let engine = if uring {
+            IoEngine::IoUring
+        } else {
+            IoEngine::Sync
+        };
+        let spec = spec(&path, case.read_only, engine, case.writeback);
+        let b = Bench::build("blk0", |mem| {
+            Block::new(&spec, mem, share()).expect("a block device")
+        });
+        let file = File::open(&path).expect("the disk image");
+        Rig {
+            b,
+            file,
+            path,
+            scratch: vec![0; original.len()],
+            frozen: vec![0; original.len()],
+            original,
+            frozen_valid: false,
+            drive: Drive {
+                capacity: SECTORS,
+                read_only: case.read_only,
+            },
+            flush_syncs: case.writeback,
+            sane: false,
+            seen: 0,
+            writable_at: [0; 256],
+        }
+    }
+}
+
+/// An address of a made-up descriptor, kept out of the rings.
+fn confine(addr: u64, len: u16) -> u64 {
+    let end = addr.saturating_add(u64::from(len));
+    let hits = RING_AREAS.iter().any(|&(s, e)| addr < e && end > s);
+    if hits {
+        0x4_0000 + addr % 0x3_0000
+    } else {
+        addr
+    }
+}
+
+/// Whether two answers' ranges of the disk meet.
+fn overlap(a: Answer, b: Answer) -> bool {
+    let range = |x: Answer| match x {
+        Answer::Read { offset, len } | Answer::Write { offset, len } => {
+            Some((offset, offset + u64::from(len)))
+        }
+        _ => None,
+    };
+    match (range(a), range(b)) {
+        (Some((s1, e1)), Some((s2, e2))) => s1 < e2 && s2 < e1,
+        _ => false,
+    }
+}
+
+impl Rig {
+    fn ring_in_ram(&self) -> bool {
+        let r = &self.b.rings[0];
+        let end = r.used() + 6 + 8 * u64::from(r.size);
+        support::in_ram(&REGIONS, r.base, end - r.base)
+    }
+
+    fn used_idx(&self) -> u16 {
+        if self.ring_in_ram() {
+            self.b.rings[0].used_idx(&self.b.mem)
+        } else {
+            self.seen
+        }
+    }
+
+    /// Makes the chain `descs` available at `head` of the request queue.
+    fn post_at(&mut self, head: u16, descs: &[(u64, u32, bool)]) {
+        if descs.is_empty() || !self.ring_in_ram() {
+            return;
+        }
+        let ring = &mut self.b.rings[0];
+        let size = ring.size;
+        for (i, &(addr, len, write)) in descs.iter().enumerate() {
+            let index = (head + i as u16) % size;
+            let last = i + 1 == descs.len();
+            let flags = if write { DESC_F_WRITE } else { 0 } | if last { 0 } else { DESC_F_NEXT };
+            let next = (index + 1) % size;
+            let desc = RawDesc {
+                addr,
+                len,
+                flags,
+                next,
+            };
+            ring.set_desc(&self.b.mem, index, desc);
+        }
+        ring.publish(&self.b.mem, head);
+        let writable: u64 = descs.iter().filter(|d| d.2).map(|d| u64::from(d.1)).sum();
+        let at = &mut self.writable_at[usize::from(head)];
+        *at = (*at).max(writable);
+    }
+
+    /// Puts a request's segments among the driver's buffers.
+    fn place(&mut self, laid: &Laid) -> [u64; MAX_SEGS] {
+        let mut at = [0u64; MAX_SEGS];
+        let mut bytes = [0u8; 16 + 4700];
+        for (a, s) in at.iter_mut().zip(laid.segs()) {
+            *a = self.b.buffer(u64::from(s.len.max(1)));
+            let n = s.len as usize;
+            for (i, byte) in bytes[..n].iter_mut().enumerate() {
+                *byte = laid.byte(s, i as u32);
+            }
+            self.b
+                .mem
+                .write_slice(&bytes[..n], GuestAddress(*a))
+                .expect("the driver's buffers are in RAM");
+        }
+        at
+    }
+
+    /// Waits, on a device set up properly, until every chain posted is
+    /// used or the device needs a reset (io_uring completes later).
+    pub fn settle(&self) {
+        if !self.sane || !self.ring_in_ram() {
+            return;
+        }
+        let avail = self.b.rings[0].avail_idx;
+        self.b.wait("every chain answered", |b| {
+            !b.dev.is_active() || b.rings[0].used_idx(&b.mem) == avail
+        });
+    }
+
+    /// New used elements: each within its chain's writable bytes.
+    fn check_used(&mut self) {
+        let idx = self.used_idx();
+        let size = self.b.rings[0].size;
+        let new = idx.wrapping_sub(self.seen);
+        assert!(
+            new <= size,
+            "{new} used elements at once on a ring of {size}"
+        );
+        for k in 0..new {
+            let (id, len) = self.b.rings[0].used_elem(&self.b.mem, self.seen.wrapping_add(k));
+            assert!(id < u32::from(size), "a used element with id {id}");
+            let writable = self.writable_at[id as usize];
+            assert!(
+                u64::from(len) <= writable,
+                "a used length of {len} for head {id}, whose chains had {writable} writable bytes"
+            );
+        }
+        self.seen = idx;
+    }
+
+    /// The file: its length, its invisible tail, and what may not change.
+    fn check_file(&mut self) {
+        let len = self.file.metadata().expect("the disk's metadata").len();
+        assert_eq!(len, self.original.len() as u64, "the disk file's length");
+        self.file
+            .read_exact_at(&mut self.scratch, 0)
+            .expect("the disk file reads");
+        let visible = (SECTORS * 512) as usize;
+        assert!(
+            self.scratch[visible..] == self.original[visible..],
+            "the partial sector past the capacity changed"
+        );
+        if self.drive.read_only {
+            assert!(
+                self.scratch == self.original,
+                "a read-only drive's file changed"
+            );
+        }
+        if self.frozen_valid {
+            assert!(
+                self.scratch == self.frozen,
+                "the file changed while the device needed a reset"
+            );
+        }
+    }
+
+    pub fn after_op(&mut self) {
+        let frozen_used = self.seen;
+        self.check_used();
+        self.check_file();
+        if self.frozen_valid {
+            assert_eq!(
+                self.seen, frozen_used,
+                "used elements while needing a reset"
+            );
+        } else if self.sane && self.b.needs_reset() {
+            self.frozen.copy_from_slice(&self.scratch);
+            self.frozen_valid = true;
+            TALLY.add("needs reset");
+        }
+    }
+
+    fn init(&mut self, layout: &Layout) {
+        self.b.init(layout);
+        self.sane = layout.placement < 254 && layout.queues % 5 > 0;
+        if layout.queues % 5 > 0 {
+            // A new ring (without queues, the driver keeps its old one).
+            self.writable_at = [0; 256];
+        }
+        self.seen = self.used_idx();
+        self.frozen_valid = false;
+    }
+
+    fn transport(&mut self, op: &TransportOp) {
+        use crate::device::{REG_NOTIFY, REG_STATUS};
+        match op {
+            TransportOp::Init(layout) => self.init(layout),
+            TransportOp::Chain { descs, notify, .. } => {
+                let mut out = [(0u64, 0u32, false); 6];
+                for (o, d) in out.iter_mut().zip(descs.iter()) {
+                    let addr = (u64::from(d.page.value()) << 12) + u64::from(d.offset % 0x1000);
+                    *o = (confine(addr, d.len), u32::from(d.len), d.write);
+                }
+                TALLY.add("made-up chains");
+                let ring = &self.b.rings[0];
+                let head = ring.avail_idx.wrapping_mul(4) % ring.size;
+                self.post_at(head, &out[..descs.len()]);
+                if *notify {
+                    self.b.notify(0);
+                    self.settle();
+                }
+            }
+            TransportOp::Notify(queue) => {
+                self.b.transport(op);
+                if queue % 5 == 0 {
+                    self.settle();
+                }
+            }
+            TransportOp::Write { reg, value } if reg.offset() == REG_NOTIFY => {
+                self.b.transport(op);
+                if *value == 0 {
+                    self.settle();
+                }
+            }
+            TransportOp::Read { .. } | TransportOp::Config { write: false, .. } => {
+                self.b.transport(op)
+            }
+            TransportOp::Reset => {
+                self.b.transport(op);
+                self.frozen_valid = false;
+            }
+            TransportOp::Write { reg, value: 0 } if reg.offset() == REG_STATUS => {
+                self.b.transport(op);
+                self.frozen_valid = false;
+            }
+            _ => {
+                self.b.transport(op);
+                self.sane = false;
+                self.frozen_valid = false;
+            }
+        }
+    }
+}
+
+impl Rig {
+    /// Posts `shapes` (each at a head of its own, 16 descriptors apart;
+    /// the first made available twice with `twice`), notifies once, and
+    /// on a device set up properly checks every answer against the model.
+    fn requests(&mut self, shapes: &[Shape], twice: bool) {
+        if shapes.is_empty() || !self.ring_in_ram() {
+            return;
+        }
+        let size = self.b.rings[0].size;
+        let before = self.used_idx();
+        let clean = self.sane && self.b.dev.is_active() && before == self.b.rings[0].avail_idx;
+        let base = self.b.rings[0].avail_idx;
+        let mut posted = [None; 4];
+        for (j, (shape, p)) in shapes.iter().zip(posted.iter_mut()).enumerate() {
+            let laid = shape.lay(SECTORS);
+            let at = self.place(&laid);
+            let head = base.wrapping_add(j as u16).wrapping_mul(16) % size;
+            let mut descs = [(0u64, 0u32, false); MAX_SEGS];
+            for ((d, s), a) in descs.iter_mut().zip(laid.segs()).zip(at) {
+                *d = (a, s.len, s.write);
+            }
+            self.post_at(head, &descs[..laid.n]);
+            *p = Some(Posted { head, laid, at });
+        }
+        if let (true, Some(first)) = (twice, posted[0]) {
+            self.b.rings[0].publish(&self.b.mem, first.head);
+        }
+        let fits = match shapes.len() {
+            1 => posted[0].is_some_and(|p| p.laid.n <= usize::from(size)),
+            m => usize::from(size) >= 16 * m,
+        };
+        self.b.notify(0);
+        if !(clean && fits) {
+            return self.settle();
+        }
+        TALLY.add_n("requests modelled", shapes.len() as u64);
+        let posted: Vec<Posted> = posted.iter().flatten().copied().collect();
+        let (wants, n, reset) = self.expect(&posted, twice);
+        if reset {
+            assert!(self.b.needs_reset(), "no reset after {posted:?}");
+        } else {
+            self.b.wait("the requests answered", |b| {
+                b.needs_reset() || b.rings[0].used_idx(&b.mem) == before.wrapping_add(n as u16)
+            });
+            assert!(!self.b.needs_reset(), "a reset after {posted:?}");
+        }
+        let got = self.used_idx().wrapping_sub(before);
+        assert_eq!(usize::from(got), n, "used elements for {:?}", &wants[..n]);
+        self.file
+            .read_exact_at(&mut self.scratch, 0)
+            .expect("the disk file reads");
+        let mut matched = [false; 8];
+        for k in 0..n {
+            let (id, len) = self.b.rings[0].used_elem(&self.b.mem, before.wrapping_add(k as u16));
+            let w = (0..n)
+                .find(|&i| !matched[i] && u32::from(wants[i].head) == id && wants[i].len == len)
+                .unwrap_or_else(|| panic!("used ({id}, {len}) for {:?}", &wants[..n]));
+            matched[w] = true;
+            let others = posted.iter().map(|p| Answer::of(&p.laid, self.drive));
+            let mixed = others.enumerate().any(|(j, a)| {
+                j != wants[w].of && matches!(a, Answer::Write { .. }) && overlap(a, wants[w].answer)
+            });
+            self.check_answer(&posted[wants[w].of], &wants[w], !mixed);
+        }
+    }
+
+    /// The used elements the model expects, engine requests last; and
+    /// whether the device must need a reset instead of going on.
+    fn expect(&self, posted: &[Posted], twice: bool) -> ([Want; 8], usize, bool) {
+        let none = Want {
+            head: 0,
+            len: 0,
+            status: 0,
+            answer: Answer::Reset,
+            of: 0,
+        };
+        let (mut now, mut n) = ([none; 8], 0);
+        let (mut later, mut e) = ([none; 8], 0);
+        for (of, p) in posted.iter().enumerate() {
+            let answer = Answer::of(&p.laid, self.drive);
+            let engine = answer.on_engine(self.flush_syncs);
+            let Some((status, len)) = answer.reply(p.laid.totals().1) else {
+                return (now, n, true);
+            };
+            let want = Want {
+                head: p.head,
+                len,
+                status,
+                answer,
+                of,
+            };
+            for copy in 0..1 + usize::from(twice && of == 0) {
+                if copy == 1 && engine {
+                    // Its head is in flight: the second chain is refused.
+                    return (now, n, true);
+                }
+                if engine {
+                    later[e] = want;
+                    e += 1;
+                } else {
+                    now[n] = want;
+                    n += 1;
+                }
+            }
+        }
+        now[n..n + e].copy_from_slice(&later[..e]);
+        (now, n + e, false)
+    }
+
+    /// One answer: its status byte, and the data it moved.
+    fn check_answer(&mut self, p: &Posted, w: &Want, data: bool) {
+        let segs = p.laid.segs();
+        let last = segs
+            .iter()
+            .rposition(|s| s.write)
+            .expect("a writable segment");
+        let status_at = p.at[last] + u64::from(segs[last].len) - 1;
+        let status: u8 = self
+            .b
+            .mem
+            .read_obj(GuestAddress(status_at))
+            .expect("in RAM");
+        assert_eq!(status, w.status, "the status of {:?}", p.laid);
+        TALLY.add(if status == S_OK {
+            "answered ok"
+        } else {
+            "answered an error"
+        });
+        let (offset, len) = match w.answer {
+            Answer::Read { offset, len } | Answer::Write { offset, len } if data => (offset, len),
+            Answer::GetId => (0, w.len - 1),
+            _ => return,
+        };
+        let mut serial = [0u8; 20];
+        serial[..ID.len()].copy_from_slice(ID);
+        let mut got = [0u8; 4700];
+        let mut done = 0usize;
+        match w.answer {
+            Answer::Write { .. } => {
+                let file = &self.scratch[offset as usize..][..len as usize];
+                let want = (0..u64::from(len)).map(|i| p.laid.readable_byte(16 + i).unwrap_or(0));
+                assert!(file.iter().copied().eq(want), "a write's data in the file");
+                return;
+            }
+            _ => {
+                // The writable stream, from its start.
+                for (s, &a) in segs.iter().zip(&p.at).filter(|(s, _)| s.write) {
+                    let n = (s.len as usize).min(len as usize - done);
+                    self.b
+                        .mem
+                        .read_slice(&mut got[done..done + n], GuestAddress(a))
+                        .expect("in RAM");
+                    done += n;
+                }
+            }
+        }
+        let want: &[u8] = match w.answer {
+            Answer::GetId => &serial[..len as usize],
+            _ => &self.scratch[offset as usize..][..len as usize],
+        };
+        assert!(got[..done] == *want, "the data of {:?}", w.answer);
+    }
+
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Init(layout) => self.init(layout),
+            Op::Transport(t) => self.transport(t),
+            Op::Request(s) => self.requests(std::slice::from_ref(s), false),
+            Op::Twice(s) => self.requests(std::slice::from_ref(s), true),
+            Op::Batch(shapes) => self.requests(shapes, false),
+        }
+        self.after_op();
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
