@@ -27,7 +27,7 @@ use arbitrary::Arbitrary;
 
 use crate::blk_model::Shape;
 use crate::blk_rig::{uring_works, Rig};
-use crate::device::{Layout, TransportOp};
+use crate::device::{Layout, Proper, TransportOp};
 use crate::support::{self, Heap, List};
 
 /// Most the heap may grow while the guest acts on a device set up: the
@@ -52,11 +52,16 @@ pub enum Op {
 
 #[derive(Debug, Clone, Arbitrary)]
 pub struct Case {
+    /// A driver that sets the device up properly and writes no other
+    /// register ([`crate::device::calm`]).
+    pub calm: bool,
     pub read_only: bool,
     pub uring: bool,
     pub writeback: bool,
     /// Bytes of the partial sector at the end of the file (`% 512`).
     pub tail: u16,
+    /// The driver's first set-up.
+    pub start: Proper,
     pub ops: List<Op, 24>,
 }
 
@@ -77,8 +82,9 @@ fn exercise(case: &Case) -> usize {
         TALLY.add("io_uring cases");
     }
     let base = Heap::reset_peak();
+    rig.apply(&Op::Init(case.start.layout()), false);
     for op in case.ops.iter() {
-        rig.apply(op);
+        rig.apply(op, case.calm);
     }
     // Still serving, if it should be.
     rig.b.notify(0);
@@ -104,10 +110,15 @@ fn warm_up() {
             read.pieces = 2;
             let ops = vec![Op::Init(layout), Op::Request(read), Op::Twice(read)];
             exercise(&Case {
+                calm: true,
                 read_only: false,
                 uring,
                 writeback: true,
                 tail: 0,
+                start: Proper {
+                    features: !0,
+                    size_log2: 8,
+                },
                 ops: ops.into(),
             });
         }
@@ -175,10 +186,15 @@ mod regressions {
     fn both_engines(read_only: bool, ops: Vec<Op>) {
         for uring in [false, true] {
             run(&Case {
+                calm: false,
                 read_only,
                 uring,
                 writeback: uring,
                 tail: 100,
+                start: Proper {
+                    features: 0,
+                    size_log2: 0,
+                },
                 ops: ops.clone().into(),
             });
         }

@@ -16,6 +16,9 @@ mod blk_request;
 mod blk_rig;
 mod config;
 mod device;
+mod net;
+mod net_model;
+mod net_rig;
 mod queue;
 mod queue_model;
 

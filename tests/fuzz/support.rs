@@ -271,6 +271,73 @@ impl Ring {
     }
 }
 
+/// A small ring buffer of fixed room (nothing here allocates while the
+/// heap is measured).
+pub struct Fifo<T: Copy + Default, const N: usize> {
+    items: [T; N],
+    first: usize,
+    pub len: usize,
+}
+
+impl<T: Copy + Default, const N: usize> Fifo<T, N> {
+    pub fn new() -> Self {
+        Fifo {
+            items: [T::default(); N],
+            first: 0,
+            len: 0,
+        }
+    }
+    pub fn push(&mut self, t: T) -> bool {
+        if self.len == N {
+            return false;
+        }
+        self.items[(self.first + self.len) % N] = t;
+        self.len += 1;
+        true
+    }
+    pub fn front(&self) -> Option<T> {
+        (self.len > 0).then(|| self.items[self.first])
+    }
+    pub fn pop(&mut self) {
+        if self.len > 0 {
+            self.first = (self.first + 1) % N;
+            self.len -= 1;
+        }
+    }
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        (0..self.len).map(|i| self.items[(self.first + i) % N])
+    }
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// What a driver wrote into one descriptor table: each descriptor's
+/// device-writable length, and the most that a chain made of them (each
+/// at most once) could have had at any time since the table was laid out.
+/// A bound for every used length, whatever chains overwrote which
+/// descriptors (a driver that posts more descriptors than its ring has).
+pub struct Writable {
+    lens: [u32; 256],
+    pub most: u64,
+}
+
+impl Writable {
+    pub const fn new() -> Self {
+        Writable {
+            lens: [0; 256],
+            most: 0,
+        }
+    }
+
+    /// Descriptor `index` now has `len` bytes, device-writable or not.
+    pub fn wrote(&mut self, index: u16, len: u32, write: bool) {
+        self.lens[usize::from(index) % 256] = if write { len } else { 0 };
+        let now = self.lens.iter().map(|&l| u64::from(l)).sum();
+        self.most = self.most.max(now);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Interrupt lines
 
