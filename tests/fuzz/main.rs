@@ -21,6 +21,10 @@ mod net_model;
 mod net_rig;
 mod queue;
 mod queue_model;
+mod vsock;
+mod vsock_check;
+mod vsock_model;
+mod vsock_rig;
 
 #[global_allocator]
 static HEAP: support::Heap = support::Heap;
