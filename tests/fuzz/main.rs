@@ -9,6 +9,7 @@ mod acl;
 mod api_fake;
 mod api_ops;
 mod api_server;
+mod api_sockets;
 mod balloon;
 mod blk;
 mod blk_model;
