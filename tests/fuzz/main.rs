@@ -17,6 +17,8 @@ mod blk_request;
 mod blk_rig;
 mod config;
 mod device;
+mod fcapi;
+mod fcapi_gen;
 mod net;
 mod net_model;
 mod net_rig;
