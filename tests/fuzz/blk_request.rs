@@ -229,6 +229,11 @@ pub fn run(case: &Case) {
         Ok(req) => req,
     };
     assert_eq!(as_answer(req.kind), want, "{laid:?} on {drive:?}");
+    check_request(mem, &req, &laid, want);
+}
+
+/// An accepted request: its status byte, cost, direction and data.
+fn check_request(mem: &GuestMemoryMmap, req: &Request, laid: &Laid, want: Answer) {
     let last = req.chain.writable().last().expect("a status byte");
     assert_eq!(
         req.status.0,
@@ -245,7 +250,7 @@ pub fn run(case: &Case) {
         req.data_in_writable(),
         matches!(want, Answer::Read { .. } | Answer::GetId)
     );
-    check_data(mem, &req, &laid);
+    check_data(mem, req, laid);
     TALLY.add(match want {
         Answer::Read { .. } | Answer::Write { .. } => "read or write",
         Answer::Flush | Answer::GetId => "flush or get-id",

@@ -12,6 +12,7 @@ mod api_server;
 mod api_sockets;
 mod balloon;
 mod blk;
+mod blk_answers;
 mod blk_model;
 mod blk_request;
 mod blk_rig;
