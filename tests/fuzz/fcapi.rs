@@ -181,13 +181,6 @@ fn answer(case: &Case, slot: &mut Slot, fake: &mut Fake, req: &Request, sent: us
             slot.started(answer)
         }
     };
-    eprintln!(
-        "ANSWER {} {} -> {} {:?}",
-        req.method.name(),
-        req.path,
-        response.status,
-        response.body
-    );
     let tally = if response.status >= 400 {
         "answered 4xx-5xx"
     } else {
