@@ -116,8 +116,26 @@ impl Preboot {
     }
 
     /// Adds an entry to `drives` or `network-interfaces`, or replaces the
-    /// one with the same id, if it is valid.
+    /// one with the same id, if it is valid. A new entry needs a virtio
+    /// slot: past them, the request is refused (rather than the
+    /// configuration growing with every id a client makes up).
     pub fn put_entry(&mut self, list: List, id: &str, body: Value) -> Result<(), String> {
+        let is_entry = |e: &Value| e.get(list.id_field()).and_then(Value::as_str) == Some(id);
+        let entries = |key: &str| match self.config.get(key) {
+            Some(Value::Array(v)) => v.len(),
+            _ => 0,
+        };
+        let exists = match self.config.get(list.key()) {
+            Some(Value::Array(v)) => v.iter().any(is_entry),
+            _ => false,
+        };
+        let slots = crate::layout::MMIO_IRQS.len();
+        if !exists && entries("drives") + entries("network-interfaces") >= slots {
+            return Err(format!(
+                "{}: a VM has {slots} virtio slots, all taken by drives and network interfaces",
+                list.key()
+            ));
+        }
         let mut candidate = self.config.clone();
         let entries = candidate
             .entry(list.key())
@@ -278,6 +296,36 @@ mod tests {
         let cfg = p.vm_config(None);
         assert_eq!(cfg["drives"], json!([]));
         assert_eq!(cfg["machine-config"]["mem_size_mib"], 128);
+    }
+
+    /// Found by the `fcapi` fuzz target's bound on bodies: every new id
+    /// was kept (and the whole file checked again at each), so a client
+    /// grew the configuration without limit.
+    #[test]
+    fn new_entries_stop_at_the_virtio_slots() {
+        let mut p = Preboot::new(Path::new("/"));
+        let drive = |id: &str| {
+            json!({"drive_id": id, "path_on_host": guest(),
+                                      "is_root_device": false, "is_read_only": true})
+        };
+        let slots = crate::layout::MMIO_IRQS.len();
+        for i in 0..slots {
+            let id = format!("d{i}");
+            p.put_entry(List::Drives, &id, drive(&id)).unwrap();
+        }
+        let e = p
+            .put_entry(List::Drives, "more", drive("more"))
+            .unwrap_err();
+        assert!(e.contains(&format!("a VM has {slots} virtio slots")), "{e}");
+        let tap = json!({"iface_id": "eth0", "host_dev_name": "tap0"});
+        let e = p.put_entry(List::Interfaces, "eth0", tap).unwrap_err();
+        assert!(e.starts_with("network-interfaces: a VM has"), "{e}");
+        // Replacing one is still fine.
+        p.put_entry(List::Drives, "d0", drive("d0")).unwrap();
+        assert_eq!(
+            p.vm_config(None)["drives"].as_array().map(Vec::len),
+            Some(slots)
+        );
     }
 
     #[test]

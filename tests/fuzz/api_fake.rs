@@ -2,12 +2,15 @@
 //! `Control` trait that records what it is asked to do, and requests a
 //! client might send (well formed or not) rendered as JSON lines.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use hearth::api::limits::LimiterPatch;
 use hearth::api::{Answer, Control, Waiter};
 use hearth::config::CpuSpec;
+use hearth::fcapi::Registry;
+use hearth::ratelimit::BucketUpdate;
 use serde_json::{json, Map, Value};
 
 use crate::support::List;
@@ -19,12 +22,18 @@ pub enum Call {
     Stop(usize),
     SetCpu(usize, CpuSpec),
     Shutdown,
-    Create { start: bool },
+    Create {
+        start: bool,
+    },
     Start(usize),
     Delete(usize),
     Restart(usize),
     SetMemory(usize, Option<u64>, Option<u64>),
-    SetNet(usize),
+    /// Which of the receive and transmit limiters it was given.
+    SetNet(usize, bool, bool),
+    SetIo(usize, u32),
+    /// The bandwidth and ops buckets' updates.
+    SetDrive(usize, BucketUpdate, BucketUpdate),
 }
 
 impl Call {
@@ -38,7 +47,9 @@ impl Call {
             | Call::Delete(i)
             | Call::Restart(i)
             | Call::SetMemory(i, ..)
-            | Call::SetNet(i) => Some(*i),
+            | Call::SetNet(i, ..)
+            | Call::SetIo(i, _)
+            | Call::SetDrive(i, ..) => Some(*i),
             Call::Shutdown | Call::Create { .. } => None,
         }
     }
@@ -68,6 +79,12 @@ pub struct Fake {
     pub cpus: Vec<CpuSpec>,
     pub outcome: Outcome,
     pub calls: Vec<Call>,
+    /// The Firecracker API sockets it serves (`create` with `api_socket`),
+    /// if it serves them.
+    pub apis: Option<Arc<Registry>>,
+    /// Whether the request now executed may bind its `api_socket` (a path
+    /// in [`scratch_dir`]: never a socket anywhere else on the host).
+    pub may_bind: bool,
 }
 
 /// The names of the fake VMs, `vm0`, `vm1`, ... (unique, as the monitor's).
@@ -83,6 +100,17 @@ impl Fake {
             cpus: vms.iter().map(|_| CpuSpec::default()).collect(),
             outcome,
             calls: Vec::new(),
+            apis: None,
+            may_bind: false,
+        }
+    }
+
+    /// The same, serving Firecracker API sockets.
+    pub fn serving(vms: &[FakeVm], outcome: Outcome) -> Self {
+        let registry = Registry::new().expect("an eventfd");
+        Fake {
+            apis: Some(Arc::new(registry)),
+            ..Fake::new(vms, outcome)
         }
     }
 
@@ -185,11 +213,32 @@ impl Control for Fake {
         &mut self,
         vm: usize,
         iface: &str,
-        _rx: Option<LimiterPatch>,
-        _tx: Option<LimiterPatch>,
+        rx: Option<LimiterPatch>,
+        tx: Option<LimiterPatch>,
     ) -> Result<Value, String> {
-        self.calls.push(Call::SetNet(vm));
+        self.calls
+            .push(Call::SetNet(vm, rx.is_some(), tx.is_some()));
         Ok(json!({"vm": self.names[vm], "iface": iface}))
+    }
+
+    fn set_io_weight(&mut self, vm: usize, weight: u32) -> Result<Value, String> {
+        self.calls.push(Call::SetIo(vm, weight));
+        Ok(json!({"vm": self.names[vm], "io_weight": weight}))
+    }
+
+    fn set_drive_limits(
+        &mut self,
+        vm: usize,
+        drive: &str,
+        bandwidth: BucketUpdate,
+        ops: BucketUpdate,
+    ) -> Result<Value, String> {
+        self.calls.push(Call::SetDrive(vm, bandwidth, ops));
+        Ok(json!({"vm": self.names[vm], "id": drive}))
+    }
+
+    fn firecracker_apis(&self) -> Option<Arc<Registry>> {
+        self.apis.clone().filter(|_| self.may_bind)
     }
 
     fn access_counters(&self, vm: usize) -> Result<Value, String> {
@@ -199,7 +248,7 @@ impl Control for Fake {
 
 /// Every op of the protocol (and one that is not), the grant each needs
 /// (docs/api.md) and the fields it takes.
-pub const OPS: [(&str, &str, &[&str]); 14] = [
+pub const OPS: [(&str, &str, &[&str]); 18] = [
     ("list", "read", &[]),
     ("stats", "read", &["vm"]),
     ("access-counters", "read", &["vm"]),
@@ -212,7 +261,19 @@ pub const OPS: [(&str, &str, &[&str]); 14] = [
     ("delete", "control", &["vm"]),
     ("restart", "control", &["vm"]),
     ("shutdown", "admin", &[]),
-    ("create", "admin", &["vm", "base_dir", "start"]),
+    (
+        "create",
+        "admin",
+        &["vm", "base_dir", "start", "api_socket"],
+    ),
+    (
+        "set-net",
+        "control",
+        &["vm", "iface", "rx_rate_limiter", "tx_rate_limiter"],
+    ),
+    ("set-io", "control", &["vm", "weight"]),
+    ("set-drive", "control", &["vm", "drive", "rate_limiter"]),
+    ("metrics", "read", &[]),
     ("reboot", "-", &["vm"]),
 ];
 
@@ -266,7 +327,12 @@ impl Field {
         }
     }
 
-    fn json(&self, name: &str) -> Value {
+    fn json(&self, op: &str, name: &str) -> Value {
+        if name == "api_socket" {
+            // Whatever the case says, never a socket outside the scratch
+            // directory.
+            return socket_path(&self.value);
+        }
         if self.wild == u8::MAX {
             return self.value.json();
         }
@@ -277,6 +343,11 @@ impl Field {
             _ => 1,
         };
         match (name, &self.value) {
+            ("vm", v) if op == "create" => template(v),
+            ("iface" | "drive", Val::Str(s)) => json!(s),
+            ("iface", _) => json!(["eth0", "eth1"][n.rem_euclid(2) as usize]),
+            ("drive", _) => json!(["root", "data"][n.rem_euclid(2) as usize]),
+            ("rx_rate_limiter" | "tx_rate_limiter" | "rate_limiter", v) => limiter(v),
             ("vm", Val::Str(s)) => json!(s),
             ("vm", _) => json!(vm_name(n.unsigned_abs() as usize % 6)),
             ("max", Val::Null) => Value::Null,
@@ -303,7 +374,7 @@ pub struct Req {
 }
 
 /// The field names a request may carry (and one no request has).
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 14] = [
     "vm",
     "weight",
     "max",
@@ -312,6 +383,12 @@ const FIELDS: [&str; 8] = [
     "start",
     "vm",
     "x",
+    "iface",
+    "drive",
+    "rx_rate_limiter",
+    "tx_rate_limiter",
+    "rate_limiter",
+    "api_socket",
 ];
 
 impl Req {
@@ -332,7 +409,7 @@ impl Req {
         }
         for field in self.fields.iter() {
             let name = field.name(takes);
-            map.insert(name.into(), field.json(name));
+            map.insert(name.into(), field.json(op, name));
         }
         let text = Value::Object(map).to_string();
         if self.cut < 0x1000 {
@@ -342,5 +419,91 @@ impl Req {
         } else {
             text
         }
+    }
+}
+
+/// Where `create` with `api_socket` may bind sockets: a scratch directory
+/// of this process.
+pub fn scratch_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fuzz-api-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        dir
+    })
+}
+
+/// Whether `path` lies in [`scratch_dir`] (no `..` to climb out).
+pub fn in_scratch(path: &Path) -> bool {
+    path.starts_with(scratch_dir()) && !path.components().any(|c| c == Component::ParentDir)
+}
+
+/// An `api_socket` value: mostly a socket in [`scratch_dir`], some
+/// relative, one that climbs out of it, one absent directory.
+fn socket_path(v: &Val) -> Value {
+    let dir = scratch_dir();
+    let path = match v {
+        Val::Null => return Value::Null,
+        Val::Str(s) if s.is_empty() => PathBuf::from("api.sock"),
+        Val::Str(s) => {
+            let name: String = s
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(16)
+                .collect();
+            dir.join(format!("s{name}.sock"))
+        }
+        Val::Small(n) => dir.join(format!("api{}.sock", n % 3)),
+        Val::Int(_) => PathBuf::from("relative/api.sock"),
+        Val::Vm(_) => dir.join("../escape.sock"),
+        Val::Bool(_) => dir.join("absent/api.sock"),
+        _ => dir.join("api0.sock"),
+    };
+    json!(path)
+}
+
+/// `create`'s `vm`: a template (`name`, no `kernel`) or a definition
+/// (with one), with names free, taken by a VM or not valid; or no object.
+fn template(v: &Val) -> Value {
+    match v {
+        Val::Str(s) => json!({ "name": s }),
+        Val::Vm(i) => json!({ "name": vm_name(usize::from(*i % 6)) }),
+        Val::Small(n) => json!({ "name": format!("fc{}", n % 3) }),
+        Val::Int(n) => {
+            json!({ "name": format!("fc{}", n.rem_euclid(3)), "kernel": "/absent/vmlinux" })
+        }
+        Val::Bool(_) => json!({}),
+        Val::Null => Value::Null,
+        Val::Object => json!({"path": "/nonexistent"}),
+        _ => json!("vm0"),
+    }
+}
+
+/// A rate limiter change (`set-net`'s and `set-drive`'s): buckets kept,
+/// removed, replaced, of size or refill time 0, incomplete or of the
+/// wrong type.
+fn limiter(v: &Val) -> Value {
+    let bucket = |size: i64, refill: i64| json!({ "size": size, "refill_time": refill });
+    match v {
+        Val::Null => Value::Null,
+        Val::Bool(true) => json!({}),
+        Val::Bool(false) => json!({ "bandwidth": null }),
+        Val::Int(n) => json!({ "bandwidth": bucket(*n, 100), "ops": null }),
+        Val::Small(n) => json!({ "ops": bucket(i64::from(*n), i64::from(n % 7)) }),
+        Val::Float(_) => json!({ "bandwidth": { "size": 1 } }),
+        Val::Str(s) => json!(s),
+        Val::Vm(n) => {
+            json!({ "ops": { "size": n, "one_time_burst": n, "refill_time": 0 } })
+        }
+        Val::Array(items) => {
+            let at = |i: usize| i64::from(items.0.get(i).copied().unwrap_or(0));
+            json!({
+                "bandwidth": { "size": at(0) * 1000, "one_time_burst": at(2), "refill_time": at(1) },
+                "ops": bucket(at(1), at(0)),
+            })
+        }
+        Val::Object => json!({ "bandwidth": bucket(0, 5), "x": 1 }),
     }
 }

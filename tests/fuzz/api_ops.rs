@@ -9,8 +9,16 @@
 //! - the access check agrees with a naive reading of the ACL entries;
 //! - an executed request acts only on the VM it names, only if that VM
 //!   runs where it must, and only as its op says (a read changes nothing;
-//!   set-cpu applies only a weight and a cap in range);
-//! - `list` and `stats` show exactly the VMs the peer may read;
+//!   set-cpu applies only a weight and a cap in range, set-io only a
+//!   weight of 1..=10000);
+//! - set-drive hands the monitor each bucket's update as docs/api.md reads
+//!   the request (absent keeps, `null` or a size or refill time of 0
+//!   removes, else a new bucket); set-net the limiters the request gives;
+//! - `create` with `api_socket` binds a socket of mode 0600 exactly when
+//!   the model of [`crate::api_sockets`] says (a valid, free name; an
+//!   absolute, free path in a directory that exists), the monitor knows it
+//!   then and not otherwise; `delete` of a VM never started closes it;
+//! - `list`, `stats` and `metrics` show exactly the VMs the peer may read;
 //! - every reply is one line of JSON that reads back as it was.
 
 use std::collections::HashSet;
@@ -20,10 +28,15 @@ use hearth::api::acl::{Acl, Peer};
 use hearth::api::ops::execute;
 use hearth::api::protocol::{self, Request};
 use hearth::api::{Answer, Completions};
-use hearth::config::{AclEntry, Grant, Principal, MAX_CPU_WEIGHT, MIN_CPU_WEIGHT};
+use hearth::config::{
+    AclEntry, Grant, Principal, TokenBucketSpec, MAX_CPU_WEIGHT, MAX_IO_WEIGHT, MIN_CPU_WEIGHT,
+    MIN_IO_WEIGHT,
+};
+use hearth::ratelimit::BucketUpdate;
 use serde_json::Value;
 
 use crate::api_fake::{vm_name, Call, Fake, FakeVm, Outcome, Req, OPS};
+use crate::api_sockets;
 use crate::support::{self, List};
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -63,6 +76,8 @@ pub struct Line {
 pub struct Case {
     pub vms: List<FakeVm, 5>,
     pub outcome: Outcome,
+    /// Whether the monitor serves Firecracker API sockets.
+    pub serving: bool,
     pub acl: List<Entry, 4>,
     pub uid: u8,
     pub gid: u8,
@@ -71,8 +86,14 @@ pub struct Case {
     pub lines: List<Line, 8>,
 }
 
-static TALLY: support::Tally<5> =
-    support::Tally::new(["lines", "parsed", "allowed", "executed ok", "acted"]);
+static TALLY: support::Tally<6> = support::Tally::new([
+    "lines",
+    "parsed",
+    "allowed",
+    "executed ok",
+    "acted",
+    "sockets",
+]);
 
 /// Whether `entries` give `peer` the grant `need` on `vm`, read plainly.
 fn naive_allows(entries: &[AclEntry], peer: &Peer, need: Grant, vm: Option<&str>) -> bool {
@@ -115,18 +136,27 @@ fn check_parsed(text: &[u8], request: &Request) {
     match vm {
         Some(vm) => assert_eq!(json["vm"].as_str(), Some(vm), "the VM of {op}"),
         None => assert!(
-            matches!(op, "list" | "shutdown" | "create") || op == "stats" && json["vm"].is_null(),
+            matches!(op, "list" | "metrics" | "shutdown" | "create")
+                || op == "stats" && json["vm"].is_null(),
             "{op} needs a grant on no VM"
         ),
     }
     assert_eq!(
         request.filtered(),
-        op == "list" || op == "stats" && json["vm"].is_null()
+        op == "list" || op == "metrics" || op == "stats" && json["vm"].is_null()
     );
 }
 
-/// The VM names in a reply's `vms`.
+/// The VM names in a reply's `vms`, or in the `hearth_vm_state` samples
+/// of a `metrics` reply.
 fn names(result: &Value) -> HashSet<String> {
+    if let Some(text) = result.as_str() {
+        return text
+            .lines()
+            .filter_map(|l| l.strip_prefix("hearth_vm_state{vm=\""))
+            .filter_map(|l| l.split('"').next().map(String::from))
+            .collect();
+    }
     result["vms"]
         .as_array()
         .map(|vms| {
@@ -180,21 +210,41 @@ fn check_effects(fake: &Fake, request: &Request, calls: &[Call], result: &Result
                     "{cpu:?}"
                 );
             }
-            Call::Paused(..) | Call::Stop(_) | Call::SetMemory(..) => {
-                assert!(vm.is_some_and(|v| v.running), "{call:?} on a stopped VM");
+            Call::SetIo(_, w) => {
+                assert!((MIN_IO_WEIGHT..=MAX_IO_WEIGHT).contains(w), "{call:?}");
             }
+            Call::SetNet(_, rx, tx) => assert!(rx | tx, "{call:?} changes nothing"),
             _ => {}
+        }
+        if matches!(
+            call,
+            Call::Paused(..)
+                | Call::Stop(_)
+                | Call::SetMemory(..)
+                | Call::SetNet(..)
+                | Call::SetIo(..)
+                | Call::SetDrive(..)
+        ) {
+            assert!(vm.is_some_and(|v| v.running), "{call:?} on a stopped VM");
         }
     }
     let acted = calls.len();
     let fine = match request {
-        Request::List {} | Request::Stats { .. } | Request::AccessCounters { .. } => acted == 0,
+        Request::List {}
+        | Request::Stats { .. }
+        | Request::Metrics {}
+        | Request::AccessCounters { .. } => acted == 0,
         Request::Shutdown {} => acted == 1,
         // Answered later: the fake hears of it unless the request is bad.
-        Request::Create { .. }
-        | Request::Start { .. }
-        | Request::Delete { .. }
-        | Request::Restart { .. } => acted <= 1 && (result.is_err() || acted == 1),
+        // A socket for a template, or closed: answered at once.
+        Request::Create {
+            api_socket: Some(_),
+            ..
+        } => acted <= 1,
+        Request::Delete { .. } => acted == usize::from(named.is_some()),
+        Request::Create { .. } | Request::Start { .. } | Request::Restart { .. } => {
+            acted <= 1 && (result.is_err() || acted == 1)
+        }
         _ => acted == usize::from(result.is_ok()),
     };
     assert!(fine, "calls {calls:?} for {request:?}, answered {result:?}");
@@ -203,6 +253,49 @@ fn check_effects(fake: &Fake, request: &Request, calls: &[Call], result: &Result
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1, "one line");
         let back: Value = serde_json::from_slice(&line).expect("a reply is JSON");
         assert!(same(&back["result"], v), "{back} read back from {v}");
+    }
+}
+
+/// A bucket's update as docs/api.md reads the request: absent keeps it,
+/// `null` or a size or refill time of 0 removes it, else a new bucket.
+fn naive_update(bucket: Option<&Value>) -> BucketUpdate {
+    let Some(b) = bucket else {
+        return BucketUpdate::Keep;
+    };
+    let field = |k: &str| b[k].as_u64().unwrap_or(0);
+    match (field("size"), field("refill_time")) {
+        (0, _) | (_, 0) => BucketUpdate::Disable,
+        (size, refill_time_ms) => BucketUpdate::Replace(TokenBucketSpec {
+            size,
+            one_time_burst: field("one_time_burst"),
+            refill_time_ms,
+        }),
+    }
+}
+
+/// What `set-drive` and `set-net` handed the monitor, from the request's
+/// JSON: each bucket's update, which limiters were given.
+fn check_limits(text: &[u8], calls: &[Call]) {
+    let Ok(json) = serde_json::from_slice::<Value>(text) else {
+        return;
+    };
+    let given = |k: &str| json[k].is_object();
+    for call in calls {
+        match call {
+            Call::SetDrive(_, bandwidth, ops) => {
+                let limiter = &json["rate_limiter"];
+                let want = (
+                    naive_update(limiter.get("bandwidth")),
+                    naive_update(limiter.get("ops")),
+                );
+                assert_eq!((*bandwidth, *ops), want, "the updates of {limiter}");
+            }
+            Call::SetNet(_, rx, tx) => {
+                let want = (given("rx_rate_limiter"), given("tx_rate_limiter"));
+                assert_eq!((*rx, *tx), want, "the limiters given in {json}");
+            }
+            _ => {}
+        }
     }
 }
 
@@ -241,13 +334,39 @@ fn run_line(case: &Case, fake: &mut Fake, acl: &Acl, entries: &[AclEntry], line:
         return;
     }
     TALLY.add("allowed");
+    execute_line(fake, acl, &peer, entries, &text, &request);
+}
+
+/// Executes a request the peer may make, and checks what it did.
+fn execute_line(
+    fake: &mut Fake,
+    acl: &Acl,
+    peer: &Peer,
+    entries: &[AclEntry],
+    text: &[u8],
+    request: &Request,
+) {
     let completions = Completions::new().expect("an eventfd");
     let before = fake.calls.len();
+    let sockets = api_sockets::before(fake, request);
+    fake.may_bind = api_sockets::may_bind(request);
     let mut waiter = || completions.waiter();
-    let result = execute(fake, acl, &peer, request.clone(), &mut waiter);
+    let result = execute(fake, acl, peer, request.clone(), &mut waiter);
     let calls = fake.calls[before..].to_vec();
     TALLY.add_n("acted", calls.len() as u64);
-    check_effects(fake, &request, &calls, &result);
+    check_effects(fake, request, &calls, &result);
+    check_limits(text, &calls);
+    api_sockets::check(fake, &sockets, request, &calls, &result);
+    if matches!(
+        request,
+        Request::Create {
+            api_socket: Some(_),
+            ..
+        }
+    ) && result.is_ok()
+    {
+        TALLY.add("sockets");
+    }
     let Ok(Answer::Now(result)) = result else {
         return;
     };
@@ -256,7 +375,7 @@ fn run_line(case: &Case, fake: &mut Fake, acl: &Acl, entries: &[AclEntry], line:
         let readable: HashSet<String> = fake
             .names
             .iter()
-            .filter(|n| naive_allows(entries, &peer, Grant::Read, Some(n)))
+            .filter(|n| naive_allows(entries, peer, Grant::Read, Some(n)))
             .cloned()
             .collect();
         assert_eq!(names(&result), readable, "the VMs {request:?} shows");
@@ -265,7 +384,10 @@ fn run_line(case: &Case, fake: &mut Fake, acl: &Acl, entries: &[AclEntry], line:
 
 /// Runs one case; panics when a property fails.
 pub fn run(case: &Case) {
-    let mut fake = Fake::new(&case.vms, case.outcome);
+    let mut fake = match case.serving {
+        true => Fake::serving(&case.vms, case.outcome),
+        false => Fake::new(&case.vms, case.outcome),
+    };
     let entries: Vec<AclEntry> = case.acl.iter().map(Entry::spec).collect();
     let acl = Acl::new(entries.clone());
     for line in case.lines.iter() {
@@ -304,6 +426,7 @@ mod regressions {
             ]
             .into(),
             outcome: Outcome::Later(true),
+            serving: true,
             acl: vec![Entry {
                 gid: false,
                 id: 0,
@@ -357,6 +480,60 @@ mod regressions {
             raw(b"{\"op\":\"list\",\"op\":\"stats\"}"),
             raw(b"\xff\xfe"),
             req(0, vec![]),
+        ]));
+    }
+
+    #[test]
+    fn disks_limiters_metrics_and_api_sockets() {
+        let _heap = support::shared();
+        let vm0 = (0, Val::Vm(0));
+        let socket = (3, Val::Small(1));
+        let (d, eth) = ((1, Val::Small(0)), (1, Val::Str("eth0".into())));
+        run(&admin_case(vec![
+            req(14, vec![vm0.clone(), (1, Val::Int(300))]),
+            req(14, vec![vm0.clone(), (1, Val::Int(0))]),
+            req(15, vec![vm0.clone(), (1, Val::Small(0)), (2, Val::Int(10))]),
+            req(
+                15,
+                vec![
+                    vm0.clone(),
+                    d.clone(),
+                    (2, Val::Array(vec![3, 0, 1].into())),
+                ],
+            ),
+            req(
+                15,
+                vec![
+                    vm0.clone(),
+                    d.clone(),
+                    (2, Val::Array(vec![3, 7, 1].into())),
+                ],
+            ),
+            req(15, vec![vm0.clone(), d.clone(), (2, Val::Float(1.0))]),
+            req(
+                13,
+                vec![vm0.clone(), eth.clone(), (2, Val::Small(9)), (3, Val::Null)],
+            ),
+            req(13, vec![vm0.clone(), eth.clone(), (3, Val::Bool(true))]),
+            req(13, vec![vm0.clone(), eth.clone(), (2, Val::Null)]),
+            req(13, vec![(0, Val::Vm(1)), eth, (2, Val::Bool(true))]),
+            req(16, vec![]),
+            // A template, then its name and its path again, a definition.
+            req(12, vec![(0, Val::Small(0)), socket.clone()]),
+            req(12, vec![(0, Val::Small(0)), (3, Val::Small(2))]),
+            req(12, vec![(0, Val::Small(1)), socket.clone()]),
+            req(12, vec![(0, Val::Int(2)), (3, Val::Small(0))]),
+            // Taken, invalid, relative, out of the scratch directory.
+            req(12, vec![(0, Val::Vm(0)), (3, Val::Str("b".into()))]),
+            req(
+                12,
+                vec![(0, Val::Str("a b".into())), (3, Val::Str("c".into()))],
+            ),
+            req(12, vec![(0, Val::Str("fc9".into())), (3, Val::Int(0))]),
+            req(12, vec![(0, Val::Str("fc9".into())), (3, Val::Vm(0))]),
+            req(12, vec![(0, Val::Str("fc9".into())), (3, Val::Bool(false))]),
+            req(9, vec![(0, Val::Str("fc0".into()))]),
+            req(9, vec![(0, Val::Str("fc1".into()))]),
         ]));
     }
 }

@@ -125,6 +125,46 @@ pub struct Layout {
     pub placement: u8,
 }
 
+/// A set-up done properly (features the device offers, every queue, the
+/// rings apart in RAM): where the device targets' cases start, so that
+/// most of a case reaches a working device.
+#[derive(Debug, Clone, Copy, Arbitrary)]
+pub struct Proper {
+    pub features: u32,
+    pub size_log2: u8,
+}
+
+impl Proper {
+    pub fn layout(self) -> Layout {
+        Layout {
+            features: self.features,
+            wild_features: false,
+            queues: MAX_QUEUES as u8,
+            size_log2: self.size_log2,
+            placement: 0,
+        }
+    }
+}
+
+/// What a calm driver does instead of `op`, if anything: it sets the
+/// device up properly (with the features and ring sizes `op` asks for),
+/// reads registers and notifies queues, and never writes other registers
+/// or makes up chains. (A device target's cases are calm or not: the
+/// calm ones go deep into a working device, the others do anything.)
+pub fn calm(op: &TransportOp) -> Option<TransportOp> {
+    match op {
+        TransportOp::Init(l) => Some(TransportOp::Init(
+            Proper {
+                features: l.features,
+                size_log2: l.size_log2,
+            }
+            .layout(),
+        )),
+        TransportOp::Read { .. } | TransportOp::Notify(_) => Some(op.clone()),
+        _ => None,
+    }
+}
+
 /// What the transport is asked, whatever the device.
 #[derive(Debug, Clone, Arbitrary)]
 pub enum TransportOp {
@@ -171,7 +211,14 @@ pub struct Bench<D: VirtioDevice> {
 
 impl<D: VirtioDevice> Bench<D> {
     pub fn new(device: D, name: &str) -> Self {
+        Self::build(name, |_| device)
+    }
+
+    /// A bench for the device `make` builds in the bench's guest memory
+    /// (a device that keeps it, as virtio-blk's io_uring engine does).
+    pub fn build(name: &str, make: impl FnOnce(&GuestMemoryMmap) -> D) -> Self {
         let mem = support::memory(&REGIONS);
+        let device = make(&mem);
         let thread = DeviceThread::spawn(format!("fuzz-{name}"), None).expect("a device thread");
         let irq = InterruptLine::new(Box::new(CountingIrq::default()));
         let state = Arc::new(DeviceState::new(name, irq));
@@ -406,6 +453,30 @@ impl<D: VirtioDevice> Bench<D> {
             }
         }
     }
+}
+
+/// Where the rings of [`Bench::init`] lie: apart or all on one ring, and
+/// across the two regions that touch.
+const RING_AREAS: [(u64, u64); 2] = [(RINGS, RINGS + 0x1_0000), (0xf_f000, 0x10_3000)];
+
+/// The buffers of a made-up chain (`TransportOp::Chain`: address, length,
+/// device-writable), moved out of the rings: a device may write into
+/// what a chain lends it, and a target that checks the rings keeps them
+/// as the driver wrote them (the balloon target lets them land anywhere).
+pub fn made_up(descs: &[RawChainDesc]) -> [(u64, u32, bool); 6] {
+    let mut out = [(0u64, 0u32, false); 6];
+    for (o, d) in out.iter_mut().zip(descs) {
+        let addr = (u64::from(d.page.value()) << 12) + u64::from(d.offset % 0x1000);
+        let end = addr + u64::from(d.len);
+        let hits = RING_AREAS.iter().any(|&(s, e)| addr < e && end > s);
+        let addr = if hits {
+            BUFFERS + addr % 0x3_0000
+        } else {
+            addr
+        };
+        *o = (addr, u32::from(d.len), d.write);
+    }
+    out
 }
 
 /// The chain a driver makes of `descs` (address, length, device-writable),

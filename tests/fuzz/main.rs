@@ -9,11 +9,26 @@ mod acl;
 mod api_fake;
 mod api_ops;
 mod api_server;
+mod api_sockets;
 mod balloon;
+mod blk;
+mod blk_answers;
+mod blk_model;
+mod blk_request;
+mod blk_rig;
 mod config;
 mod device;
+mod fcapi;
+mod fcapi_gen;
+mod net;
+mod net_model;
+mod net_rig;
 mod queue;
 mod queue_model;
+mod vsock;
+mod vsock_check;
+mod vsock_model;
+mod vsock_rig;
 
 #[global_allocator]
 static HEAP: support::Heap = support::Heap;

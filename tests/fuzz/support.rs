@@ -62,8 +62,22 @@ pub fn input() -> Input {
 /// Runs `f` on the value `bytes` decode to (with `arbitrary`, as
 /// cargo-fuzz targets do: every engine hands a target bytes, and a crash
 /// file replays as it was found). Bytes that decode to nothing are skipped.
-pub fn decode<'a, T: arbitrary::Arbitrary<'a>>(bytes: &'a [u8], f: impl FnOnce(&T)) {
+/// With `HEARTH_FUZZ_CASE` set, a case that fails is printed decoded.
+pub fn decode<'a, T: arbitrary::Arbitrary<'a> + std::fmt::Debug>(
+    bytes: &'a [u8],
+    f: impl FnOnce(&T),
+) {
+    /// Prints the case if the target panics on it.
+    struct Show<'v, T: std::fmt::Debug>(&'v T);
+    impl<T: std::fmt::Debug> Drop for Show<'_, T> {
+        fn drop(&mut self) {
+            if std::thread::panicking() && std::env::var_os("HEARTH_FUZZ_CASE").is_some() {
+                eprintln!("the failing case: {:#?}", self.0);
+            }
+        }
+    }
     if let Ok(value) = T::arbitrary_take_rest(arbitrary::Unstructured::new(bytes)) {
+        let _show = Show(&value);
         f(&value);
     }
 }
@@ -257,6 +271,73 @@ impl Ring {
     }
 }
 
+/// A small ring buffer of fixed room (nothing here allocates while the
+/// heap is measured).
+pub struct Fifo<T: Copy + Default, const N: usize> {
+    items: [T; N],
+    first: usize,
+    pub len: usize,
+}
+
+impl<T: Copy + Default, const N: usize> Fifo<T, N> {
+    pub fn new() -> Self {
+        Fifo {
+            items: [T::default(); N],
+            first: 0,
+            len: 0,
+        }
+    }
+    pub fn push(&mut self, t: T) -> bool {
+        if self.len == N {
+            return false;
+        }
+        self.items[(self.first + self.len) % N] = t;
+        self.len += 1;
+        true
+    }
+    pub fn front(&self) -> Option<T> {
+        (self.len > 0).then(|| self.items[self.first])
+    }
+    pub fn pop(&mut self) {
+        if self.len > 0 {
+            self.first = (self.first + 1) % N;
+            self.len -= 1;
+        }
+    }
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        (0..self.len).map(|i| self.items[(self.first + i) % N])
+    }
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// What a driver wrote into one descriptor table: each descriptor's
+/// device-writable length, and the most that a chain made of them (each
+/// at most once) could have had at any time since the table was laid out.
+/// A bound for every used length, whatever chains overwrote which
+/// descriptors (a driver that posts more descriptors than its ring has).
+pub struct Writable {
+    lens: [u32; 256],
+    pub most: u64,
+}
+
+impl Writable {
+    pub const fn new() -> Self {
+        Writable {
+            lens: [0; 256],
+            most: 0,
+        }
+    }
+
+    /// Descriptor `index` now has `len` bytes, device-writable or not.
+    pub fn wrote(&mut self, index: u16, len: u32, write: bool) {
+        self.lens[usize::from(index) % 256] = if write { len } else { 0 };
+        let now = self.lens.iter().map(|&l| u64::from(l)).sum();
+        self.most = self.most.max(now);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Interrupt lines
 
@@ -357,8 +438,12 @@ pub fn shared() -> RwLockReadGuard<'static, ()> {
 }
 
 /// For a test that measures the heap: nothing else of this binary runs.
+/// (The test harness's own thread records the test that just ended, on
+/// the same heap: it is given a moment to do so first.)
 pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    HEAP_LOCK.write().unwrap_or_else(|e| e.into_inner())
+    let guard = HEAP_LOCK.write().unwrap_or_else(|e| e.into_inner());
+    std::thread::sleep(Duration::from_millis(50));
+    guard
 }
 
 // ---------------------------------------------------------------------------
