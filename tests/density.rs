@@ -68,8 +68,8 @@ fn workers(pid: u32) -> usize {
         .len()
 }
 
-#[test]
-fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
+/// A monitor file with `VMS` spinning VMs, all on host CPU 0.
+fn config() -> String {
     let dir = scratch_dir("density");
     let vms: Vec<String> = (0..VMS)
         .map(|i| {
@@ -80,25 +80,19 @@ fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
             )
         })
         .collect();
-    let config = write_file(
+    write_file(
         &dir,
         "monitor.json",
         &format!(
             r#"{{"host": {{"cpu": {{"cpus": [0]}}}}, "vms": [{}]}}"#,
             vms.join(",")
         ),
-    );
-    let mut child = Command::new(hearth())
-        .args(["run", "--config", &config])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hearth");
-    let pid = child.id();
-    let mut guard = KillUnlessReaped(pid as i32, false);
+    )
+}
+
+/// Sends the name of each VM that prints its boot line.
+fn boot_lines(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().expect("piped stdout");
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             if let Some((vm, _)) = line.split_once("| hearth-guest: boot ") {
@@ -106,33 +100,33 @@ fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
             }
         }
     });
-    let err = child.stderr.take().expect("piped stderr");
-    let stderr = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+    rx
+}
 
-    // Every VM prints its boot line; meanwhile, count the workers.
+/// Waits until every VM has booted; returns the most life-cycle workers
+/// seen meanwhile.
+fn wait_all_up(pid: u32, rx: &mpsc::Receiver<String>) -> usize {
     let start = Instant::now();
     let mut up = std::collections::BTreeSet::new();
     let mut most_workers = 0;
     while up.len() < VMS {
-        if start.elapsed() > UP_DEADLINE {
-            let _ = child.kill();
-            panic!("only {} of {VMS} VMs up after {UP_DEADLINE:?}", up.len());
-        }
+        assert!(
+            start.elapsed() < UP_DEADLINE,
+            "only {} of {VMS} VMs up after {UP_DEADLINE:?}",
+            up.len()
+        );
         most_workers = most_workers.max(workers(pid));
         while let Ok(vm) = rx.try_recv() {
             up.insert(vm);
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let online = std::thread::available_parallelism().map_or(1, usize::from);
-    let base = online.max(2);
-    assert!(
-        most_workers > base,
-        "a burst of {VMS} builds started more than the {base} standing workers (saw {most_workers})"
-    );
-    assert!(most_workers <= 32, "at most 32 workers, saw {most_workers}");
-    // The event loop (the main thread, "hearth") serves the ticks ahead of
-    // the spinning vCPUs; every other thread keeps a normal policy.
+    most_workers
+}
+
+/// The event loop (the main thread, "hearth") serves the ticks ahead of
+/// the spinning vCPUs; every other thread keeps a normal policy.
+fn assert_only_the_loop_is_realtime(pid: u32) {
     let policies = thread_policies(pid);
     let fifo: Vec<_> = policies
         .iter()
@@ -140,6 +134,33 @@ fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
         .collect();
     assert_eq!(fifo.len(), 1, "{policies:?}");
     assert_eq!(fifo[0].0, "hearth", "{policies:?}");
+}
+
+#[test]
+fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
+    let mut child = Command::new(hearth())
+        .args(["run", "--config", &config()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hearth");
+    let pid = child.id();
+    let mut guard = KillUnlessReaped(pid as i32, false);
+    let rx = boot_lines(child.stdout.take().expect("piped stdout"));
+    let err = child.stderr.take().expect("piped stderr");
+    let stderr = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+
+    // Every VM prints its boot line; meanwhile, count the workers.
+    let most_workers = wait_all_up(pid, &rx);
+    let online = std::thread::available_parallelism().map_or(1, usize::from);
+    let base = online.max(2);
+    assert!(
+        most_workers > base,
+        "a burst of {VMS} builds started more than the {base} standing workers (saw {most_workers})"
+    );
+    assert!(most_workers <= 32, "at most 32 workers, saw {most_workers}");
+    assert_only_the_loop_is_realtime(pid);
     // The extra workers end once idle (500 ms without a job).
     let idle = Instant::now();
     while workers(pid) > base && idle.elapsed() < Duration::from_secs(10) {
@@ -156,10 +177,10 @@ fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
             guard.1 = true;
             break status;
         }
-        if stopping.elapsed() > STOP_DEADLINE {
-            let _ = child.kill();
-            panic!("hearth still running {STOP_DEADLINE:?} after SIGTERM");
-        }
+        assert!(
+            stopping.elapsed() < STOP_DEADLINE,
+            "hearth still running {STOP_DEADLINE:?} after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     let stderr = stderr.join().unwrap_or_default();

@@ -91,7 +91,10 @@ pub(crate) fn write_pending(stream: &mut UnixStream, output: &mut Vec<u8>) -> io
 impl Conn {
     fn wanted(&self) -> EventSet {
         let reading = !self.closing && self.waiting.is_none();
-        interest(reading && self.output.len() < MAX_PENDING_REPLIES, &self.output)
+        interest(
+            reading && self.output.len() < MAX_PENDING_REPLIES,
+            &self.output,
+        )
     }
 
     /// Whether it is done: closing, every reply written, none pending.

@@ -249,11 +249,11 @@ fn start_monitor(
 
 type Loop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
-/// Runs the VMs of `spec` until the last one stops (or, with
-/// `opts.serve`, until a shutdown request or a signal).
-pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, MonitorError> {
-    // Before any thread exists, so every thread inherits the blocked mask
-    // and SIGINT/SIGTERM only ever arrive through the signalfd.
+/// What must happen while the process has one thread, so that every
+/// thread inherits it: SIGINT/SIGTERM blocked (they only ever arrive
+/// through the signalfd), the sandbox's namespaces, the monitor's raised
+/// priority, the vCPU kick handler.
+fn prepare_process(spec: &MonitorSpec, opts: &RunOptions) -> Result<Signals, MonitorError> {
     let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
     crate::host::one_malloc_arena();
     if spec.host.sandbox.is_some() {
@@ -278,6 +278,13 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
         what: "install the vCPU kick handler",
         source: io::Error::from_raw_os_error(e.errno()),
     })?;
+    Ok(signals)
+}
+
+/// Runs the VMs of `spec` until the last one stops (or, with
+/// `opts.serve`, until a shutdown request or a signal).
+pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, MonitorError> {
+    let signals = prepare_process(spec, opts)?;
     let kvm = Arc::new(Kvm::new().map_err(MonitorError::Kvm)?);
     if opts.serve && spec.host.api.is_none() && opts.firecracker.is_none() {
         return Err(MonitorError::NoSocket);
