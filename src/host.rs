@@ -336,11 +336,20 @@ pub fn leave_monitor_priority() -> io::Result<()> {
     }
 }
 
-/// The calling thread runs SCHED_FIFO at the lowest real-time priority,
-/// ahead of every normal thread on its CPU; threads it starts do not
-/// inherit it (SCHED_RESET_ON_FORK). Needs CAP_SYS_NICE or RLIMIT_RTPRIO.
-pub fn become_realtime() -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: 1 };
+/// The event loop's real-time priority.
+pub const LOOP_RT_PRIORITY: i32 = 2;
+/// The statistics writer's: below the loop, which may wait for a lock
+/// (malloc's) the writer holds, and above every normal thread, so that the
+/// writer then runs at once and lets it go.
+pub const WRITER_RT_PRIORITY: i32 = 1;
+
+/// The calling thread runs SCHED_FIFO at `priority`, ahead of every normal
+/// thread on its CPU; threads it starts do not inherit it
+/// (SCHED_RESET_ON_FORK). Needs CAP_SYS_NICE or RLIMIT_RTPRIO.
+pub fn become_realtime(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
     // that outlives the call.
     let rc = unsafe {

@@ -149,6 +149,41 @@ pub fn to_json(
     })
 }
 
+/// Everything the statistics file and the `stats` request show, gathered
+/// on the event loop (copies of counters, no JSON) and turned into JSON
+/// wherever it is written: the file's writer thread, or a control reply.
+pub struct Snapshot {
+    pub elapsed_s: f64,
+    pub vms: Vec<VmStats>,
+    pub sched_ticks: u64,
+    pub sched_cost_ns: u64,
+    /// CPU time of the event loop's thread (read on that thread).
+    pub monitor_cpu_ns: u64,
+    pub jitter: crate::sched::jitter::JitterStats,
+    /// The memory budget (MiB), the allocator's ticks and their cost.
+    pub memory: (Option<u64>, u64, u64),
+    pub io: Value,
+    pub net: Value,
+}
+
+impl Snapshot {
+    pub fn to_json(&self) -> Value {
+        let mut value = to_json(
+            self.elapsed_s,
+            &self.vms,
+            self.sched_ticks,
+            self.sched_cost_ns,
+            self.monitor_cpu_ns,
+        );
+        add_tick_lateness(&mut value, self.jitter);
+        let (budget, ticks, cost) = self.memory;
+        add_memory(&mut value, budget, ticks, cost);
+        value["io"] = self.io.clone();
+        value["net"] = self.net.clone();
+        value
+    }
+}
+
 /// Replaces `path` with `value` atomically (write a sibling, then rename),
 /// so a reader never sees a half-written file.
 pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {

@@ -76,11 +76,32 @@ impl Monitor {
         }
     }
 
-    pub(super) fn write_stats(&self) {
-        let Some(path) = &self.stats_file else { return };
-        let value = self.stats_json();
-        if let Err(e) = stats::write_atomically(path, &value) {
-            log::warn!("cannot write statistics to {}: {e}", path.display());
+    /// The figures as they are now (called on the event loop).
+    pub(super) fn stats_snapshot(&self) -> stats::Snapshot {
+        let (sched_ticks, sched_cost_ns) = self.sched.cost();
+        let (mem_ticks, mem_cost) = self.mem.cost();
+        stats::Snapshot {
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            vms: self
+                .vms
+                .iter()
+                .map(|(id, e)| self.vm_stats(*id, e))
+                .collect(),
+            sched_ticks,
+            sched_cost_ns,
+            monitor_cpu_ns: crate::host::current_thread_cpu_ns(),
+            jitter: self.sched.jitter(),
+            memory: (self.mem.budget_mib(), mem_ticks, mem_cost),
+            io: share_json(&self.io),
+            net: share_json(&self.net),
+        }
+    }
+
+    /// Hands the statistics file its figures; `last` waits until they are
+    /// written (the monitor's final figures).
+    pub(super) fn write_stats(&self, last: bool) {
+        if let Some(writer) = &self.stats_file {
+            writer.submit(self.stats_snapshot(), last);
         }
     }
 }
@@ -154,25 +175,7 @@ impl Control for Monitor {
     }
 
     fn stats_json(&self) -> serde_json::Value {
-        let (ticks, cost) = self.sched.cost();
-        let vms: Vec<VmStats> = self
-            .vms
-            .iter()
-            .map(|(id, e)| self.vm_stats(*id, e))
-            .collect();
-        let mut value = stats::to_json(
-            self.started.elapsed().as_secs_f64(),
-            &vms,
-            ticks,
-            cost,
-            crate::host::current_thread_cpu_ns(),
-        );
-        stats::add_tick_lateness(&mut value, self.sched.jitter());
-        let (mem_ticks, mem_cost) = self.mem.cost();
-        stats::add_memory(&mut value, self.mem.budget_mib(), mem_ticks, mem_cost);
-        value["io"] = share_json(&self.io);
-        value["net"] = share_json(&self.net);
-        value
+        self.stats_snapshot().to_json()
     }
 
     fn is_running(&self, vm: usize) -> bool {

@@ -206,7 +206,7 @@ impl Monitor {
             }
         }
         if self.done() {
-            self.write_stats();
+            self.write_stats(true);
         }
     }
 
@@ -326,7 +326,7 @@ impl MutEventSubscriber for Monitor {
             }
             TAG_STATS => {
                 let _ = self.stats_timer.wait();
-                self.write_stats();
+                self.write_stats(false);
             }
             TAG_MEM => self.on_mem_tick(),
             TAG_IO => self.io.on_timer(),

@@ -19,10 +19,10 @@
 mod control;
 mod dispatch;
 mod startup;
+mod statsfile;
 mod workers;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -235,7 +235,7 @@ pub(crate) struct Monitor {
     /// `host.net` shared by `net.weight`.
     net: crate::share::ShareRuntime,
     stats_timer: TimerFd,
-    stats_file: Option<PathBuf>,
+    stats_file: Option<statsfile::StatsWriter>,
     started: Instant,
     /// Where VMs say they stop.
     exits: Arc<ExitQueue>,

@@ -224,7 +224,17 @@ fn start_monitor(
         io: timers.io,
         net: timers.net,
         stats_timer: timers.stats,
-        stats_file: opts.stats_file.clone(),
+        stats_file: match &opts.stats_file {
+            Some(path) => Some(
+                super::statsfile::StatsWriter::start(
+                    path.clone(),
+                    filter(spec, ThreadClass::EventLoop)?,
+                    spec.host.realtime_loop,
+                )
+                .map_err(setup_err("statistics file writer"))?,
+            ),
+            None => None,
+        },
         started: Instant::now(),
         exits: ExitQueue::new().map_err(setup_err("exit eventfd"))?,
         console,
@@ -373,8 +383,11 @@ fn confine(spec: &MonitorSpec, monitor: &Arc<Mutex<Monitor>>) -> Result<(), Moni
     // The loop serves the scheduler's ticks: behind the busy vCPUs it
     // schedules, it would wait for a CPU (docs/scheduler.md).
     if spec.host.realtime_loop {
-        match crate::host::become_realtime() {
-            Ok(()) => log::debug!("the event loop runs SCHED_FIFO 1"),
+        match crate::host::become_realtime(crate::host::LOOP_RT_PRIORITY) {
+            Ok(()) => log::debug!(
+                "the event loop runs SCHED_FIFO {}",
+                crate::host::LOOP_RT_PRIORITY
+            ),
             Err(e) => log::debug!("the event loop keeps a normal priority ({e})"),
         }
     }
