@@ -317,15 +317,19 @@ def settle_and_measure(cons, procs, t0, args):
 
 
 def wait_all(procs, timeout):
-    deadline = time.monotonic() + timeout
-    rcs = []
-    for p in procs:
-        try:
-            rcs.append(p.wait(max(0.1, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            rcs.append(p.wait())
-    return rcs
+    """Waits for every process (a blocking waitpid: Popen.wait with a
+    timeout polls with sleeps growing to 50 ms, which would add up to
+    50 ms to a stop time); kills what is left after `timeout` s."""
+    def kill_left():
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    timer = threading.Timer(timeout, kill_left)
+    timer.start()
+    try:
+        return [p.wait() for p in procs]
+    finally:
+        timer.cancel()
 
 
 # ---------------------------------------------------------------------------
