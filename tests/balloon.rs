@@ -6,150 +6,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::live::Live;
 use common::*;
 use serde_json::Value;
 
 const MIB_KIB: u64 = 1024;
 
-/// A `hearth run` in progress, its serial lines collected as they come.
-struct Live {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<JoinHandle<()>>,
-    stderr: Option<JoinHandle<String>>,
-    start: Instant,
-    deadline: Duration,
-}
-
-impl Live {
-    fn spawn(config: &str, stats: &Path, deadline: Duration) -> Live {
-        let mut child = Command::new(hearth())
-            .args(["run", "--config", config, "--stats-file"])
-            .arg(stats)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start hearth");
-        let out = child.stdout.take().expect("piped stdout");
-        let mut err = child.stderr.take().expect("piped stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Live {
-            child,
-            lines,
-            reader: Some(reader),
-            stderr: Some(stderr),
-            start: Instant::now(),
-            deadline,
-        }
-    }
-
-    fn has(&self, needle: &str) -> bool {
-        self.count(needle) > 0
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .expect("lines")
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().expect("lines").join("\n")
-    }
-
-    fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    }
-
-    /// Fails the test (with the output so far) when the deadline passed
-    /// or hearth exited.
-    fn check_alive(&mut self, waiting_for: &str) {
-        let exited = self.child.try_wait().expect("wait").is_some();
-        if exited || self.start.elapsed() > self.deadline {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let err = self
-                .stderr
-                .take()
-                .map(|h| h.join().unwrap_or_default())
-                .unwrap_or_default();
-            panic!(
-                "waiting for {waiting_for:?}: hearth {} after {:?}\n--- serial ---\n{}\n--- stderr ---\n{err}",
-                if exited { "exited" } else { "missed its deadline" },
-                self.start.elapsed(),
-                self.output()
-            );
-        }
-    }
-
-    /// Waits until `done` holds, calling `each` every 20 ms meanwhile.
-    fn wait_until(
-        &mut self,
-        what: &str,
-        mut done: impl FnMut(&Live) -> bool,
-        mut each: impl FnMut(&Live),
-    ) {
-        loop {
-            each(self);
-            if done(self) {
-                return;
-            }
-            self.check_alive(what);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then what it printed.
-    fn stop(mut self) -> (ExitStatus, String, String) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = self.child.kill();
-                break self.child.wait().expect("wait");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let err = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        (status, self.output(), err)
-    }
+/// Starts `hearth run --config CONFIG --stats-file STATS`.
+fn spawn(config: &str, stats: &Path, deadline: Duration) -> Live {
+    let stats = stats.to_str().expect("UTF-8 path");
+    Live::spawn(
+        &["run", "--config", config, "--stats-file", stats],
+        deadline,
+    )
 }
 
 fn read_stats(path: &Path) -> Option<Value> {
@@ -187,7 +59,7 @@ fn an_inflated_balloon_gives_its_pages_back_to_the_host_and_deflating_returns_th
             r#"{"size_mib": 512, "balloon_mib": 256, "prefault": true, "free_page_reporting": false}"#,
         ),
     );
-    let mut live = Live::spawn(&config, &stats, Duration::from_secs(120));
+    let mut live = spawn(&config, &stats, Duration::from_secs(120));
     let mut peak = 0;
     let inflated = "balloon target=65536 actual=65536";
     live.wait_until(
@@ -196,7 +68,7 @@ fn an_inflated_balloon_gives_its_pages_back_to_the_host_and_deflating_returns_th
         |l| peak = peak.max(l.rss_kib().unwrap_or(0)),
     );
     let t0 = Instant::now();
-    let inflate_seen = live.start.elapsed();
+    let inflate_seen = live.elapsed();
     let mut low = u64::MAX;
     live.wait_until(
         "RSS to settle after the inflation",
@@ -207,7 +79,7 @@ fn an_inflated_balloon_gives_its_pages_back_to_the_host_and_deflating_returns_th
     std::thread::sleep(Duration::from_millis(300));
     let after_deflate = live.rss_kib().unwrap_or(0);
     let s = read_stats(&stats).expect("a stats file");
-    let (status, out, err) = live.stop();
+    let (status, out, err) = live.finish(true);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
 
@@ -263,7 +135,7 @@ fn under_a_budget_a_growing_vm_takes_memory_from_an_idle_one() {
     let dir = scratch_dir("balloon-budget");
     let stats = dir.join("stats.json");
     let config = grow_and_idle(&dir);
-    let mut live = Live::spawn(&config, &stats, Duration::from_secs(120));
+    let mut live = spawn(&config, &stats, Duration::from_secs(120));
     let mut min_idle = u64::MAX;
     // Balloons start empty (1024 MiB against a budget of 640): once the
     // targets are inside the budget they must stay there.
@@ -306,7 +178,7 @@ fn under_a_budget_a_growing_vm_takes_memory_from_an_idle_one() {
         &mut sample,
     );
     let s = read_stats(&stats).expect("stats");
-    let (status, out, err) = live.stop();
+    let (status, out, err) = live.finish(true);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
     let g = &vm_stats(&s, "grow")["memory"];
@@ -360,7 +232,7 @@ fn malformed_descriptors_need_reset_and_the_monitor_and_other_vms_run_on() {
         "monitor.json",
         &format!(r#"{{"host": {{}}, "vms": [{}]}}"#, vms.join(",")),
     );
-    let mut live = Live::spawn(&config, &stats, Duration::from_secs(120));
+    let mut live = spawn(&config, &stats, Duration::from_secs(120));
     live.wait_until(
         "every bad guest to see NEEDS_RESET and the good one to fill its balloon",
         |l| {
@@ -371,7 +243,7 @@ fn malformed_descriptors_need_reset_and_the_monitor_and_other_vms_run_on() {
     );
     std::thread::sleep(Duration::from_millis(1200));
     let s = read_stats(&stats).expect("stats");
-    let (status, out, err) = live.stop();
+    let (status, out, err) = live.finish(true);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
     assert!(!out.contains("NEEDS_RESET not seen"), "{out}");
@@ -485,7 +357,7 @@ fn a_stopped_vms_budget_is_released_only_with_its_memory() {
             ),
         ),
     );
-    let mut live = Live::spawn(&config, &stats, Duration::from_secs(120));
+    let mut live = spawn(&config, &stats, Duration::from_secs(120));
     let mut max_rss = 0;
     let mut sample = |l: &Live| max_rss = max_rss.max(l.rss_kib().unwrap_or(0));
     live.wait_until(
@@ -512,7 +384,7 @@ fn a_stopped_vms_budget_is_released_only_with_its_memory() {
         |_| settle.elapsed() > Duration::from_secs(1),
         &mut sample,
     );
-    let (status, serial, err) = live.stop();
+    let (status, serial, err) = live.finish(true);
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
     // Guest RAM within the budget, plus what the monitor itself holds.
     let limit = (BUDGET + 16) * 1024;

@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::live::Live;
 use common::netns::*;
 use common::*;
 use serde_json::Value;

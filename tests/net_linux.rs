@@ -10,6 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::live::Live;
 use common::netns::*;
 use common::*;
 use serde_json::Value;

@@ -10,7 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
-use common::netns::Live;
+use common::live::Live;
 use common::*;
 use serde_json::Value;
 

@@ -153,4 +153,5 @@ pub fn linux_cmdline() -> String {
         .to_string()
 }
 
+pub mod live;
 pub mod netns;
