@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::blk::{Case, Op, TALLY};
 use crate::blk_model::{Drive, Laid, MAX_SEGS};
 use crate::device::{made_up, Bench, Layout, TransportOp, REGIONS};
-use crate::support::{self, RawDesc, Writable, DESC_F_NEXT, DESC_F_WRITE};
+use crate::support::{self, Writable};
 
 /// The disk: 64 sectors, and a partial one the guest cannot see.
 pub const SECTORS: u64 = 64;
@@ -135,9 +135,7 @@ impl Rig {
 
 impl Rig {
     pub fn ring_in_ram(&self) -> bool {
-        let r = &self.b.rings[0];
-        let end = r.used() + 6 + 8 * u64::from(r.size);
-        support::in_ram(&REGIONS, r.base, end - r.base)
+        self.b.rings[0].in_ram(&REGIONS)
     }
 
     pub fn used_idx(&self) -> u16 {
@@ -153,23 +151,7 @@ impl Rig {
         if descs.is_empty() || !self.ring_in_ram() {
             return;
         }
-        let ring = &mut self.b.rings[0];
-        let size = ring.size;
-        for (i, &(addr, len, write)) in descs.iter().enumerate() {
-            let index = (head + i as u16) % size;
-            let last = i + 1 == descs.len();
-            let flags = if write { DESC_F_WRITE } else { 0 } | if last { 0 } else { DESC_F_NEXT };
-            let next = (index + 1) % size;
-            let desc = RawDesc {
-                addr,
-                len,
-                flags,
-                next,
-            };
-            ring.set_desc(&self.b.mem, index, desc);
-            self.writable.wrote(index, len, write);
-        }
-        ring.publish(&self.b.mem, head);
+        self.b.rings[0].post(&self.b.mem, head, descs, Some(&mut self.writable));
     }
 
     /// Puts a request's segments among the driver's buffers.

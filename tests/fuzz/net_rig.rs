@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::device::{made_up, Bench, Layout, RawChainDesc, REGIONS};
 use crate::net::TALLY;
 use crate::net_model::*;
-use crate::support::{self, Fifo, RawDesc, Ring, Writable, DESC_F_NEXT, DESC_F_WRITE};
+use crate::support::{Fifo, Writable};
 
 pub const RX: usize = 0;
 pub const TX: usize = 1;
@@ -97,11 +97,6 @@ pub struct Rig {
     scratch: Vec<u8>,
 }
 
-fn memory_in_ram(ring: &Ring) -> bool {
-    let end = ring.used() + 6 + 8 * u64::from(ring.size);
-    support::in_ram(&REGIONS, ring.base, end - ring.base)
-}
-
 impl Rig {
     pub fn new(mtu: Option<u16>) -> Rig {
         let (a, host) = UnixDatagram::pair().expect("a socket pair");
@@ -143,7 +138,7 @@ impl Rig {
 
     fn used_idx(&self, q: usize) -> u16 {
         let ring = &self.b.rings[q];
-        if self.apart && memory_in_ram(ring) {
+        if self.apart && ring.in_ram(&REGIONS) {
             ring.used_idx(&self.b.mem)
         } else {
             self.seen[q]
@@ -153,26 +148,11 @@ impl Rig {
     /// Makes `descs` available at `head` of queue `q`.
     fn post_at(&mut self, q: usize, head: u16, descs: &[(u64, u32, bool)]) {
         let ring = &mut self.b.rings[q];
-        if descs.is_empty() || !memory_in_ram(ring) {
+        if descs.is_empty() || !ring.in_ram(&REGIONS) {
             return;
         }
-        let size = ring.size;
-        for (i, &(addr, len, write)) in descs.iter().enumerate() {
-            let index = (head + i as u16) % size;
-            let last = i + 1 == descs.len();
-            let flags = if write { DESC_F_WRITE } else { 0 } | if last { 0 } else { DESC_F_NEXT };
-            let desc = RawDesc {
-                addr,
-                len,
-                flags,
-                next: (index + 1) % size,
-            };
-            ring.set_desc(&self.b.mem, index, desc);
-            if q == RX {
-                self.writable.wrote(index, len, write);
-            }
-        }
-        ring.publish(&self.b.mem, head);
+        let writable = (q == RX).then_some(&mut self.writable);
+        ring.post(&self.b.mem, head, descs, writable);
     }
 
     /// The driver sets the device up; frames the host sent before are

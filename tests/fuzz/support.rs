@@ -212,6 +212,40 @@ impl Ring {
         (self.avail() + 6 + 2 * u64::from(self.size) + 0xfff) & !0xfff
     }
 
+    /// Whether the whole ring (through the used ring) lies in `regions`.
+    pub fn in_ram(&self, regions: &[(u64, u64)]) -> bool {
+        let end = self.used() + 6 + 8 * u64::from(self.size);
+        in_ram(regions, self.base, end - self.base)
+    }
+
+    /// Writes `descs` (address, length, device-writable) as one chain at
+    /// table entries `head`, `head + 1`, ... and makes it available;
+    /// `writable` records what the driver wrote, when given.
+    pub fn post(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        descs: &[(u64, u32, bool)],
+        mut writable: Option<&mut Writable>,
+    ) {
+        for (i, &(addr, len, write)) in descs.iter().enumerate() {
+            let index = (head + i as u16) % self.size;
+            let last = i + 1 == descs.len();
+            let flags = if write { DESC_F_WRITE } else { 0 } | if last { 0 } else { DESC_F_NEXT };
+            let desc = RawDesc {
+                addr,
+                len,
+                flags,
+                next: (index + 1) % self.size,
+            };
+            self.set_desc(mem, index, desc);
+            if let Some(w) = writable.as_deref_mut() {
+                w.wrote(index, len, write);
+            }
+        }
+        self.publish(mem, head);
+    }
+
     pub fn set_desc(&self, mem: &GuestMemoryMmap, i: u16, d: RawDesc) {
         write_desc(mem, self.desc() + 16 * u64::from(i % self.size), d);
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use hearth::virtio::vsock::{Vsock, VsockShared};
 
 use crate::device::{Bench, Layout, REGIONS};
-use crate::support::{self, Fifo, RawDesc, Ring, Writable, DESC_F_NEXT, DESC_F_WRITE};
+use crate::support::{Fifo, Writable};
 use crate::vsock::TALLY;
 use crate::vsock_model::*;
 
@@ -115,11 +115,6 @@ fn scratch_dir() -> PathBuf {
     dir
 }
 
-fn ring_in_ram(ring: &Ring) -> bool {
-    let end = ring.used() + 6 + 8 * u64::from(ring.size);
-    support::in_ram(&REGIONS, ring.base, end - ring.base)
-}
-
 /// A non-blocking connection to `path`, or none (the backlog is full).
 fn connect(path: &std::path::Path) -> Option<UnixStream> {
     let bytes = path.as_os_str().as_encoded_bytes();
@@ -183,7 +178,7 @@ impl Rig {
 
     pub fn used_idx(&self, q: usize) -> u16 {
         let ring = &self.b.rings[q];
-        if self.apart && ring_in_ram(ring) {
+        if self.apart && ring.in_ram(&REGIONS) {
             ring.used_idx(&self.b.mem)
         } else {
             self.seen[q]
@@ -193,26 +188,11 @@ impl Rig {
     /// Makes `descs` available at `head` of queue `q`.
     pub fn post_at(&mut self, q: usize, head: u16, descs: &[(u64, u32, bool)]) {
         let ring = &mut self.b.rings[q];
-        if descs.is_empty() || !ring_in_ram(ring) {
+        if descs.is_empty() || !ring.in_ram(&REGIONS) {
             return;
         }
-        let size = ring.size;
-        for (i, &(addr, len, write)) in descs.iter().enumerate() {
-            let index = (head + i as u16) % size;
-            let last = i + 1 == descs.len();
-            let flags = if write { DESC_F_WRITE } else { 0 } | if last { 0 } else { DESC_F_NEXT };
-            let desc = RawDesc {
-                addr,
-                len,
-                flags,
-                next: (index + 1) % size,
-            };
-            ring.set_desc(&self.b.mem, index, desc);
-            if q == RX {
-                self.writable.wrote(index, len, write);
-            }
-        }
-        ring.publish(&self.b.mem, head);
+        let writable = (q == RX).then_some(&mut self.writable);
+        ring.post(&self.b.mem, head, descs, writable);
     }
 
     /// The driver sets the device up: every connection of the device
