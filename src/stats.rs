@@ -167,7 +167,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn to_json(&self) -> Value {
+    pub fn into_json(self) -> Value {
         let mut value = to_json(
             self.elapsed_s,
             &self.vms,
@@ -178,8 +178,8 @@ impl Snapshot {
         add_tick_lateness(&mut value, self.jitter);
         let (budget, ticks, cost) = self.memory;
         add_memory(&mut value, budget, ticks, cost);
-        value["io"] = self.io.clone();
-        value["net"] = self.net.clone();
+        value["io"] = self.io;
+        value["net"] = self.net;
         value
     }
 }

@@ -175,7 +175,7 @@ impl Control for Monitor {
     }
 
     fn stats_json(&self) -> serde_json::Value {
-        self.stats_snapshot().to_json()
+        self.stats_snapshot().into_json()
     }
 
     fn is_running(&self, vm: usize) -> bool {
