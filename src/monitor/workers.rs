@@ -30,8 +30,15 @@ use crate::lifecycle::VmOutcome;
 use crate::output::{OutputRing, OutputWriter, RingWriter};
 use crate::vm::{build_vm, BuildOptions, Vm, VmError, VmReport};
 
-/// The most workers at once.
+/// The most workers at once while builds wait.
 pub(crate) const MAX_WORKERS: usize = 32;
+
+/// The most workers at once while tear-downs wait. A tear-down is almost
+/// all waiting in the kernel (SRCU grace periods in KVM's VM destruction
+/// and `mmu_notifier_unregister`, the PIT's kthread stopping) and little
+/// CPU (about 0.6 ms), and concurrent waits share grace periods; a build
+/// is mostly CPU, which more threads than CPUs do not speed up.
+pub(crate) const MAX_TEARDOWN_WORKERS: usize = 256;
 
 /// How long a worker beyond the first `base` waits for a job before it ends.
 const IDLE_EXIT: Duration = Duration::from_millis(500);
@@ -279,11 +286,16 @@ impl Pool {
     }
 
     /// More jobs wait than workers are idle to take them: start another
-    /// worker, unless there are [`MAX_WORKERS`] already.
+    /// worker, unless there are [`MAX_WORKERS`] already ([`MAX_TEARDOWN_WORKERS`]
+    /// when the next job is a tear-down).
     fn grow(self: &Arc<Self>) {
         {
             let mut q = lock(&self.queue);
-            if q.closed || q.fixed || q.jobs.len() <= q.idle || q.alive >= MAX_WORKERS {
+            let most = match q.jobs.front() {
+                Some(Job::TearDown { .. }) => MAX_TEARDOWN_WORKERS,
+                _ => MAX_WORKERS,
+            };
+            if q.closed || q.fixed || q.jobs.len() <= q.idle || q.alive >= most {
                 return;
             }
             q.alive += 1;
