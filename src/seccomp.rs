@@ -191,6 +191,9 @@ const BUILDER: &[i64] = &[
     // The vCPU and device threads it starts inherit the monitor's raised
     // priority and go back to the VMs' (`host::leave_monitor_priority`).
     libc::SYS_setpriority,
+    // A serial log file's writer thread it starts makes itself SCHED_FIFO
+    // (`host.cpu.realtime`) before it installs its own filter.
+    libc::SYS_sched_setscheduler,
     libc::SYS_seccomp,
     libc::SYS_gettid,
     libc::SYS_getpid,

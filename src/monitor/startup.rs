@@ -106,7 +106,7 @@ fn build_plan(spec: &MonitorSpec, serving: bool) -> Result<BuildPlan, MonitorErr
         .filter(|v| v.serial.output == SerialOutput::Stdout)
         .count();
     let output = filter(spec, ThreadClass::Output)?;
-    let mut terminal = OutputWriter::new(Sink::Stdout);
+    let mut terminal = OutputWriter::new(Sink::Stdout).realtime(spec.host.realtime_loop);
     terminal
         .start(output.clone())
         .map_err(setup_err("start the terminal's output writer"))?;
