@@ -19,6 +19,9 @@
 //! - an idle VM's virtual time is pulled up to `bound` behind the slowest
 //!   active VM, so it cannot bank credit while idle and then monopolise the
 //!   CPUs when it wakes;
+//! - a VM that joins while others run starts as an idle VM wakes up,
+//!   `bound` behind the slowest established VM, so it boots ahead of the
+//!   running VMs for at most `bound` of virtual time;
 //! - `cpu.max` is a hard cap, accounted as CFS bandwidth control does: each
 //!   period (10 ticks) grants a quota of `max × period` of CPU; a VM that
 //!   has used its quota is parked until a period refills it, and what it
@@ -83,6 +86,9 @@ struct VmState {
     allowed: u32,
     throttle: Throttle,
     throttle_events: u64,
+    /// Added with a join credit and not yet caught up with the slowest
+    /// established VM (the reference a later VM joins against).
+    joining: bool,
 }
 
 impl VmState {
@@ -170,11 +176,21 @@ impl Policy {
         self.tick_ns * u64::from(CAP_PERIOD_TICKS)
     }
 
-    /// Adds a VM. It starts level with the slowest active VM, and is
-    /// charged for the part of the current cap period already gone (a VM
-    /// starting late in a period does not get a whole quota for it).
+    /// Adds a VM. It joins as an idle VM wakes up: `bound` behind the
+    /// slowest active established VM, so that it boots at once instead of
+    /// waiting for a 1/N share (but gets at most `bound` ahead of its
+    /// share). VMs that join together all join against the same
+    /// established VM, so a burst of N joins costs the others at most
+    /// N × `bound` of virtual time, not more for every later one. With no
+    /// established VM to join against, it starts level with the slowest
+    /// active VM. It is charged for the part of the current cap period
+    /// already gone (a VM starting late in a period does not get a whole
+    /// quota for it).
     pub fn add_vm(&mut self, vm: VmId, weight: u32, max: Option<f64>, vcpus: u32, used_ns: u64) {
-        let vtime = self.min_active_vtime().unwrap_or(0.0);
+        let (vtime, joining) = match self.min_established_vtime() {
+            Some(v) => (v - self.bound, true),
+            None => (self.min_active_vtime().unwrap_or(0.0), false),
+        };
         let period_used = max.map_or(0, |m| {
             let gone = f64::from(self.tick_in_period) / f64::from(CAP_PERIOD_TICKS);
             (m * self.period_ns() as f64 * gone) as u64
@@ -192,6 +208,7 @@ impl Policy {
                 allowed: vcpus,
                 throttle: Throttle::default(),
                 throttle_events: 0,
+                joining,
             },
         );
     }
@@ -228,6 +245,26 @@ impl Policy {
     /// The VM's virtual time (ns of CPU at weight 100).
     pub fn vtime(&self, vm: VmId) -> Option<f64> {
         self.vms.get(&vm).map(|s| s.vtime)
+    }
+
+    /// The slowest active VM that is not catching up after joining.
+    fn min_established_vtime(&self) -> Option<f64> {
+        self.vms
+            .values()
+            .filter(|s| s.demand > 0 && !s.joining)
+            .map(|s| s.vtime)
+            .min_by(f64::total_cmp)
+    }
+
+    /// A joining VM is established once it has caught up with the slowest
+    /// established VM (or there is none left to catch up with).
+    fn settle_joiners(&mut self) {
+        let reference = self.min_established_vtime();
+        for s in self.vms.values_mut().filter(|s| s.joining) {
+            if reference.is_none_or(|v| s.vtime >= v) {
+                s.joining = false;
+            }
+        }
     }
 
     fn min_active_vtime(&self) -> Option<f64> {
@@ -271,6 +308,7 @@ impl Policy {
             s.enforce_cap(period_ns);
         }
 
+        self.settle_joiners();
         let wanted: u32 = self.vms.values().map(VmState::usable).sum();
         if wanted > self.cpus {
             self.throttle_the_leaders();

@@ -63,6 +63,15 @@ impl Host {
         }
     }
 
+    /// A VM created while the others run: (weight, vcpus, busy).
+    fn join(&mut self, weight: u32, vcpus: u32, busy: u32) -> VmId {
+        let id = self.vms.len();
+        self.policy.add_vm(id, weight, None, vcpus, 0);
+        self.vms.push((busy, 0));
+        self.allowed.push(vcpus);
+        id
+    }
+
     fn run(&mut self, ticks: usize) -> Vec<u64> {
         let start: Vec<u64> = self.vms.iter().map(|v| v.1).collect();
         for _ in 0..ticks {
@@ -200,4 +209,44 @@ fn a_vm_waking_from_idle_cannot_monopolise_the_cpu() {
     let used = host.run(100);
     // Within a second it gets about half, not the whole CPU for seconds.
     assert!(used[0] >= 100 * TICK * 40 / 100, "{used:?}");
+}
+
+#[test]
+fn a_joining_vm_runs_at_once_then_gets_its_share() {
+    let mut host = Host::new(1, &[(100, 1, 1), (200, 1, 1), (300, 1, 1), (400, 1, 1)]);
+    host.run(200);
+    let new = host.join(100, 1, 1);
+    // Its fair share of 3 ticks would be 0.27 of a tick (weight 100 of
+    // 1100): it runs before the others until it has caught up the bound
+    // (one tick at weight 100).
+    let used = host.run(3);
+    assert!(used[new] >= TICK, "{used:?}");
+    // Then the share: its credit was one bound, no more.
+    let used = host.run(1100);
+    let total: u64 = used.iter().sum();
+    for (u, w) in used.iter().zip([1, 2, 3, 4, 1]) {
+        let fair = total * w / 11;
+        assert!(u.abs_diff(fair) <= fair / 20, "{used:?}");
+    }
+}
+
+#[test]
+fn a_burst_of_joins_costs_the_others_one_bound_each_not_more() {
+    let mut host = Host::new(1, &[(100, 1, 1)]);
+    host.run(200);
+    let joined: Vec<VmId> = (0..20).map(|_| host.join(100, 1, 1)).collect();
+    // Every VM of the burst joins against the same established VM.
+    let first = host.policy.vtime(joined[0]);
+    assert!(joined.iter().all(|&j| host.policy.vtime(j) == first));
+    // 200 ticks: a fair share is 200/21 ticks; the burst's credit is 20
+    // bounds (20 ticks) in all, so VM 0 keeps most of its share. Joins that
+    // stacked their credit (each a bound behind the one before) would take
+    // 210 ticks, leaving it nothing.
+    let used = host.run(200);
+    assert!(used[0] >= 7 * TICK, "{used:?}");
+    let used = host.run(1000);
+    let fair = 1000 * TICK / 21;
+    for u in &used {
+        assert!(u.abs_diff(fair) <= fair / 10, "{used:?}");
+    }
 }
