@@ -12,8 +12,10 @@ For every run, every N and every system (the systems' order rotates run by
 run, so drifting load on this shared machine hits all of them alike), one
 trial:
 
-1. start: Hearth is one `hearth run --config F --stats-file S` with N VMs
-   in F; QEMU and Firecracker are N processes spawned one after another.
+1. start: Hearth is one `hearth serve --config F --stats-file S
+   --api-socket A` with N VMs in F (a monitor file's VMs start as with
+   `hearth run`; a serving monitor prefixes every console line with its
+   VM's name); QEMU and Firecracker are N processes spawned one after another.
    "Time to start all N" runs from the (first) spawn until every VM has
    printed its first guest line (the test guest prints a boot line at
    once) on the VMM's stdout.
@@ -21,7 +23,12 @@ trial:
    process(es) from /proc/PID/smaps_rollup, the share of guest RAM (the
    mappings of the guest's size in /proc/PID/smaps), threads, and for
    Hearth its statistics file (`scheduler.tick_late_us`, `missed_ticks`).
-3. stop: SIGTERM to the monitor, or to every process one after another,
+3. one more VM while the N spin: the time from asking for it (Hearth:
+   `hearth ctl SOCK create` then `start` on the monitor's control socket;
+   QEMU and Firecracker: one more process) until it has printed its
+   first guest line, what a platform's cold start under load is; then it
+   is deleted (its process stopped) again.
+4. stop: SIGTERM to the monitor, or to every process one after another,
    until the (last) process has exited.
 
 Every VMM process runs on the host CPUs of --cpus (its affinity is set
@@ -85,6 +92,16 @@ class Consoles(threading.Thread):
         self.open = 0
         self.done = threading.Event()
 
+    def wait_for(self, vm, timeout):
+        """When `vm` printed its first guest line, or None after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if vm in self.up:
+                    return self.up[vm]
+            time.sleep(0.001)
+        return None
+
     def add(self, pipe, key):
         os.set_blocking(pipe.fileno(), False)
         with self.lock:
@@ -108,8 +125,6 @@ class Consoles(threading.Thread):
                     with self.lock:
                         self.open -= 1
                     continue
-                if len(self.up) == self.n:
-                    continue  # all up: only drain
                 now = time.monotonic()
                 buf = self.partial[fd] + data
                 *lines, self.partial[fd] = buf.split(b"\n")
@@ -120,7 +135,7 @@ class Consoles(threading.Thread):
                     vm = sk.data(fd, line)
                     if vm is not None and vm not in self.up:
                         self.up[vm] = now
-                if len(self.up) == self.n:
+                if len(self.up) >= self.n:
                     self.all_up.set()
 
 
@@ -216,16 +231,17 @@ def hearth_trial(binary, n, args, tmp):
     stats = os.path.join(tmp, "stats.json")
     with open(cfg, "w") as f:
         json.dump({"host": {"cpu": {"cpus": args.cpus}}, "vms": vms}, f)
+    sock = os.path.join(tmp, "api.sock")
     cons = Consoles(n)
     t0 = time.monotonic()
-    p = spawn([binary, "run", "--config", cfg, "--stats-file", stats], args.cpus,
-              stderr=open(os.path.join(tmp, "hearth.log"), "w"))
+    p = spawn([binary, "serve", "--config", cfg, "--stats-file", stats, "--api-socket", sock],
+              args.cpus, stderr=open(os.path.join(tmp, "hearth.log"), "w"))
 
     def key(_fd, line):
-        if n == 1:
-            return 0
-        m = re.match(rb"vm(\d+)\| ", line)
-        return int(m.group(1)) if m else None
+        m = re.match(rb"(vm\d+|extra)\| ", line)
+        if not m:
+            return None
+        return "extra" if m.group(1) == b"extra" else int(m.group(1)[2:])
 
     cons.add(p.stdout, key)
     cons.start()
@@ -239,6 +255,8 @@ def hearth_trial(binary, n, args, tmp):
         r["tick_cost_ns"] = s.get("cost_ns")
     except (OSError, ValueError, KeyError) as e:
         log(f"hearth: no statistics: {e}")
+    if r.get("up") == n:
+        r["one_more_s"] = hearth_one_more(binary, sock, cons, args, tmp)
     t2 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     rc = wait_all([p], args.timeout)
@@ -246,6 +264,29 @@ def hearth_trial(binary, n, args, tmp):
     r["rc"] = rc[0]
     cons.done.set()
     return r
+
+
+def hearth_one_more(binary, sock, cons, args, tmp):
+    """One more VM, "extra", created and started on the control socket
+    while the others run: seconds until its first guest line."""
+    path = os.path.join(tmp, "extra.json")
+    with open(path, "w") as f:
+        json.dump({"name": "extra", "kernel": {"path": args.elf, "cmdline": guest_cmdline(args)},
+                   "memory": {"size_mib": args.memory}}, f)
+
+    def ctl(*argv):
+        return subprocess.run([binary, "ctl", sock, *argv], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, timeout=args.timeout)
+
+    t = time.monotonic()
+    for argv in (("create", path), ("start", "extra")):
+        done = ctl(*argv)
+        if done.returncode != 0:
+            log(f"hearth: ctl {argv[0]} extra failed: {done.stderr.strip()}")
+            return None
+    up = cons.wait_for("extra", args.timeout)
+    ctl("delete", "extra")
+    return None if up is None else up - t
 
 
 def qemu_argv(args, _i, _tmp):
@@ -280,6 +321,15 @@ def processes_trial(system, n, args, tmp):
         procs.append(p)
         cons.add(p.stdout, lambda _fd, _line, i=i: i)
     r = settle_and_measure(cons, procs, t0, args)
+    if r.get("up") == n:
+        argv = make(args, n, tmp)
+        t = time.monotonic()
+        extra = spawn(argv, args.cpus)
+        cons.add(extra.stdout, lambda _fd, _line: "extra")
+        up = cons.wait_for("extra", args.timeout)
+        r["one_more_s"] = None if up is None else up - t
+        extra.send_signal(signal.SIGTERM)
+        wait_all([extra], args.timeout)
     t2 = time.monotonic()
     for p in procs:
         p.send_signal(signal.SIGTERM)

@@ -89,6 +89,9 @@ def tables(run, trials):
     out += figure(groups, systems, counts, "#### VM starts per second per core (N / time to start all N / cores)",
                   lambda s, n, ts: fmt(stats([t["n"] / t["start_s"] / cores for t in ts
                                               if t.get("start_s")]), digits=0))
+    out += figure(groups, systems, counts,
+                  "#### One more VM while the N spin: from asking for it to its first guest line (s)",
+                  lambda s, n, ts: fmt(stats([t.get("one_more_s") for t in ts]), digits=3))
     out += figure(groups, systems, counts, "#### Stop: SIGTERM to the (last) exit (s)",
                   lambda s, n, ts: fmt(stats([t["stop_s"] for t in ts]), digits=3))
     out += figure(groups, systems, counts, "#### Total RSS / PSS of the VMM process(es) (MiB)",
@@ -124,11 +127,12 @@ def plot(groups, systems, counts, run, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
     panels = (
         (axes[0], "time to start all N (s)", lambda t: t.get("start_s") if t.get("up") == t["n"] else None),
-        (axes[1], "SIGTERM to exit (s)", lambda t: t["stop_s"]),
-        (axes[2], "PSS per VM, total / N (MiB)", lambda t: t["pss_kib"] / t["n"] / 1024),
+        (axes[1], "one more VM while N spin: to its first line (s)", lambda t: t.get("one_more_s")),
+        (axes[2], "SIGTERM to exit (s)", lambda t: t["stop_s"]),
+        (axes[3], "PSS per VM, total / N (MiB)", lambda t: t["pss_kib"] / t["n"] / 1024),
     )
     for ax, label, value in panels:
         for s in systems:
