@@ -247,6 +247,21 @@ fn start_monitor(
         },
         exit_with_vm: opts.firecracker.is_some(),
     };
+    // The loop thread takes the CPU ahead of the VMs it schedules
+    // (docs/scheduler.md) from here on: the file's VMs start as they are
+    // built, and among hundreds of busy vCPUs a normal thread took seconds
+    // to take in the last of them and start the loop. It starts no thread
+    // after this but inline tear-downs' (SCHED_RESET_ON_FORK: they would
+    // not be real-time).
+    if spec.host.realtime_loop {
+        match crate::host::become_realtime(crate::host::LOOP_RT_PRIORITY) {
+            Ok(()) => log::debug!(
+                "the event loop runs SCHED_FIFO {}",
+                crate::host::LOOP_RT_PRIORITY
+            ),
+            Err(e) => log::debug!("the event loop keeps a normal priority ({e})"),
+        }
+    }
     build_file_vms(&mut monitor, spec)?;
     if spec.host.scheduler {
         monitor
@@ -380,17 +395,6 @@ fn vcpus_settled(monitor: &Arc<Mutex<Monitor>>, limit: Duration) {
 /// Everything is open and every thread has started: the sandbox, if the
 /// host wants one, then the event loop's seccomp filter (docs/security.md).
 fn confine(spec: &MonitorSpec, monitor: &Arc<Mutex<Monitor>>) -> Result<(), MonitorError> {
-    // The loop serves the scheduler's ticks: behind the busy vCPUs it
-    // schedules, it would wait for a CPU (docs/scheduler.md).
-    if spec.host.realtime_loop {
-        match crate::host::become_realtime(crate::host::LOOP_RT_PRIORITY) {
-            Ok(()) => log::debug!(
-                "the event loop runs SCHED_FIFO {}",
-                crate::host::LOOP_RT_PRIORITY
-            ),
-            Err(e) => log::debug!("the event loop keeps a normal priority ({e})"),
-        }
-    }
     if let Some(jail) = &spec.host.sandbox {
         lock(monitor).workers.stop_growing();
         vcpus_settled(monitor, Duration::from_secs(5));
