@@ -215,9 +215,24 @@ def pin(cpus):
     return lambda: os.sched_setaffinity(0, cpus)
 
 
+# Every VMM process the bench started and has not seen exit: killed if
+# the bench itself ends early (an exception, Ctrl-C, SIGTERM), so that no
+# monitor of 200 spinning VMs outlives it and skews later measurements.
+SPAWNED = []
+
+
 def spawn(argv, cpus, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL):
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                            preexec_fn=pin(cpus), close_fds=True)
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                         preexec_fn=pin(cpus), close_fds=True)
+    SPAWNED.append(p)
+    return p
+
+
+def kill_spawned():
+    for p in SPAWNED:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def guest_cmdline(args):
@@ -500,4 +515,8 @@ def run(args, results, res_path):
 
 
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("density: terminated"))
+    try:
+        main()
+    finally:
+        kill_spawned()
