@@ -418,4 +418,41 @@ mod tests {
         assert_eq!(ring.written(), 6);
         let _ = std::fs::remove_file(&path);
     }
+
+    /// Waits (at most 5 s) until `ring` has had `n` bytes written.
+    fn written(ring: &OutputRing, n: u64) -> bool {
+        let start = std::time::Instant::now();
+        while ring.written() < n {
+            if start.elapsed() > Duration::from_secs(5) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    #[test]
+    fn a_ring_held_by_its_vcpu_holds_back_no_other_ring() {
+        let path = std::env::temp_dir().join(format!("hearth-out-held-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w = OutputWriter::new(Sink::File(file));
+        let (held, free) = (w.ring(Some("held")), w.ring(Some("free")));
+        w.start(None).unwrap();
+        RingWriter(held.clone()).write_all(b"first\n").unwrap();
+        assert!(written(&held, 6));
+        // A vCPU preempted while it holds its ring's lock (with its bytes
+        // in): the writer goes on with the other rings.
+        let guard = held.bytes.lock().unwrap();
+        RingWriter(free.clone()).write_all(b"other\n").unwrap();
+        assert!(written(&free, 6), "the other VM's output waited");
+        let mut guard = guard;
+        guard.extend(b"second\n");
+        drop(guard);
+        // The writer comes back to the held ring without another notice.
+        assert!(written(&held, 13), "the held ring was not retried");
+        assert!(w.finish(Duration::from_secs(5)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "held| first\nfree| other\nheld| second\n");
+        let _ = std::fs::remove_file(&path);
+    }
 }
