@@ -338,10 +338,19 @@ pub fn leave_monitor_priority() -> io::Result<()> {
 
 /// The event loop's real-time priority.
 pub const LOOP_RT_PRIORITY: i32 = 2;
-/// The statistics writer's: below the loop, which may wait for a lock
-/// (malloc's) the writer holds, and above every normal thread, so that the
-/// writer then runs at once and lets it go.
+/// The statistics and output writers': below the loop, which may wait for
+/// a lock (malloc's) a writer holds, and above every normal thread, so that
+/// the writer then runs at once and lets it go.
 pub const WRITER_RT_PRIORITY: i32 = 1;
+
+/// [`become_realtime`] for a thread of the monitor (`who`, for the debug
+/// log), which keeps a normal priority where the host does not allow it.
+pub fn try_realtime(priority: i32, who: &str) {
+    match become_realtime(priority) {
+        Ok(()) => log::debug!("{who} runs SCHED_FIFO {priority}"),
+        Err(e) => log::debug!("{who} keeps a normal priority ({e})"),
+    }
+}
 
 /// The calling thread runs SCHED_FIFO at `priority`, ahead of every normal
 /// thread on its CPU; threads it starts do not inherit it

@@ -216,9 +216,7 @@ impl OutputWriter {
             .spawn(move || {
                 let _ = wakeup.writer.set(std::thread::current());
                 if realtime {
-                    if let Err(e) = crate::host::become_realtime(crate::host::WRITER_RT_PRIORITY) {
-                        log::debug!("output writer keeps a normal priority ({e})");
-                    }
+                    crate::host::try_realtime(crate::host::WRITER_RT_PRIORITY, "an output writer");
                 }
                 if let Some(filter) = &seccomp {
                     if crate::seccomp::apply(filter).is_err() {

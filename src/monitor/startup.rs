@@ -254,13 +254,7 @@ fn start_monitor(
     // after this but inline tear-downs' (SCHED_RESET_ON_FORK: they would
     // not be real-time).
     if spec.host.realtime_loop {
-        match crate::host::become_realtime(crate::host::LOOP_RT_PRIORITY) {
-            Ok(()) => log::debug!(
-                "the event loop runs SCHED_FIFO {}",
-                crate::host::LOOP_RT_PRIORITY
-            ),
-            Err(e) => log::debug!("the event loop keeps a normal priority ({e})"),
-        }
+        crate::host::try_realtime(crate::host::LOOP_RT_PRIORITY, "the event loop");
     }
     build_file_vms(&mut monitor, spec)?;
     if spec.host.scheduler {

@@ -45,9 +45,10 @@ impl StatsWriter {
             .name("hearth-stats".into())
             .spawn(move || {
                 if realtime {
-                    if let Err(e) = crate::host::become_realtime(crate::host::WRITER_RT_PRIORITY) {
-                        log::debug!("statistics writer keeps a normal priority ({e})");
-                    }
+                    crate::host::try_realtime(
+                        crate::host::WRITER_RT_PRIORITY,
+                        "the statistics writer",
+                    );
                 }
                 if let Some(filter) = &seccomp {
                     if let Err(e) = crate::seccomp::apply(filter) {
