@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -142,13 +141,7 @@ fn assert_only_the_loop_and_writer_are_realtime(pid: u32) {
 
 #[test]
 fn forty_spinning_vms_on_one_cpu_come_up_and_stop_together() {
-    let mut child = Command::new(hearth())
-        .args(["run", "--config", &config()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hearth");
+    let mut child = spawn_hearth(&["run", "--config", &config()]);
     let pid = child.id();
     let mut guard = KillUnlessReaped(pid as i32, false);
     let rx = boot_lines(child.stdout.take().expect("piped stdout"));

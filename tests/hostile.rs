@@ -8,7 +8,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,13 +80,7 @@ fn a_hostile_guest_gets_needs_reset_and_hurts_neither_the_monitor_nor_its_neighb
 /// 10 ms: its exit status, stdout, stderr, the RSS once both guests have
 /// booted, and the peak RSS (KiB).
 fn run_watching_rss(config: &str) -> (std::process::ExitStatus, String, String, u64, u64) {
-    let mut child = Command::new(hearth())
-        .args(["run", "--config", config])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hearth");
+    let mut child = spawn_hearth(&["run", "--config", config]);
     let pid = child.id();
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = lines.clone();

@@ -3,7 +3,7 @@
 //! far) when hearth exits or misses its deadline, and a kill on drop.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,13 +21,7 @@ pub struct Live {
 impl Live {
     /// Starts `hearth ARGS`; the run fails the test once it outlives `deadline`.
     pub fn spawn(args: &[&str], deadline: Duration) -> Live {
-        let mut child = Command::new(super::hearth())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start hearth");
+        let mut child = super::spawn_hearth(args);
         let out = child.stdout.take().expect("piped stdout");
         let mut err = child.stderr.take().expect("piped stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));

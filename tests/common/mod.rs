@@ -53,6 +53,17 @@ pub fn hearth() -> &'static str {
     env!("CARGO_BIN_EXE_hearth")
 }
 
+/// Starts `hearth ARGS` with stdin closed and stdout and stderr piped.
+pub fn spawn_hearth(args: &[&str]) -> std::process::Child {
+    Command::new(hearth())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hearth")
+}
+
 /// Our assembly test guest, as an ELF (with a PVH note) and as a bzImage.
 pub fn guest_elf() -> &'static str {
     env!("HEARTH_TEST_GUEST_ELF")
@@ -66,13 +77,7 @@ pub fn guest_bzimage() -> &'static str {
 /// is killed and fails the test, with what it printed so far.
 pub fn run_hearth(args: &[&str], deadline: Duration) -> Run {
     let start = Instant::now();
-    let mut child = Command::new(hearth())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hearth");
+    let mut child = spawn_hearth(args);
     let mut out = child.stdout.take().expect("piped stdout");
     let mut err = child.stderr.take().expect("piped stderr");
     let out_reader = std::thread::spawn(move || {
