@@ -78,6 +78,13 @@ pub struct OutputRing {
     bytes: Mutex<VecDeque<u8>>,
     dropped: AtomicU64,
     written: AtomicU64,
+    /// Bytes came in since the writer last took from it: the writer looks
+    /// only at such rings, so a pass costs what was written, not an
+    /// atomic lock and a look at every VM's ring.
+    dirty: AtomicBool,
+    /// Only whole lines go out (a prefixed ring): the vCPU wakes the
+    /// writer at a line's end (or a long line), not for every byte.
+    whole_lines: bool,
     wakeup: Arc<Wakeup>,
 }
 
@@ -97,28 +104,41 @@ impl OutputRing {
         let room = RING_BYTES.saturating_sub(q.len());
         let n = room.min(buf.len());
         q.extend(&buf[..n]);
+        let pending = q.len();
         drop(q);
         if n < buf.len() {
             self.dropped
                 .fetch_add((buf.len() - n) as u64, Ordering::Relaxed);
         }
         if n > 0 {
-            self.wakeup.notify(false);
+            self.dirty.store(true, Ordering::Release);
+            // A prefixed ring's partial line could not go out anyway: it
+            // waits for its end (or for a wake-up by another ring). 200
+            // booting guests woke the writer for every byte, and it took
+            // a fifth of the CPU.
+            if !self.whole_lines || buf[..n].contains(&b'\n') || pending >= MAX_LINE {
+                self.wakeup.notify(false);
+            }
         }
     }
 
     /// Takes up to `max` bytes into `out`; false when a vCPU holds the
     /// ring (it may be preempted there: the writer comes back to it rather
-    /// than wait).
+    /// than wait). A ring left held, or with more than `max`, stays dirty.
     fn take(&self, out: &mut Vec<u8>, max: usize) -> bool {
         let mut q = match self.bytes.try_lock() {
             Ok(q) => q,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return false,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.dirty.store(true, Ordering::Release);
+                return false;
+            }
         };
         let n = q.len().min(max);
         out.extend(q.drain(..n));
-        if q.is_empty() && q.capacity() > CHUNK {
+        if !q.is_empty() {
+            self.dirty.store(true, Ordering::Release);
+        } else if q.capacity() > CHUNK {
             // A quiet VM does not keep a burst's buffer.
             q.shrink_to(CHUNK);
         }
@@ -147,8 +167,15 @@ pub enum Sink {
     File(std::fs::File),
 }
 
-/// The rings a writer serves, each with the prefix of its lines.
-type Rings = Arc<Mutex<Vec<(Arc<OutputRing>, Option<String>)>>>;
+/// The rings a writer serves, each with the prefix of its lines, and a
+/// count of changes to that list (the writer copies it only when it moved).
+#[derive(Default)]
+struct RingList {
+    rings: Mutex<Vec<(Arc<OutputRing>, Option<String>)>>,
+    changes: AtomicU64,
+}
+
+type Rings = Arc<RingList>;
 
 /// One destination and the rings that go to it, served by one thread.
 /// Rings may be added and removed while it runs (VMs come and go).
@@ -190,16 +217,19 @@ impl OutputWriter {
             bytes: Mutex::new(VecDeque::new()),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            whole_lines: prefix.is_some(),
             wakeup: self.wakeup.clone(),
         });
-        lock(&self.rings).push((ring.clone(), prefix.map(|p| format!("{p}| "))));
+        lock(&self.rings.rings).push((ring.clone(), prefix.map(|p| format!("{p}| "))));
+        self.rings.changes.fetch_add(1, Ordering::Release);
         ring
     }
 
-    /// Stops serving `ring` once what it holds has been written (the next
-    /// pass drops it).
+    /// Stops serving `ring` (the writer's next pass drops it).
     pub fn remove(&self, ring: &Arc<OutputRing>) {
-        lock(&self.rings).retain(|(r, _)| !Arc::ptr_eq(r, ring));
+        lock(&self.rings.rings).retain(|(r, _)| !Arc::ptr_eq(r, ring));
+        self.rings.changes.fetch_add(1, Ordering::Release);
     }
 
     /// Starts the writer thread (with the output class's seccomp filter).
@@ -271,57 +301,110 @@ pub fn vm_output(
     })
 }
 
-/// The writer thread: wait for output, drain every ring, write it out.
-fn drain_loop(wakeup: &Wakeup, rings: &Rings, sink: Sink) {
+/// A ring as its writer serves it: with its prefix and its partial line.
+struct Served {
+    ring: Arc<OutputRing>,
+    prefix: Option<String>,
+    line: Vec<u8>,
+}
+
+/// The writer's copy of the ring list, taken again only when it changed
+/// (partial lines carry over).
+#[derive(Default)]
+struct ServedList {
+    changes: Option<u64>,
+    served: Vec<Served>,
+}
+
+impl ServedList {
+    fn refresh(&mut self, rings: &RingList) {
+        let changes = rings.changes.load(Ordering::Acquire);
+        if self.changes == Some(changes) {
+            return;
+        }
+        // (A BTreeMap: a HashMap would seed itself with getrandom, which the
+        // output class's seccomp filter does not allow.)
+        let mut old: std::collections::BTreeMap<usize, Vec<u8>> = self
+            .served
+            .drain(..)
+            .map(|s| (ring_key(&s.ring), s.line))
+            .collect();
+        self.served = lock(&rings.rings)
+            .iter()
+            .map(|(ring, prefix)| Served {
+                line: old.remove(&ring_key(ring)).unwrap_or_default(),
+                ring: ring.clone(),
+                prefix: prefix.clone(),
+            })
+            .collect();
+        self.changes = Some(changes);
+    }
+
+    /// One pass over the rings with new bytes (every ring when `all`):
+    /// whether it wrote anything, and whether a ring was held by its vCPU.
+    fn pass(&mut self, out: &mut dyn Write, chunk: &mut Vec<u8>, all: bool) -> (bool, bool) {
+        let (mut any, mut held) = (false, false);
+        for s in &mut self.served {
+            if !s.ring.dirty.swap(false, Ordering::AcqRel) && !all {
+                continue;
+            }
+            chunk.clear();
+            if !s.ring.take(chunk, CHUNK) {
+                held = true;
+                continue;
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            any = true;
+            let n = chunk.len() as u64;
+            let ok = match &s.prefix {
+                None => out.write_all(chunk).and_then(|()| out.flush()),
+                Some(p) => write_lines(out, p, &mut s.line, chunk),
+            };
+            if ok.is_ok() {
+                s.ring.written.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        (any, held)
+    }
+
+    /// At the end: the partial lines go out, each ended.
+    fn end_lines(&mut self, out: &mut dyn Write) {
+        for s in &mut self.served {
+            if let (Some(p), false) = (&s.prefix, s.line.is_empty()) {
+                s.line.push(b'\n');
+                let _ = emit(out, p, &mut s.line);
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+/// The writer thread: wait for output, drain the rings that have some,
+/// write it out.
+fn drain_loop(wakeup: &Wakeup, rings: &RingList, sink: Sink) {
     let mut out: Box<dyn Write> = match sink {
         Sink::Stdout => Box::new(io::stdout()),
         Sink::File(f) => Box::new(f),
     };
-    // Partial lines, per ring (keyed by the ring's address).
-    let mut lines: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut list = ServedList::default();
     let mut chunk = Vec::with_capacity(CHUNK);
     // A ring skipped because a vCPU held it: look again after this long.
     let mut retry = None;
     loop {
         let stop = wakeup.wait(retry);
-        retry = None;
         let deadline = Instant::now() + Duration::from_millis(200);
         loop {
-            let current = lock(rings).clone();
-            lines.retain(|(key, _)| current.iter().any(|(r, _)| ring_key(r) == *key));
-            let mut any = false;
-            for (ring, prefix) in &current {
-                chunk.clear();
-                if !ring.take(&mut chunk, CHUNK) {
-                    retry = Some(RETRY);
-                    continue;
-                }
-                if chunk.is_empty() {
-                    continue;
-                }
-                any = true;
-                let n = chunk.len() as u64;
-                let ok = match prefix {
-                    None => out.write_all(&chunk).and_then(|()| out.flush()),
-                    Some(p) => write_lines(&mut *out, p, partial(&mut lines, ring), &chunk),
-                };
-                if ok.is_ok() {
-                    ring.written.fetch_add(n, Ordering::Relaxed);
-                }
-            }
+            list.refresh(rings);
+            let (any, held) = list.pass(&mut *out, &mut chunk, stop);
+            retry = held.then_some(RETRY);
             if !any || (stop && Instant::now() > deadline) {
                 break;
             }
         }
         if stop {
-            for (ring, prefix) in lock(rings).iter() {
-                let line = partial(&mut lines, ring);
-                if let (Some(p), false) = (prefix, line.is_empty()) {
-                    line.push(b'\n');
-                    let _ = emit(&mut *out, p, line);
-                }
-            }
-            let _ = out.flush();
+            list.end_lines(&mut *out);
             return;
         }
     }
@@ -329,19 +412,6 @@ fn drain_loop(wakeup: &Wakeup, rings: &Rings, sink: Sink) {
 
 fn ring_key(ring: &Arc<OutputRing>) -> usize {
     Arc::as_ptr(ring) as usize
-}
-
-/// The partial line kept for `ring`.
-fn partial<'a>(lines: &'a mut Vec<(usize, Vec<u8>)>, ring: &Arc<OutputRing>) -> &'a mut Vec<u8> {
-    let key = ring_key(ring);
-    let at = match lines.iter().position(|(k, _)| *k == key) {
-        Some(i) => i,
-        None => {
-            lines.push((key, Vec::new()));
-            lines.len() - 1
-        }
-    };
-    &mut lines[at].1
 }
 
 /// Writes whole lines of `bytes`, each starting with `prefix`; keeps a
@@ -417,6 +487,57 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    #[test]
+    fn a_prefixed_ring_wakes_its_writer_at_a_line_end_not_for_every_byte() {
+        let w = OutputWriter::new(Sink::Stdout);
+        let (lines, bytes) = (w.ring(Some("vm")), w.ring(None));
+        let woken = || w.wakeup.data.swap(false, Ordering::AcqRel);
+        RingWriter(lines.clone()).write_all(b"booting").unwrap();
+        assert!(!woken(), "a partial line woke the writer");
+        assert!(lines.dirty.load(Ordering::Acquire));
+        RingWriter(lines.clone()).write_all(b" done\nnext").unwrap();
+        assert!(woken(), "a line end did not wake the writer");
+        RingWriter(lines.clone())
+            .write_all(&[b'x'; MAX_LINE])
+            .unwrap();
+        assert!(woken(), "a line too long to keep did not wake the writer");
+        // Without a prefix every byte goes out as it comes (a console echo).
+        RingWriter(bytes.clone()).write_all(b"$").unwrap();
+        assert!(woken(), "an unprefixed byte did not wake the writer");
+    }
+
+    #[test]
+    fn many_rings_each_get_their_lines_out_whole_and_in_order() {
+        let path = std::env::temp_dir().join(format!("hearth-out-many-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w = OutputWriter::new(Sink::File(file));
+        let rings: Vec<_> = (0..300).map(|i| w.ring(Some(&format!("vm{i}")))).collect();
+        w.start(None).unwrap();
+        for round in 0..3 {
+            for (i, r) in rings.iter().enumerate() {
+                // Split lines: the first half wakes nobody.
+                RingWriter(r.clone())
+                    .write_all(format!("vm{i} line").as_bytes())
+                    .unwrap();
+                RingWriter(r.clone())
+                    .write_all(format!(" {round}\n").as_bytes())
+                    .unwrap();
+            }
+        }
+        w.remove(&rings[0]);
+        assert!(w.finish(Duration::from_secs(5)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, _) in rings.iter().enumerate().skip(1) {
+            let mine: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("vm{i}| ")))
+                .collect();
+            let want: Vec<String> = (0..3).map(|r| format!("vm{i}| vm{i} line {r}")).collect();
+            assert_eq!(mine, want, "ring {i}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
     /// Waits (at most 5 s) until `ring` has had `n` bytes written.
     fn written(ring: &OutputRing, n: u64) -> bool {
         let start = std::time::Instant::now();
@@ -441,6 +562,8 @@ mod tests {
         // A vCPU preempted while it holds its ring's lock (with its bytes
         // in): the writer goes on with the other rings.
         let guard = held.bytes.lock().unwrap();
+        // (It had pushed before: the writer knows it has bytes.)
+        held.dirty.store(true, Ordering::Release);
         RingWriter(free.clone()).write_all(b"other\n").unwrap();
         assert!(written(&free, 6), "the other VM's output waited");
         let mut guard = guard;
