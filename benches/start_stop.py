@@ -1,0 +1,184 @@
+#!/usr/bin/python3
+"""Start and stop of N spinning VMs in one `hearth run`, builds alternated.
+
+    benches/start_stop.py [--count 200] [--rounds 10] [--memory 128]
+                          [--cpus 0] [--settle 0.5]
+                          [--hearth NAME=PATH ...] [--out target/start_stop]
+
+Each round runs every build once (this tree's release build as "hearth",
+plus every --hearth NAME=PATH), in turn, so drifting load hits them alike:
+
+1. start: `hearth run --config F` with N test guests (`hearth.scenario=spin`,
+   1 vCPU, --memory MiB each, `host.cpu.cpus` = --cpus; the process's
+   affinity is set to --cpus too, the script runs on the other CPUs). From
+   the spawn until all N have printed their boot line.
+2. at that moment, the CPU each kind of thread has used so far
+   (/proc/PID/task/*/schedstat): vCPUs, the event loop (the main thread), the
+   output writer (`hearth-out`), the life-cycle workers still alive
+   (`hearth-life`, those that ended are not counted).
+3. stop: after --settle s, SIGTERM until the process has exited.
+
+Prints per build the median (min-max) of both times, how many starts took
+more than 1.6x the median of all starts (the slow starts of
+performance.md, "Density"), and the median CPU by thread kind; writes
+every round to OUT/results.json. The density bench (density.py) compares
+VMMs; this one compares builds of Hearth, with enough rounds at one N for
+the slow starts to show.
+
+Needs a release build (`cargo build --release`, run here).
+"""
+
+import argparse
+import glob
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHILDREN = []
+
+
+def guest_elf():
+    found = glob.glob(os.path.join(ROOT, "target/release/build/hearth-*/out/hearth-guest.elf"))
+    if not found:
+        sys.exit("start_stop: no test guest; run `cargo build --release` first")
+    return max(found, key=os.path.getmtime)
+
+
+def config(path, count, memory, cpus):
+    elf = guest_elf()
+    vms = [{"name": f"vm{i}", "kernel": {"path": elf, "cmdline": "hearth.scenario=spin"},
+            "memory": {"size_mib": memory}} for i in range(count)]
+    with open(path, "w") as f:
+        json.dump({"host": {"cpu": {"cpus": cpus}}, "vms": vms}, f)
+
+
+def thread_cpu(pid):
+    """CPU seconds used so far by each kind of thread of `pid`."""
+    kinds = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if tid == str(pid):
+            kind = "loop"
+        elif comm.startswith("vm"):
+            kind = "vcpu"
+        else:
+            kind = comm.rstrip("0123456789")
+        kinds[kind] = kinds.get(kind, 0.0) + ns / 1e9
+    return kinds
+
+
+def trial(binary, cfg, count, cpus, settle, timeout):
+    t0 = time.monotonic()
+    p = subprocess.Popen([binary, "run", "--config", cfg], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                         preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    CHILDREN.append(p)
+    try:
+        up = set()
+        deadline = t0 + timeout
+        for line in p.stdout:
+            if b"hearth-guest:" in line:
+                up.add(line.split(b"|")[0])
+                if len(up) == count:
+                    break
+            if time.monotonic() > deadline:
+                break
+        start = time.monotonic() - t0
+        if len(up) < count:
+            raise RuntimeError(f"{binary}: {len(up)} of {count} VMs up after {timeout} s")
+        cpu = thread_cpu(p.pid)
+        threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+        time.sleep(settle)
+        t1 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=timeout)
+        return {"start_s": start, "stop_s": time.monotonic() - t1, "cpu_s": cpu}
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        CHILDREN.remove(p)
+
+
+def summary(name, rows, slow_limit):
+    def med(xs):
+        return f"{statistics.median(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})"
+    starts = [r["start_s"] for r in rows]
+    stops = [r["stop_s"] for r in rows]
+    slow = sum(s > slow_limit for s in starts)
+    kinds = sorted({k for r in rows for k in r["cpu_s"]})
+    cpu = ", ".join(f"{k} {statistics.median([r['cpu_s'].get(k, 0.0) for r in rows]):.3f}"
+                    for k in kinds)
+    return (f"{name}: start {med(starts)} s, stop {med(stops)} s, "
+            f"slow starts (> {slow_limit:.2f} s) {slow} of {len(rows)}; "
+            f"CPU at the last boot line, median s: {cpu}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--memory", type=int, default=128, help="MiB of guest RAM per VM")
+    ap.add_argument("--cpus", default="0", help="host CPUs of the monitor, e.g. 0 or 0,1")
+    ap.add_argument("--settle", type=float, default=0.5)
+    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--hearth", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument("--out", default=os.path.join(ROOT, "target", "start_stop"))
+    args = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    builds = [("hearth", os.path.join(ROOT, "target/release/hearth"))]
+    for spec in args.hearth:
+        name, _, path = spec.partition("=")
+        if not path or not os.access(path, os.X_OK):
+            sys.exit(f"start_stop: --hearth {spec!r}: want NAME=PATH of an executable")
+        builds.append((f"hearth:{name}", path))
+    cpus = [int(c) for c in args.cpus.split(",")]
+    others = sorted(set(range(os.cpu_count() or 1)) - set(cpus)) or cpus
+    os.sched_setaffinity(0, others)
+    os.makedirs(args.out, exist_ok=True)
+    cfg = os.path.join(args.out, "monitor.json")
+    config(cfg, args.count, args.memory, cpus)
+
+    results = {name: [] for name, _ in builds}
+    for r in range(args.rounds):
+        order = builds[r % len(builds):] + builds[:r % len(builds)]
+        for name, binary in order:
+            row = trial(binary, cfg, args.count, cpus, args.settle, args.timeout)
+            results[name].append(row)
+            print(f"start_stop: round {r + 1}/{args.rounds}, {name}: "
+                  f"start {row['start_s']:.3f} s, stop {row['stop_s']:.3f} s", flush=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"count": args.count, "memory_mib": args.memory, "cpus": cpus,
+                   "rounds": results}, f, indent=1)
+    every = [row["start_s"] for rows in results.values() for row in rows]
+    slow_limit = 1.6 * statistics.median(every)
+    print(f"\n{args.count} spinning {args.memory} MiB test guests, `hearth run` on "
+          f"CPU(s) {args.cpus}, {args.rounds} rounds; median (min-max)")
+    for name, rows in results.items():
+        print(summary(name, rows, slow_limit))
+
+
+def kill_children(*_):
+    for p in list(CHILDREN):
+        if p.poll() is None:
+            p.kill()
+    sys.exit(130)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, kill_children)
+    signal.signal(signal.SIGTERM, kill_children)
+    main()
