@@ -165,12 +165,6 @@ impl VmShared {
         }
     }
 
-    /// One of the VM's vCPU threads has ended: the monitor looks again
-    /// whether all have (dispatch.rs, `vm_exited`).
-    pub fn vcpu_ended(&self) {
-        self.exits.push(self.id);
-    }
-
     /// Asks the VM to stop for `outcome`. Only the first request counts;
     /// returns whether this one did.
     pub fn request_stop(&self, outcome: VmOutcome) -> bool {

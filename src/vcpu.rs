@@ -3,7 +3,7 @@
 //! (a command channel plus a kick signal).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -38,18 +38,6 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
         // dropped; the handler runs on that same thread. A volatile byte
         // store is async-signal-safe.
         unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
-    }
-}
-
-/// Tells the monitor, when dropped at the end of a vCPU thread, that the
-/// thread is done with its vCPU: the monitor tears a VM down once all its
-/// vCPUs have said so, so no tear-down worker waits for a vCPU thread.
-struct EndNotice(Arc<AtomicBool>, Arc<VmShared>);
-
-impl Drop for EndNotice {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-        self.1.vcpu_ended();
     }
 }
 
@@ -215,8 +203,6 @@ pub struct VcpuHandle {
     /// thing (so it is there inside the sandbox, which has no /proc).
     stat: Arc<OnceLock<crate::host::ProcFile>>,
     thread: Option<JoinHandle<()>>,
-    /// Set by the thread once its run is over and its vCPU fd closed.
-    ended: Arc<AtomicBool>,
 }
 
 impl VcpuHandle {
@@ -282,12 +268,6 @@ impl VcpuHandle {
                 unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
             }
         }
-    }
-
-    /// Whether the thread is done with the vCPU (its run is over and its
-    /// vCPU fd closed), or was never started.
-    pub fn ended(&self) -> bool {
-        self.thread.is_none() || self.ended.load(Ordering::Acquire)
     }
 
     /// Waits for the thread to end and returns its exit counts.
@@ -362,21 +342,15 @@ impl Vcpu {
         let published = tid.clone();
         let stat = Arc::new(OnceLock::new());
         let own_stat = stat.clone();
-        let shared = self.vm.clone();
-        let ended = Arc::new(AtomicBool::new(false));
-        let ended_here = ended.clone();
         let thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
-                // Said when the run is over (returned or unwound), after
-                // `self` and its vCPU fd are gone.
-                let _notice = EndNotice(ended_here, shared);
                 // SAFETY: gettid has no arguments and cannot fail.
                 published.store(unsafe { libc::gettid() }, Ordering::Release);
                 if let Ok(file) = crate::host::own_stat() {
                     let _ = own_stat.set(file);
                 }
-                self.run(rx, st, &ct);
+                self.run(rx, st, &ct)
             })?;
         Ok(VcpuHandle {
             id,
@@ -387,7 +361,6 @@ impl Vcpu {
             cpu_clock: crate::host::thread_cpu_clock(&thread),
             stat,
             thread: Some(thread),
-            ended,
         })
     }
 

@@ -213,11 +213,6 @@ impl Vm {
         }
     }
 
-    /// Whether every vCPU thread has ended.
-    pub fn vcpus_ended(&self) -> bool {
-        self.handles.iter().all(VcpuHandle::ended)
-    }
-
     /// The running vCPUs' handles (for the CPU scheduler).
     pub fn vcpus(&self) -> &[VcpuHandle] {
         &self.handles

@@ -34,15 +34,8 @@ impl Monitor {
         let Some(entry) = self.vms.get_mut(&id) else {
             return;
         };
-        let VmState::Running(vm) = &entry.state else {
+        if !matches!(entry.state, VmState::Running(_)) {
             return; // a created VM asked to stop is already with a worker
-        };
-        if !vm.vcpus_ended() {
-            // Torn down once its vCPU threads have ended (each says so):
-            // a worker would only wait for them, and when 200 VMs stop at
-            // once, 200 waiting workers cost 200 thread starts.
-            vm.command(crate::vcpu::VcpuCommand::Stop);
-            return;
         }
         let Some(VmState::Running(vm)) = entry.transition(VmState::Stopping) else {
             return;
