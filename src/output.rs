@@ -82,9 +82,10 @@ pub struct OutputRing {
     /// only at such rings, so a pass costs what was written, not an
     /// atomic lock and a look at every VM's ring.
     dirty: AtomicBool,
-    /// Only whole lines go out (a prefixed ring): the vCPU wakes the
+    /// What each of its lines starts with, when several VMs share the
+    /// terminal. Then only whole lines go out, and the vCPU wakes the
     /// writer at a line's end (or a long line), not for every byte.
-    whole_lines: bool,
+    prefix: Option<String>,
     wakeup: Arc<Wakeup>,
 }
 
@@ -116,7 +117,7 @@ impl OutputRing {
             // waits for its end (or for a wake-up by another ring). 200
             // booting guests woke the writer for every byte, and it took
             // a fifth of the CPU.
-            if !self.whole_lines || buf[..n].contains(&b'\n') || pending >= MAX_LINE {
+            if self.prefix.is_none() || buf[..n].contains(&b'\n') || pending >= MAX_LINE {
                 self.wakeup.notify(false);
             }
         }
@@ -167,11 +168,11 @@ pub enum Sink {
     File(std::fs::File),
 }
 
-/// The rings a writer serves, each with the prefix of its lines, and a
-/// count of changes to that list (the writer copies it only when it moved).
+/// The rings a writer serves, and a count of changes to that list (the
+/// writer copies it only when it moved).
 #[derive(Default)]
 struct RingList {
-    rings: Mutex<Vec<(Arc<OutputRing>, Option<String>)>>,
+    rings: Mutex<Vec<Arc<OutputRing>>>,
     changes: AtomicU64,
 }
 
@@ -218,17 +219,17 @@ impl OutputWriter {
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
-            whole_lines: prefix.is_some(),
+            prefix: prefix.map(|p| format!("{p}| ")),
             wakeup: self.wakeup.clone(),
         });
-        lock(&self.rings.rings).push((ring.clone(), prefix.map(|p| format!("{p}| "))));
+        lock(&self.rings.rings).push(ring.clone());
         self.rings.changes.fetch_add(1, Ordering::Release);
         ring
     }
 
     /// Stops serving `ring` (the writer's next pass drops it).
     pub fn remove(&self, ring: &Arc<OutputRing>) {
-        lock(&self.rings.rings).retain(|(r, _)| !Arc::ptr_eq(r, ring));
+        lock(&self.rings.rings).retain(|r| !Arc::ptr_eq(r, ring));
         self.rings.changes.fetch_add(1, Ordering::Release);
     }
 
@@ -301,10 +302,9 @@ pub fn vm_output(
     })
 }
 
-/// A ring as its writer serves it: with its prefix and its partial line.
+/// A ring as its writer serves it: with its partial line.
 struct Served {
     ring: Arc<OutputRing>,
-    prefix: Option<String>,
     line: Vec<u8>,
 }
 
@@ -331,10 +331,9 @@ impl ServedList {
             .collect();
         self.served = lock(&rings.rings)
             .iter()
-            .map(|(ring, prefix)| Served {
+            .map(|ring| Served {
                 line: old.remove(&ring_key(ring)).unwrap_or_default(),
                 ring: ring.clone(),
-                prefix: prefix.clone(),
             })
             .collect();
         self.changes = Some(changes);
@@ -358,7 +357,7 @@ impl ServedList {
             }
             any = true;
             let n = chunk.len() as u64;
-            let ok = match &s.prefix {
+            let ok = match &s.ring.prefix {
                 None => out.write_all(chunk).and_then(|()| out.flush()),
                 Some(p) => write_lines(out, p, &mut s.line, chunk),
             };
@@ -372,7 +371,7 @@ impl ServedList {
     /// At the end: the partial lines go out, each ended.
     fn end_lines(&mut self, out: &mut dyn Write) {
         for s in &mut self.served {
-            if let (Some(p), false) = (&s.prefix, s.line.is_empty()) {
+            if let (Some(p), false) = (&s.ring.prefix, s.line.is_empty()) {
                 s.line.push(b'\n');
                 let _ = emit(out, p, &mut s.line);
             }
