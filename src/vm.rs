@@ -225,8 +225,12 @@ impl Vm {
 
     /// CPU time used by its vCPU threads and its device thread so far, in ns.
     pub fn cpu_ns(&self) -> u64 {
-        let devices = self.device_thread.as_ref().map_or(0, DeviceThread::cpu_ns);
-        self.handles.iter().map(VcpuHandle::cpu_ns).sum::<u64>() + devices
+        self.handles.iter().map(VcpuHandle::cpu_ns).sum::<u64>() + self.device_cpu_ns()
+    }
+
+    /// The CPU time of the VM's device thread (0 without one).
+    pub fn device_cpu_ns(&self) -> u64 {
+        self.device_thread.as_ref().map_or(0, DeviceThread::cpu_ns)
     }
 
     /// Live exit counts, summed over the vCPUs.

@@ -40,6 +40,8 @@ struct VmSched {
     recheck_in: Vec<u8>,
     /// How many ticks apart a quiet vCPU's state is read now.
     backoff: Vec<u8>,
+    /// What the last read of each vCPU's run state found.
+    runnable: Vec<bool>,
 }
 
 /// A quiet vCPU (one that used little CPU and was not runnable) has its
@@ -47,6 +49,16 @@ struct VmSched {
 /// idle VMs the tick stays cheap, and a starved vCPU is still seen within
 /// this many ticks.
 const MAX_BACKOFF: u8 = 10;
+
+/// The most vCPU run states read from /proc in one tick. A read costs a
+/// few microseconds (the kernel formats the whole `stat` line); with many
+/// VMs sharing few CPUs, every vCPU uses less than a quarter of a tick and
+/// all would be read every tick: 200 reads, half a millisecond of the
+/// event loop each tick, which grows with N and delays every VM's tick.
+/// Beyond this many, a vCPU due for a read keeps its last state and is
+/// read first at the next tick (reads go round the VMs), so each state is
+/// at most a few ticks old at N = 200 and the tick's cost stays bounded.
+const MAX_STATE_READS: usize = 64;
 
 pub struct CpuScheduler {
     policy: Policy,
@@ -57,6 +69,8 @@ pub struct CpuScheduler {
     cap_timer: TimerFd,
     jitter: jitter::Jitter,
     rotation: usize,
+    /// The VM whose vCPUs' states are read first at the next tick.
+    next_read: VmId,
     ticks: u64,
     cost_ns: u64,
 }
@@ -73,6 +87,7 @@ impl CpuScheduler {
             cap_timer: nonblocking(TimerFd::new().map_err(io::Error::from)?)?,
             jitter: jitter::Jitter::new(tick),
             rotation: 0,
+            next_read: 0,
             ticks: 0,
             cost_ns: 0,
         })
@@ -136,6 +151,7 @@ impl CpuScheduler {
                 last_cpu_ns: vec![0; n],
                 recheck_in: vec![0; n],
                 backoff: vec![1; n],
+                runnable: vec![true; n],
             },
         );
     }
@@ -166,19 +182,32 @@ impl CpuScheduler {
         let expirations = self.timer.wait().unwrap_or(1);
         self.jitter.tick(std::time::Instant::now(), expirations);
         let tick_ns = self.tick.as_nanos() as u64;
-        let vms: Vec<(VmId, &Vm)> = vms.collect();
-        let samples: Vec<(VmId, Sample)> = vms
-            .iter()
-            .filter_map(|(id, vm)| {
-                let state = self.vms.get_mut(id)?;
-                Some((*id, sample(state, vm, tick_ns)))
-            })
-            .collect();
+        let mut vms: Vec<(VmId, &Vm)> = vms.collect();
+        vms.sort_unstable_by_key(|(id, _)| *id);
+        // State reads start at `next_read` and go round (MAX_STATE_READS).
+        let first = vms.partition_point(|(id, _)| *id < self.next_read);
+        let mut reads = MAX_STATE_READS;
+        let mut skipped = None;
+        let mut samples: Vec<(VmId, Sample)> = Vec::with_capacity(vms.len());
+        for (id, vm) in vms[first..].iter().chain(&vms[..first]) {
+            let Some(state) = self.vms.get_mut(id) else {
+                continue;
+            };
+            let (s, unread) = sample(state, vm, tick_ns, &mut reads);
+            if unread {
+                skipped.get_or_insert(*id);
+            }
+            samples.push((*id, s));
+        }
+        if let Some(id) = skipped {
+            self.next_read = id;
+        }
         let allowances = self.policy.tick(&samples);
         self.rotation = self.rotation.wrapping_add(1);
         for a in allowances {
-            let found = vms.iter().find(|(id, _)| *id == a.vm);
-            if let (Some((_, vm)), Some(state)) = (found, self.vms.get_mut(&a.vm)) {
+            let found = vms.binary_search_by_key(&a.vm, |(id, _)| *id).ok();
+            let vm = found.and_then(|i| vms.get(i)).map(|(_, vm)| *vm);
+            if let (Some(vm), Some(state)) = (vm, self.vms.get_mut(&a.vm)) {
                 allow_vcpus(state, vm.vcpus(), a.vcpus as usize, self.rotation);
             }
         }
@@ -206,16 +235,22 @@ impl CpuScheduler {
 /// Samples CPU use: the VM's total CPU time, and how many unparked vCPUs
 /// want CPU (used at least a quarter of the last tick, or runnable now).
 /// The run state costs a /proc read, so a vCPU found quiet is read again
-/// after 1, 2, 4, .. up to [`MAX_BACKOFF`] ticks.
-fn sample(state: &mut VmSched, vm: &Vm, tick_ns: u64) -> Sample {
+/// after 1, 2, 4, .. up to [`MAX_BACKOFF`] ticks, and at most `reads` more
+/// are read this tick: a vCPU due for a read beyond them keeps its last
+/// state. Returns the sample and whether such a vCPU was left unread.
+fn sample(state: &mut VmSched, vm: &Vm, tick_ns: u64, reads: &mut usize) -> (Sample, bool) {
     let mut busy = 0;
+    let mut used_ns = vm.device_cpu_ns();
+    let mut unread = false;
     for (i, h) in vm.vcpus().iter().enumerate() {
         let now = h.cpu_ns();
-        let (Some(last), Some(parked), Some(recheck), Some(backoff)) = (
+        used_ns += now;
+        let (Some(last), Some(parked), Some(recheck), Some(backoff), Some(runnable)) = (
             state.last_cpu_ns.get_mut(i),
             state.parked.get(i),
             state.recheck_in.get_mut(i),
             state.backoff.get_mut(i),
+            state.runnable.get_mut(i),
         ) else {
             continue;
         };
@@ -233,7 +268,15 @@ fn sample(state: &mut VmSched, vm: &Vm, tick_ns: u64) -> Sample {
             *recheck -= 1;
             continue;
         }
-        if h.runnable() {
+        if *reads == 0 {
+            // Due, but this tick's reads are spent: its last state stands.
+            unread = true;
+            busy += u32::from(*runnable);
+            continue;
+        }
+        *reads -= 1;
+        *runnable = h.runnable();
+        if *runnable {
             busy += 1;
             *backoff = 1;
         } else {
@@ -241,10 +284,11 @@ fn sample(state: &mut VmSched, vm: &Vm, tick_ns: u64) -> Sample {
             *backoff = (*backoff * 2).min(MAX_BACKOFF);
         }
     }
-    Sample {
-        used_ns: vm.cpu_ns(),
+    let sample = Sample {
+        used_ns,
         busy_vcpus: busy,
-    }
+    };
+    (sample, unread)
 }
 
 /// Lets `allowed` vCPUs run and parks the rest. Which ones are parked
