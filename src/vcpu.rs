@@ -330,9 +330,14 @@ fn violation_outcome(verifier: &Verifier, v: &crate::verifier::Violation) -> VmO
 impl Vcpu {
     /// Starts the vCPU's thread. It does not wait for the thread to run:
     /// with many busy vCPUs on the host CPUs that can take a while, and
-    /// the caller (a life-cycle worker) has other VMs to build.
-    pub fn spawn(self, thread_name: String) -> std::io::Result<VcpuHandle> {
+    /// the caller (a life-cycle worker) has other VMs to build. A `paused`
+    /// thread sets itself up (stack, filter) and waits for a
+    /// [`VcpuCommand::Resume`] before it first enters the guest.
+    pub fn spawn(self, thread_name: String, paused: bool) -> std::io::Result<VcpuHandle> {
         let (tx, rx) = channel();
+        if paused {
+            let _ = tx.send(VcpuCommand::Pause);
+        }
         let state = Arc::new(AtomicU8::new(VcpuState::Created as u8));
         let counters = Arc::new(VcpuCounters::default());
         let tid = Arc::new(AtomicI32::new(0));
@@ -396,13 +401,7 @@ impl Vcpu {
         let _kick = KickTarget::set(&mut self.fd);
         let (mut paused, mut throttled) = (false, false);
         set_state(VcpuState::Running);
-        if self.id == 0 {
-            log::debug!(
-                "{}: first KVM_RUN {:.3} ms after process start",
-                self.vm.name,
-                crate::since_start().as_secs_f64() * 1e3
-            );
-        }
+        let mut first_entry = self.id == 0;
         'run: loop {
             // Apply every pending command; while not allowed to run, wait
             // for the next one instead of entering the guest.
@@ -430,6 +429,13 @@ impl Vcpu {
             }
             if self.vm.stopping() {
                 break;
+            }
+            if std::mem::take(&mut first_entry) {
+                log::debug!(
+                    "{}: first KVM_RUN {:.3} ms after process start",
+                    self.vm.name,
+                    crate::since_start().as_secs_f64() * 1e3
+                );
             }
             match self.run_once(stats) {
                 Next::Continue => {}

@@ -175,12 +175,33 @@ impl Vm {
         }
     }
 
-    /// Starts every vCPU thread. If one cannot start, the VM is stopped.
+    /// Starts every vCPU thread (or lets the threads of
+    /// [`Vm::spawn_paused`] enter the guest). If one cannot start, the VM
+    /// is stopped.
     pub fn start(&mut self) -> Result<(), VmError> {
         self.started = Some(Instant::now());
+        if !self.handles.is_empty() {
+            // Their threads are there, waiting (`spawn_paused`).
+            self.command(VcpuCommand::Resume);
+            return Ok(());
+        }
+        self.spawn_vcpus(false)
+    }
+
+    /// Starts the vCPU threads without letting them enter the guest: they
+    /// wait for [`Vm::start`]. Starting a thread changes the process's
+    /// address space (its stack, the signal stack Rust gives every
+    /// thread, their guard pages), which every VM of the monitor that is
+    /// faulting its memory in then waits for (docs/design.md, "Starting
+    /// many VMs"); done at build, a later start changes nothing.
+    pub fn spawn_paused(&mut self) -> Result<(), VmError> {
+        self.spawn_vcpus(true)
+    }
+
+    fn spawn_vcpus(&mut self, paused: bool) -> Result<(), VmError> {
         for vcpu in std::mem::take(&mut self.vcpus) {
             let name = crate::builder::thread_name(&self.name, &format!("-v{}", vcpu.id));
-            match vcpu.spawn(name) {
+            match vcpu.spawn(name, paused) {
                 Ok(h) => self.handles.push(h),
                 Err(source) => {
                     self.shared.request_stop(VmOutcome::Error(format!(

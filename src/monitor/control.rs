@@ -243,7 +243,7 @@ impl Control for Monitor {
         let mut entry = VmEntry::new(spec);
         entry.waiting.push(waiter);
         self.vms.insert(id, entry);
-        self.build(id, start);
+        self.build(id, start, false);
         Ok(Answer::Later)
     }
 
@@ -300,7 +300,7 @@ impl Control for Monitor {
                     terminal.remove(&ring);
                 }
                 e.transition(VmState::Building);
-                self.build(id, true);
+                self.build(id, true, false);
                 Ok(Answer::Later)
             }
             _ => {

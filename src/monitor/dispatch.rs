@@ -202,7 +202,7 @@ impl Monitor {
                     self.plan.terminal.remove(&ring);
                 }
                 entry.transition(VmState::Building);
-                self.build(id, true);
+                self.build(id, true, false);
             }
         }
         if self.done() {

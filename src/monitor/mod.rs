@@ -295,7 +295,9 @@ impl Monitor {
     }
 
     /// Queues a build of VM `id` (its entry is in `Building`).
-    fn build(&mut self, id: VmId, start: bool) {
+    /// Has a worker build VM `id`, and start it when `start`; else, with
+    /// `threads`, with its vCPU threads waiting to be started.
+    fn build(&mut self, id: VmId, start: bool, threads: bool) {
         let Some(e) = self.vms.get(&id) else { return };
         let mut opts = self.plan.options();
         opts.exits = Some((self.exits.clone(), id));
@@ -309,6 +311,7 @@ impl Monitor {
                 seccomp: self.plan.output.clone(),
             },
             start,
+            threads,
         };
         self.submit(job);
     }

@@ -1,6 +1,6 @@
 //! `run()`: from a validated monitor spec to a running event loop, and the
 //! report once it ends. Every VM of the spec is built by the life-cycle
-//! workers, several at once, and each starts as soon as it is built.
+//! workers, several at once, and they start together once all are built.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -13,7 +13,7 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::workers::Workers;
+use super::workers::{Done, Workers};
 use super::{BuildPlan, Monitor, VmEntry, VmState};
 use crate::api::ApiServer;
 use crate::bus::lock;
@@ -166,9 +166,13 @@ impl Timers {
     }
 }
 
-/// The file's VMs build on the workers side by side, each starting as
-/// soon as it is built; the control socket is served once they all are
-/// (before the loop runs, so no tick waits on a build).
+/// The file's VMs build on the workers side by side, vCPU threads and
+/// all, and start together once they all are: a start then changes
+/// nothing in the address space that the booting VMs fault their memory
+/// in, and builds do not wait behind those faults (design.md, "Starting
+/// many VMs"). If one fails to build, none starts (the run fails). The
+/// control socket is served afterwards (before the loop runs, so no tick
+/// waits on a build).
 fn build_file_vms(monitor: &mut Monitor, spec: &MonitorSpec) -> Result<(), MonitorError> {
     for vm in &spec.vms {
         let id = monitor.next_id;
@@ -176,17 +180,41 @@ fn build_file_vms(monitor: &mut Monitor, spec: &MonitorSpec) -> Result<(), Monit
         let mut entry = VmEntry::new(vm.clone());
         entry.from_file = true;
         monitor.vms.insert(id, entry);
-        monitor.build(id, true);
+        monitor.build(id, false, true);
     }
+    let mut built = Vec::with_capacity(spec.vms.len());
     for _ in &spec.vms {
         match monitor.workers.done.recv() {
-            Ok(done) => monitor.finished(done),
+            Ok(done) => built.push(done),
             Err(_) => {
                 return Err(MonitorError::Build(
                     "the life-cycle workers are gone".into(),
                 ))
             }
         }
+    }
+    let all_built = built
+        .iter()
+        .all(|d| matches!(d, Done::Built { result: Ok(_), .. }));
+    for done in built {
+        let done = match done {
+            Done::Built {
+                id,
+                result: Ok(mut vm),
+                output,
+                started: false,
+            } if all_built => {
+                let result = vm.start().map(|()| vm);
+                Done::Built {
+                    id,
+                    result,
+                    output,
+                    started: true,
+                }
+            }
+            other => other,
+        };
+        monitor.finished(done);
     }
     Ok(())
 }

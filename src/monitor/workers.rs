@@ -1,7 +1,9 @@
 //! The life-cycle workers: threads that build VMs (and start them) and
 //! tear them down, so the event loop that every VM's ticks share never
 //! waits on KVM mapping guest memory, on a vCPU thread to join, or on
-//! memory being unmapped. Each VM starts as soon as it is built. Results
+//! memory being unmapped. A VM starts when it is built, or (the monitor
+//! file's) is built with its vCPU threads waiting, to start with the
+//! others (design.md, "Starting many VMs"). Results
 //! come back on a channel, with an eventfd the event loop watches.
 //!
 //! The pool is elastic. Most of a build's or a tear-down's time is spent
@@ -59,6 +61,9 @@ pub(crate) enum Job {
         opts: BuildOptions,
         output: OutputPlan,
         start: bool,
+        /// When not started: its vCPU threads are started paused
+        /// ([`Vm::spawn_paused`]), for a start that then maps nothing.
+        threads: bool,
     },
     /// Start a created VM's vCPUs (threads are started off the event
     /// loop, whose seccomp filter does not let it start any).
@@ -315,6 +320,7 @@ pub(crate) fn run_job(kvm: &Kvm, job: Job) -> Done {
             mut opts,
             output,
             start,
+            threads,
         } => {
             let (ring, result) = match crate::output::vm_output(
                 &spec.serial.output,
@@ -338,9 +344,10 @@ pub(crate) fn run_job(kvm: &Kvm, job: Job) -> Done {
                     }),
                 ),
             };
-            let result = match (result, start) {
-                (Ok(mut vm), true) => vm.start().map(|()| vm),
-                (other, _) => other,
+            let result = match (result, start, threads) {
+                (Ok(mut vm), true, _) => vm.start().map(|()| vm),
+                (Ok(mut vm), false, true) => vm.spawn_paused().map(|()| vm),
+                (other, _, _) => other,
             };
             Done::Built {
                 id,
