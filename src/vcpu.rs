@@ -369,6 +369,14 @@ impl Vcpu {
         })
     }
 
+    fn log_first_entry(&self) {
+        log::debug!(
+            "{}: first KVM_RUN {:.3} ms after process start",
+            self.vm.name,
+            crate::since_start().as_secs_f64() * 1e3
+        );
+    }
+
     fn run(mut self, commands: Receiver<VcpuCommand>, state: Arc<AtomicU8>, stats: &VcpuCounters) {
         let set_state = |s: VcpuState| state.store(s as u8, Ordering::Release);
         // Started by a life-cycle worker: back to the VMs' priority.
@@ -431,11 +439,7 @@ impl Vcpu {
                 break;
             }
             if std::mem::take(&mut first_entry) {
-                log::debug!(
-                    "{}: first KVM_RUN {:.3} ms after process start",
-                    self.vm.name,
-                    crate::since_start().as_secs_f64() * 1e3
-                );
+                self.log_first_entry();
             }
             match self.run_once(stats) {
                 Next::Continue => {}
