@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::workers::Job;
+use super::workers::{Job, Launch};
 use super::{AfterStop, Monitor, VmEntry, VmId, VmState};
 use crate::api::{Answer, Control, Waiter, STOPPED_BY_API};
 use crate::config::VmSpec;
@@ -243,7 +243,7 @@ impl Control for Monitor {
         let mut entry = VmEntry::new(spec);
         entry.waiting.push(waiter);
         self.vms.insert(id, entry);
-        self.build(id, start, false);
+        self.build(id, if start { Launch::Now } else { Launch::Later });
         Ok(Answer::Later)
     }
 
@@ -300,7 +300,7 @@ impl Control for Monitor {
                     terminal.remove(&ring);
                 }
                 e.transition(VmState::Building);
-                self.build(id, true, false);
+                self.build(id, Launch::Now);
                 Ok(Answer::Later)
             }
             _ => {

@@ -5,7 +5,7 @@
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde_json::json;
 
-use super::workers::{Done, Job};
+use super::workers::{Done, Job, Launch};
 use super::{AfterStop, Monitor, VmId, VmState};
 use crate::host::signal_name;
 use crate::vm::{Vm, VmError, VmReport};
@@ -202,7 +202,7 @@ impl Monitor {
                     self.plan.terminal.remove(&ring);
                 }
                 entry.transition(VmState::Building);
-                self.build(id, true, false);
+                self.build(id, Launch::Now);
             }
         }
         if self.done() {

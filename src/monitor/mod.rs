@@ -294,10 +294,9 @@ impl Monitor {
         }
     }
 
-    /// Queues a build of VM `id` (its entry is in `Building`).
-    /// Has a worker build VM `id`, and start it when `start`; else, with
-    /// `threads`, with its vCPU threads waiting to be started.
-    fn build(&mut self, id: VmId, start: bool, threads: bool) {
+    /// Queues a build of VM `id` (its entry is in `Building`), launched
+    /// as `launch` says.
+    fn build(&mut self, id: VmId, launch: workers::Launch) {
         let Some(e) = self.vms.get(&id) else { return };
         let mut opts = self.plan.options();
         opts.exits = Some((self.exits.clone(), id));
@@ -310,8 +309,7 @@ impl Monitor {
                 prefix: self.plan.prefix,
                 seccomp: self.plan.output.clone(),
             },
-            start,
-            threads,
+            launch,
         };
         self.submit(job);
     }

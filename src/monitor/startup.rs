@@ -13,7 +13,7 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::workers::{Done, Workers};
+use super::workers::{Done, Launch, Workers};
 use super::{BuildPlan, Monitor, VmEntry, VmState};
 use crate::api::ApiServer;
 use crate::bus::lock;
@@ -180,7 +180,7 @@ fn build_file_vms(monitor: &mut Monitor, spec: &MonitorSpec) -> Result<(), Monit
         let mut entry = VmEntry::new(vm.clone());
         entry.from_file = true;
         monitor.vms.insert(id, entry);
-        monitor.build(id, false, true);
+        monitor.build(id, Launch::Paused);
     }
     let mut built = Vec::with_capacity(spec.vms.len());
     for _ in &spec.vms {

@@ -60,10 +60,7 @@ pub(crate) enum Job {
         spec: Box<VmSpec>,
         opts: BuildOptions,
         output: OutputPlan,
-        start: bool,
-        /// When not started: its vCPU threads are started paused
-        /// ([`Vm::spawn_paused`]), for a start that then maps nothing.
-        threads: bool,
+        launch: Launch,
     },
     /// Start a created VM's vCPUs (threads are started off the event
     /// loop, whose seccomp filter does not let it start any).
@@ -74,6 +71,18 @@ pub(crate) enum Job {
         vm: Box<Vm>,
         throttle_events: u64,
     },
+}
+
+/// How far a build goes past the VM itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Launch {
+    /// Its vCPUs start at once.
+    Now,
+    /// Its vCPU threads start and wait before the guest
+    /// ([`Vm::spawn_paused`]), for a start that then maps nothing.
+    Paused,
+    /// It stays created; a later `start` makes its threads.
+    Later,
 }
 
 /// What a worker did.
@@ -319,8 +328,7 @@ pub(crate) fn run_job(kvm: &Kvm, job: Job) -> Done {
             spec,
             mut opts,
             output,
-            start,
-            threads,
+            launch,
         } => {
             let (ring, result) = match crate::output::vm_output(
                 &spec.serial.output,
@@ -344,16 +352,16 @@ pub(crate) fn run_job(kvm: &Kvm, job: Job) -> Done {
                     }),
                 ),
             };
-            let result = match (result, start, threads) {
-                (Ok(mut vm), true, _) => vm.start().map(|()| vm),
-                (Ok(mut vm), false, true) => vm.spawn_paused().map(|()| vm),
-                (other, _, _) => other,
+            let result = match (result, launch) {
+                (Ok(mut vm), Launch::Now) => vm.start().map(|()| vm),
+                (Ok(mut vm), Launch::Paused) => vm.spawn_paused().map(|()| vm),
+                (other, _) => other,
             };
             Done::Built {
                 id,
                 result,
                 output: ring,
-                started: start,
+                started: launch == Launch::Now,
             }
         }
         Job::Start { id, mut vm } => {
