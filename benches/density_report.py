@@ -172,6 +172,7 @@ def report(results, out, docs, run_id=None):
     md, groups, systems, counts = tables(run, trials)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(md + "\n")
+    os.makedirs(docs, exist_ok=True)
     plot(groups, systems, counts, run, os.path.join(docs, "perf-density.png"))
     return md
 
