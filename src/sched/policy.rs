@@ -12,18 +12,16 @@
 //!   virtual times are pulled level, so no VM is later punished for CPU
 //!   that nobody else wanted (work conservation);
 //! - under contention, an active VM whose virtual time runs more than
-//!   the *band* ahead of the slowest unthrottled active VM is throttled,
-//!   and is released when that VM has caught up (hysteresis: release at 0
-//!   lead). The band is one tick of virtual time with a few VMs per CPU
-//!   and narrows as more VMs share the CPUs (see [`Policy::band_ns`]);
+//!   `bound` ahead of the slowest unthrottled active VM is throttled, and is
+//!   released when that VM has caught up (hysteresis: release at 0 lead);
 //! - a throttled VM may still run as many vCPUs as are needed to keep every
 //!   allowed CPU busy (never leave a CPU idle while a VM wants one);
-//! - an idle VM's virtual time is pulled up to one tick of virtual time
-//!   (its *credit*) behind the slowest active VM, so it cannot bank credit
-//!   while idle and then monopolise the CPUs when it wakes;
-//! - a VM that joins while others run starts as an idle VM wakes up, one
-//!   credit behind the slowest established VM, so it boots ahead of the
-//!   running VMs for at most one credit of virtual time;
+//! - an idle VM's virtual time is pulled up to `bound` behind the slowest
+//!   active VM, so it cannot bank credit while idle and then monopolise the
+//!   CPUs when it wakes;
+//! - a VM that joins while others run starts as an idle VM wakes up,
+//!   `bound` behind the slowest established VM, so it boots ahead of the
+//!   running VMs for at most `bound` of virtual time;
 //! - `cpu.max` is a hard cap, accounted as CFS bandwidth control does: each
 //!   period (10 ticks) grants a quota of `max × period` of CPU; a VM that
 //!   has used its quota is parked until a period refills it, and what it
@@ -40,17 +38,6 @@ pub type VmId = usize;
 
 /// Weight that makes virtual time equal CPU time.
 const UNIT_WEIGHT: f64 = 100.0;
-
-/// With many VMs per CPU the throttling band is this many ticks of one
-/// vCPU's fair share: a VM is held back once it is that far ahead, so the
-/// shares even out within a few ticks' worth of each VM's progress
-/// (docs/scheduler.md, "Many VMs on few CPUs").
-const BAND_SHARES: f64 = 8.0;
-
-/// The narrowest band, in ns of virtual time. The host kernel hands a
-/// CPU out in slices of about a millisecond; a band below that would park
-/// nearly every VM after each slice for no gain in precision.
-const MIN_BAND_NS: f64 = 1_000_000.0;
 
 /// Ticks per `cpu.max` accounting period.
 pub const CAP_PERIOD_TICKS: u32 = 10;
@@ -162,65 +149,46 @@ impl VmState {
 pub struct Policy {
     cpus: u32,
     tick_ns: u64,
-    /// How far behind the others a joining or waking VM may start, in ns
-    /// of virtual time: one tick.
-    credit: f64,
-    /// The throttling band of the last tick, in ns of virtual time.
-    band: f64,
+    bound: f64,
     tick_in_period: u32,
     vms: BTreeMap<VmId, VmState>,
 }
 
 impl Policy {
     /// A policy for `cpus` allowed host CPUs and a tick of `tick_ns`. The
-    /// credit of a joining or waking VM is one tick of virtual time.
+    /// fairness bound is one tick of virtual time.
     pub fn new(cpus: u32, tick_ns: u64) -> Self {
         Policy {
             cpus: cpus.max(1),
             tick_ns,
-            credit: tick_ns as f64,
-            band: tick_ns as f64,
+            bound: tick_ns as f64,
             tick_in_period: 0,
             vms: BTreeMap::new(),
         }
     }
 
-    /// The throttling band of the last tick, in ns of virtual time: how
-    /// far ahead of the slowest runnable VM a VM may run before it is
-    /// held back. One tick while `wanted` (the vCPUs that want to run) is
-    /// at most [`BAND_SHARES`] per CPU; beyond that [`BAND_SHARES`] ticks
-    /// of one vCPU's fair share (`tick × cpus / wanted`), so that with 80
-    /// VMs on a CPU a VM is held back after about a millisecond of lead,
-    /// not after the 80 ticks that one tick of lead takes it to earn; at
-    /// least [`MIN_BAND_NS`] (or the tick, if shorter).
-    pub fn band_ns(&self) -> f64 {
-        self.band
-    }
-
-    fn band_for(&self, wanted: u32) -> f64 {
-        let tick = self.tick_ns as f64;
-        let share = tick * f64::from(self.cpus) / f64::from(wanted.max(1));
-        (BAND_SHARES * share).clamp(MIN_BAND_NS.min(tick), tick)
+    /// The fairness bound, in ns of virtual time.
+    pub fn bound_ns(&self) -> f64 {
+        self.bound
     }
 
     fn period_ns(&self) -> u64 {
         self.tick_ns * u64::from(CAP_PERIOD_TICKS)
     }
 
-    /// Adds a VM. It joins as an idle VM wakes up: one credit (a tick of
-    /// virtual time) behind the slowest active established VM, so that it
-    /// boots at once instead of waiting for a 1/N share (but gets at most
-    /// one credit ahead of its share). VMs that join together all join
-    /// against the same established VM, so a burst of N joins costs the
-    /// others at most N credits of virtual time, not more for every later
-    /// one. With no
+    /// Adds a VM. It joins as an idle VM wakes up: `bound` behind the
+    /// slowest active established VM, so that it boots at once instead of
+    /// waiting for a 1/N share (but gets at most `bound` ahead of its
+    /// share). VMs that join together all join against the same
+    /// established VM, so a burst of N joins costs the others at most
+    /// N × `bound` of virtual time, not more for every later one. With no
     /// established VM to join against, it starts level with the slowest
     /// active VM. It is charged for the part of the current cap period
     /// already gone (a VM starting late in a period does not get a whole
     /// quota for it).
     pub fn add_vm(&mut self, vm: VmId, weight: u32, max: Option<f64>, vcpus: u32, used_ns: u64) {
         let (vtime, joining) = match self.min_established_vtime() {
-            Some(v) => (v - self.credit, true),
+            Some(v) => (v - self.bound, true),
             None => (self.min_active_vtime().unwrap_or(0.0), false),
         };
         let period_used = max.map_or(0, |m| {
@@ -342,7 +310,6 @@ impl Policy {
 
         self.settle_joiners();
         let wanted: u32 = self.vms.values().map(VmState::usable).sum();
-        self.band = self.band_for(wanted);
         if wanted > self.cpus {
             self.throttle_the_leaders();
         } else {
@@ -366,7 +333,7 @@ impl Policy {
         }
     }
 
-    /// Under contention: throttle the VMs more than the band ahead of the
+    /// Under contention: throttle the VMs more than `bound` ahead of the
     /// slowest runnable one, release those that it has caught up with.
     fn throttle_the_leaders(&mut self) {
         let runnable_min = self
@@ -385,17 +352,17 @@ impl Policy {
         let Some(v_min) = v_min else {
             return;
         };
-        let (band, credit) = (self.band, self.credit);
+        let bound = self.bound;
         for s in self.vms.values_mut() {
             if s.usable() == 0 {
                 // Idle (or capped): no banking of credit.
-                s.vtime = s.vtime.max(v_min - credit);
+                s.vtime = s.vtime.max(v_min - bound);
                 s.throttle.fair = false;
             } else if s.throttle.fair {
                 if s.vtime <= v_min {
                     s.throttle.fair = false;
                 }
-            } else if s.vtime - v_min > band {
+            } else if s.vtime - v_min > bound {
                 s.throttle.fair = true;
                 s.throttle_events += 1;
             }
