@@ -554,6 +554,25 @@ mod regressions {
         }
     }
 
+    /// A cap that serde_json's default float parser read back one ULP
+    /// off (4.0774220221397694e-308 came back as 4.077422022139769e-308):
+    /// `hearth convert` must give back the very spec it was given.
+    #[test]
+    fn a_subnormal_cap_converts_back_exactly() {
+        let _heap = support::shared();
+        for max in ["4.0774220221397694e-308", "5e-324", "0.30000000000000004"] {
+            run(&Case {
+                kind: 0,
+                which: 0,
+                edits: vec![].into(),
+                text: format!(
+                    r#"{{"name": "hello", "kernel": {{"path": "vmlinux"}},
+                        "memory": {{"size_mib": 256}}, "cpu": {{"vcpus": 2, "max": {max}}}}}"#
+                ),
+            });
+        }
+    }
+
     #[test]
     fn a_duplicated_vm_and_a_cut_file() {
         let _heap = support::shared();
