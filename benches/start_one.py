@@ -16,7 +16,6 @@ Without a `firecracker` on PATH only Hearth is timed.
 """
 
 import argparse
-import glob
 import json
 import os
 import shutil
@@ -27,15 +26,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BOOT_LINE = b"hearth-guest:"
-
-
-def guest_elf():
-    cands = glob.glob(os.path.join(ROOT, "target/release/build/hearth-*/out/hearth-guest.elf"))
-    if not cands:
-        sys.exit("start_one: no hearth-guest.elf under target/release (cargo build --release)")
-    return max(cands, key=os.path.getmtime)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The guest, its command line and Firecracker's config as the density bench makes them.
+from density import BOOT_LINE, ROOT, firecracker_argv, guest_cmdline, guest_elf  # noqa: E402
 
 
 def time_to_first_line(argv, cpu, timeout):
@@ -80,32 +73,26 @@ def main():
     ap.add_argument("--memory", type=int, default=128, help="MiB of guest RAM")
     ap.add_argument("--hearth", default=os.path.join(ROOT, "target/release/hearth"))
     ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--scenario", default="spin", choices=("spin", "idle"))
     ap.add_argument("--out", help="write the figures here as JSON")
     args = ap.parse_args()
     others = [c for c in range(os.cpu_count()) if c != args.cpu]
     if others:
         os.sched_setaffinity(0, others)
-    elf = guest_elf()
+    args.elf = guest_elf()
     tmp = tempfile.mkdtemp(prefix="start-one-")
-    cmdline = "hearth.scenario=spin"
     with open(os.path.join(tmp, "monitor.json"), "w") as f:
         json.dump({"host": {"cpu": {"cpus": [args.cpu]}},
-                   "vms": [{"name": "vm0", "kernel": {"path": elf, "cmdline": cmdline},
+                   "vms": [{"name": "vm0",
+                            "kernel": {"path": args.elf, "cmdline": guest_cmdline(args)},
                             "memory": {"size_mib": args.memory}}]}, f)
-    with open(os.path.join(tmp, "fc.json"), "w") as f:
-        json.dump({"boot-source": {"kernel_image_path": elf, "boot_args": cmdline},
-                   "drives": [],
-                   "machine-config": {"vcpu_count": 1, "mem_size_mib": args.memory}}, f)
     sock = os.path.join(tmp, "api.sock")
     systems = {"hearth": [args.hearth, "serve", "--config", os.path.join(tmp, "monitor.json"),
                           "--stats-file", os.path.join(tmp, "stats.json"),
                           "--api-socket", sock]}
-    fc = shutil.which("firecracker")
-    if fc:
-        log = os.path.join(tmp, "fc.log")
-        open(log, "w").close()
-        systems["firecracker"] = [fc, "--no-api", "--config-file", os.path.join(tmp, "fc.json"),
-                                  "--log-path", log, "--level", "Warning"]
+    args.firecracker = shutil.which("firecracker")
+    if args.firecracker:
+        systems["firecracker"] = firecracker_argv(args, 0, tmp)
     times = {name: [] for name in systems}
     names = list(systems)
     for i in range(args.rounds):
