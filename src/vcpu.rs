@@ -3,7 +3,7 @@
 //! (a command channel plus a kick signal).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -44,6 +44,37 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
 /// Installs the kick handler (once per process, before any vCPU starts).
 pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     register_signal_handler(kick_signal(), handle_kick)
+}
+
+/// Whether the process may keep stopped vCPU threads until it exits
+/// ([`allow_linger`]), and whether it does now ([`linger`]).
+static LINGER_ALLOWED: AtomicBool = AtomicBool::new(false);
+static LINGER: AtomicBool = AtomicBool::new(false);
+
+/// The process exits once its monitor is done (the `hearth` binary, not
+/// a library user that goes on): [`linger`] may take effect.
+pub fn allow_linger() {
+    LINGER_ALLOWED.store(true, Ordering::Release);
+}
+
+/// Every VM is stopping and the process exits after: a vCPU thread that
+/// stops from now on closes its vCPU and then waits for the process's
+/// exit instead of ending, and [`VcpuHandle::join`] waits for the close
+/// only. A thread's end unmaps its stacks and its signal stack, and in a
+/// monitor of many VMs each unmap calls into every VM still alive (KVM's
+/// MMU notifiers) and queues on the process's one `mmap_lock`; the
+/// process's exit takes all of that at once, after the VMs are gone
+/// (docs/design.md, "The life of a VM").
+pub fn linger() {
+    if LINGER_ALLOWED.load(Ordering::Acquire) {
+        LINGER.store(true, Ordering::Release);
+    }
+}
+
+/// Whether stopped vCPU threads and guest memory are left to the
+/// process's exit ([`linger`]).
+pub fn lingering() -> bool {
+    LINGER.load(Ordering::Acquire)
 }
 
 /// Points the kick handler at this thread's kvm_run while alive.
@@ -202,6 +233,8 @@ pub struct VcpuHandle {
     /// The thread's /proc stat file, opened by the thread itself first
     /// thing (so it is there inside the sandbox, which has no /proc).
     stat: Arc<OnceLock<crate::host::ProcFile>>,
+    /// Disconnected once the thread has closed its vCPU (or ended).
+    closed: Receiver<()>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -270,9 +303,18 @@ impl VcpuHandle {
         }
     }
 
-    /// Waits for the thread to end and returns its exit counts.
+    /// Waits for the thread to end (when the process lingers, only for it
+    /// to close its vCPU: it may not end before the process does, and its
+    /// handle is let go) and returns its exit counts.
     pub fn join(&mut self) -> VcpuStats {
-        if let Some(Err(_)) = self.thread.take().map(JoinHandle::join) {
+        if lingering() {
+            let _ = self.closed.recv();
+        }
+        let thread = match self.thread.take() {
+            Some(t) if lingering() && !t.is_finished() => None,
+            other => other,
+        };
+        if let Some(Err(_)) = thread.map(JoinHandle::join) {
             log::error!("vCPU {} thread panicked", self.id);
         }
         self.counters.snapshot()
@@ -335,6 +377,7 @@ impl Vcpu {
     /// [`VcpuCommand::Resume`] before it first enters the guest.
     pub fn spawn(self, thread_name: String, paused: bool) -> std::io::Result<VcpuHandle> {
         let (tx, rx) = channel();
+        let (closed_tx, closed) = channel();
         if paused {
             let _ = tx.send(VcpuCommand::Pause);
         }
@@ -355,7 +398,7 @@ impl Vcpu {
                 if let Ok(file) = crate::host::own_stat() {
                     let _ = own_stat.set(file);
                 }
-                self.run(rx, st, &ct)
+                self.run(rx, st, &ct, closed_tx)
             })?;
         Ok(VcpuHandle {
             id,
@@ -365,6 +408,7 @@ impl Vcpu {
             tid,
             cpu_clock: crate::host::thread_cpu_clock(&thread),
             stat,
+            closed,
             thread: Some(thread),
         })
     }
@@ -377,7 +421,13 @@ impl Vcpu {
         );
     }
 
-    fn run(mut self, commands: Receiver<VcpuCommand>, state: Arc<AtomicU8>, stats: &VcpuCounters) {
+    fn run(
+        mut self,
+        commands: Receiver<VcpuCommand>,
+        state: Arc<AtomicU8>,
+        stats: &VcpuCounters,
+        closed: Sender<()>,
+    ) {
         let set_state = |s: VcpuState| state.store(s as u8, Ordering::Release);
         // Started by a life-cycle worker: back to the VMs' priority.
         if let Err(e) = crate::host::leave_monitor_priority() {
@@ -406,7 +456,7 @@ impl Vcpu {
                 return;
             }
         }
-        let _kick = KickTarget::set(&mut self.fd);
+        let kick = KickTarget::set(&mut self.fd);
         let (mut paused, mut throttled) = (false, false);
         set_state(VcpuState::Running);
         let mut first_entry = self.id == 0;
@@ -452,7 +502,18 @@ impl Vcpu {
         stats
             .final_cpu_ns
             .store(crate::host::current_thread_cpu_ns(), Ordering::Release);
+        // The vCPU (its fd and its kvm_run mapping) closes before the
+        // thread reports itself stopped: the VM can go once all have.
+        drop(kick);
+        drop(self);
         set_state(VcpuState::Stopped);
+        drop(closed);
+        if lingering() {
+            // Kicks that still come find no kvm_run and do nothing.
+            loop {
+                std::thread::park();
+            }
+        }
     }
 
     /// One KVM_RUN and the handling of its exit. This is the hot path:

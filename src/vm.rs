@@ -278,6 +278,11 @@ impl Vm {
             cpu_ns += t.cpu_ns();
             t.stop();
         }
+        if crate::vcpu::lingering() {
+            // The process exits next: its exit unmaps guest memory once
+            // every VM is gone, with no VM left to notify (see `linger`).
+            std::mem::forget(self._mem.clone());
+        }
         VmReport {
             cpu_ns,
             throttle_events: 0,
