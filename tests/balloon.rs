@@ -317,10 +317,13 @@ fn linux_probes_the_balloon_inflates_it_and_sends_statistics() {
     // run), possibly before the balloon is full on a loaded machine.
     let actual = m["balloon_actual_mib"].as_u64().unwrap_or(0);
     assert!((8..=32).contains(&actual), "{m}");
-    assert_eq!(
-        m["inflated_pages"].as_u64().map(|p| p / 256),
-        Some(actual),
-        "{m}"
+    // The guest writes `actual` after the host has taken each batch of up
+    // to 256 pages (1 MiB): a reset between the two leaves the host one
+    // batch ahead (seen once in CI: 23 MiB inflated, 22 reported).
+    let inflated = m["inflated_pages"].as_u64().unwrap_or(0) / 256;
+    assert!(
+        (actual..=actual + 1).contains(&inflated),
+        "inflated {inflated} MiB against {actual} reported: {m}"
     );
     assert!(m["stats_updates"].as_u64() > Some(0), "{m}");
     assert!(m["guest_total_mib"].as_u64() > Some(200), "{m}");
