@@ -216,37 +216,6 @@ pub fn thread_runnable(stat: &ProcFile) -> Option<bool> {
     })
 }
 
-/// Makes every thread allocate from glibc's main arena. A thread arena's
-/// first shrink makes glibc open `/proc/sys/vm/overcommit_memory`, which
-/// no seccomp filter of a running monitor allows (the main arena shrinks
-/// with `brk`); one arena also keeps per-thread memory down, which counts
-/// with many VMs in one process. Call before any thread starts.
-///
-/// The heap also changes the address space rarely: it grows in steps of
-/// at least [`HEAP_STEP`], is not shrunk until [`HEAP_KEEP`] is free at
-/// its top, and blocks under [`HEAP_STEP`] come from it, not from a
-/// mapping of their own. Each `brk`, `mmap` or `munmap` takes the
-/// process's `mmap_lock` for writing, and with many VMs booting (their
-/// vCPU threads take it for reading on every fault KVM takes on guest
-/// memory) one writer could start a convoy that stalled every VM for
-/// seconds (docs/performance.md, "Start of 200 after an earlier run"):
-/// the statistics writer's buffer of 150 KiB with 200 VMs was mapped and
-/// unmapped every second, and the heap grown and shrunk with it.
-pub fn one_malloc_arena() {
-    // SAFETY: mallopt only sets allocator parameters.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_STEP);
-        libc::mallopt(libc::M_TOP_PAD, HEAP_STEP);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_KEEP);
-    }
-}
-
-/// The least the heap grows by, and the largest block it serves.
-const HEAP_STEP: i32 = 4 << 20;
-/// Free memory at the top of the heap kept for later.
-const HEAP_KEEP: i32 = 32 << 20;
-
 /// The calling thread's effective and permitted capabilities, as one mask
 /// (0 when it has none).
 pub fn capabilities() -> io::Result<u64> {

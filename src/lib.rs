@@ -23,6 +23,7 @@ pub mod mem;
 pub mod metrics;
 pub mod monitor;
 pub mod output;
+pub mod process;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod sched;

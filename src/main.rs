@@ -282,7 +282,7 @@ fn finish(result: Result<monitor::MonitorReport, monitor::MonitorError>) -> Exit
 fn main() -> ExitCode {
     hearth::mark_start();
     // The process ends with its monitor: stopped vCPU threads may be left to its exit.
-    hearth::vcpu::allow_linger();
+    hearth::process::allow_linger();
     let cli = Cli::parse();
     hearth::logger::init(cli.log_level);
     match cli.command {

@@ -3,7 +3,7 @@
 //! (a command channel plus a kick signal).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -44,37 +44,6 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
 /// Installs the kick handler (once per process, before any vCPU starts).
 pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     register_signal_handler(kick_signal(), handle_kick)
-}
-
-/// Whether the process may keep stopped vCPU threads until it exits
-/// ([`allow_linger`]), and whether it does now ([`linger`]).
-static LINGER_ALLOWED: AtomicBool = AtomicBool::new(false);
-static LINGER: AtomicBool = AtomicBool::new(false);
-
-/// The process exits once its monitor is done (the `hearth` binary, not
-/// a library user that goes on): [`linger`] may take effect.
-pub fn allow_linger() {
-    LINGER_ALLOWED.store(true, Ordering::Release);
-}
-
-/// Every VM is stopping and the process exits after: a vCPU thread that
-/// stops from now on closes its vCPU and then waits for the process's
-/// exit instead of ending, and [`VcpuHandle::join`] waits for the close
-/// only. A thread's end unmaps its stacks and its signal stack, and in a
-/// monitor of many VMs each unmap calls into every VM still alive (KVM's
-/// MMU notifiers) and queues on the process's one `mmap_lock`; the
-/// process's exit takes all of that at once, after the VMs are gone
-/// (docs/design.md, "The life of a VM").
-pub fn linger() {
-    if LINGER_ALLOWED.load(Ordering::Acquire) {
-        LINGER.store(true, Ordering::Release);
-    }
-}
-
-/// Whether stopped vCPU threads and guest memory are left to the
-/// process's exit ([`linger`]).
-pub fn lingering() -> bool {
-    LINGER.load(Ordering::Acquire)
 }
 
 /// Points the kick handler at this thread's kvm_run while alive.
@@ -307,11 +276,11 @@ impl VcpuHandle {
     /// to close its vCPU: it may not end before the process does, and its
     /// handle is let go) and returns its exit counts.
     pub fn join(&mut self) -> VcpuStats {
-        if lingering() {
+        if crate::process::lingering() {
             let _ = self.closed.recv();
         }
         let thread = match self.thread.take() {
-            Some(t) if lingering() && !t.is_finished() => None,
+            Some(t) if crate::process::lingering() && !t.is_finished() => None,
             other => other,
         };
         if let Some(Err(_)) = thread.map(JoinHandle::join) {
@@ -508,11 +477,9 @@ impl Vcpu {
         drop(self);
         set_state(VcpuState::Stopped);
         drop(closed);
-        if lingering() {
-            // Kicks that still come find no kvm_run and do nothing.
-            loop {
-                std::thread::park();
-            }
+        // Lingering, it waits for the exit; kicks find no kvm_run now.
+        while crate::process::lingering() {
+            std::thread::park();
         }
     }
 

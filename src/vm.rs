@@ -278,7 +278,7 @@ impl Vm {
             cpu_ns += t.cpu_ns();
             t.stop();
         }
-        if crate::vcpu::lingering() {
+        if crate::process::lingering() {
             // The process exits next: its exit unmaps guest memory once
             // every VM is gone, with no VM left to notify (see `linger`).
             std::mem::forget(self._mem.clone());

@@ -264,7 +264,7 @@ impl Monitor {
     fn stop_all(&mut self, why: &str) {
         self.shutting_down = true;
         // Nothing runs after this but the tear-downs and the process's exit.
-        crate::vcpu::linger();
+        crate::process::linger();
         let ids: Vec<VmId> = self.vms.keys().copied().collect();
         for id in ids {
             self.stop_vm(id, why);

@@ -318,7 +318,7 @@ type Loop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 /// priority, the vCPU kick handler.
 fn prepare_process(spec: &MonitorSpec, opts: &RunOptions) -> Result<Signals, MonitorError> {
     let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
-    crate::host::one_malloc_arena();
+    crate::process::one_malloc_arena();
     if spec.host.sandbox.is_some() {
         if opts.stats_file.is_some() {
             return Err(MonitorError::StatsInSandbox);
