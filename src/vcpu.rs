@@ -276,13 +276,11 @@ impl VcpuHandle {
     /// to close its vCPU: it may not end before the process does, and its
     /// handle is let go) and returns its exit counts.
     pub fn join(&mut self) -> VcpuStats {
+        let mut thread = self.thread.take();
         if crate::process::lingering() {
             let _ = self.closed.recv();
+            thread = thread.filter(JoinHandle::is_finished);
         }
-        let thread = match self.thread.take() {
-            Some(t) if crate::process::lingering() && !t.is_finished() => None,
-            other => other,
-        };
         if let Some(Err(_)) = thread.map(JoinHandle::join) {
             log::error!("vCPU {} thread panicked", self.id);
         }
