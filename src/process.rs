@@ -1,9 +1,12 @@
 //! Process-wide settings of the `hearth` process: how its allocator uses
-//! the address space, and whether its last tear-down is left to its exit.
-//! Both exist because every VM of a monitor shares one address space:
-//! each change to it calls into every KVM VM (their MMU notifiers) and
-//! takes the process's one `mmap_lock` for writing.
+//! the address space, how many files it may hold, and whether its last
+//! tear-down is left to its exit. They exist because every VM of a
+//! monitor shares one process: each change to its address space calls
+//! into every KVM VM (their MMU notifiers) and takes its one `mmap_lock`
+//! for writing, and every VM's descriptors are in its one file table.
 
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether the process may keep stopped vCPU threads until it exits
@@ -67,3 +70,58 @@ pub fn one_malloc_arena() {
 const HEAP_STEP: i32 = 4 << 20;
 /// Free memory at the top of the heap kept for later.
 const HEAP_KEEP: i32 = 32 << 20;
+
+/// Open files a monitor is sized for up front: this many VMs at
+/// [`FDS_PER_VM`] each (more if its file has more VMs).
+const RESERVED_VMS: usize = 256;
+/// File descriptors per VM: its KVM VM and vCPUs, eventfds and timers of
+/// its devices, its disks and taps (a test guest holds 5, a Linux guest
+/// with a disk and a network device about 12).
+const FDS_PER_VM: usize = 8;
+/// The highest soft limit on open files the monitor raises itself to.
+const MAX_NOFILE: u64 = 1 << 20;
+
+/// Lets the process hold the files of many VMs, and sizes its file table
+/// for them now. Call while the process has one thread.
+///
+/// The soft limit on open files is raised to the hard limit (a test-guest
+/// VM holds 5 descriptors; Debian's default soft limit of 1024 would end
+/// a monitor near 200 VMs). And the file table, which the kernel doubles
+/// as it fills, is grown once here: in a process with more than one
+/// thread each doubling waits for an RCU grace period, and every thread
+/// that opens a file meanwhile waits with it. Under 200 booting VMs on
+/// one CPU one such wait held a starting vCPU for 1.4 s (the grace period
+/// waits for CPUs that run guests). Returns the table's size now.
+pub fn reserve_fds(file_vms: usize, any: &impl AsRawFd) -> io::Result<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, which lives here.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let want = lim.rlim_max.min(MAX_NOFILE).max(lim.rlim_cur);
+    if want > lim.rlim_cur {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = want;
+        }
+    }
+    let table = (64 + FDS_PER_VM * file_vms.max(RESERVED_VMS)).next_power_of_two();
+    let table = table.min(usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX));
+    let highest = libc::c_int::try_from(table.saturating_sub(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor (the lowest free one
+    // from `highest` on) for `any`'s open file, which is closed right after.
+    let fd = unsafe { libc::fcntl(any.as_raw_fd(), libc::F_DUPFD_CLOEXEC, highest) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just made here and nothing else refers to it.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(table)
+}

@@ -319,6 +319,10 @@ type Loop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 fn prepare_process(spec: &MonitorSpec, opts: &RunOptions) -> Result<Signals, MonitorError> {
     let signals = Signals::block_and_open().map_err(setup_err("signalfd"))?;
     crate::process::one_malloc_arena();
+    match crate::process::reserve_fds(spec.vms.len(), &signals) {
+        Ok(n) => log::debug!("file table sized for {n} descriptors"),
+        Err(e) => log::debug!("file table left to grow as it fills ({e})"),
+    }
     if spec.host.sandbox.is_some() {
         if opts.stats_file.is_some() {
             return Err(MonitorError::StatsInSandbox);
