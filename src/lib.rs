@@ -16,6 +16,7 @@ pub mod console;
 pub mod devices;
 pub mod fcapi;
 pub mod host;
+pub mod kvmstat;
 pub mod layout;
 pub mod lifecycle;
 pub mod logger;

@@ -2,66 +2,23 @@
 //! port-I/O and MMIO exits to the buses, driven through a [`VcpuHandle`]
 //! (a command channel plus a kick signal).
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
 
-use kvm_bindings::{
-    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
-};
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::bus::Bus;
 use crate::lifecycle::{VmOutcome, VmShared};
 use crate::verifier::{Op, Verdict, Verifier};
 
-/// The signal that kicks a vCPU out of KVM_RUN.
-pub fn kick_signal() -> libc::c_int {
-    SIGRTMIN()
-}
-
-thread_local! {
-    /// This thread's `kvm_run`, for the kick handler.
-    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
-}
-
-extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    let run = KVM_RUN.with(Cell::get);
-    if !run.is_null() {
-        // SAFETY: the pointer is this thread's own kvm_run mapping, set by
-        // `KickTarget` and cleared before the VcpuFd (and its mapping) is
-        // dropped; the handler runs on that same thread. A volatile byte
-        // store is async-signal-safe.
-        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
-    }
-}
-
-/// Installs the kick handler (once per process, before any vCPU starts).
-pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
-    register_signal_handler(kick_signal(), handle_kick)
-}
-
-/// Points the kick handler at this thread's kvm_run while alive.
-struct KickTarget;
-
-impl KickTarget {
-    fn set(fd: &mut VcpuFd) -> Self {
-        let run: *mut kvm_run = fd.get_kvm_run();
-        KVM_RUN.with(|c| c.set(run));
-        KickTarget
-    }
-}
-
-impl Drop for KickTarget {
-    fn drop(&mut self) {
-        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
-    }
-}
+mod kick;
+use kick::KickTarget;
+pub use kick::{install_kick_handler, kick_signal};
 
 /// Where a vCPU thread is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,8 +156,10 @@ pub struct VcpuHandle {
     tid: Arc<AtomicI32>,
     /// Its CPU-time clock (`None` if the system would not say).
     cpu_clock: Option<libc::clockid_t>,
-    /// The thread's /proc stat file, opened by the thread itself first
-    /// thing (so it is there inside the sandbox, which has no /proc).
+    /// Whether the vCPU waits in KVM for an interrupt (src/kvmstat.rs).
+    halted: Option<crate::kvmstat::Halted>,
+    /// Without that figure: the thread's /proc stat file, opened by the
+    /// thread itself first thing (so it is there inside the sandbox).
     stat: Arc<OnceLock<crate::host::ProcFile>>,
     /// Disconnected once the thread has closed its vCPU (or ended).
     closed: Receiver<()>,
@@ -236,18 +195,32 @@ impl VcpuHandle {
         live.unwrap_or_else(|| self.counters.final_cpu_ns.load(Ordering::Acquire))
     }
 
-    /// Whether the thread has opened its stat file (or ended without).
+    /// Whether the thread has what [`Self::runnable`] reads (or ended without).
     pub fn settled(&self) -> bool {
-        self.stat.get().is_some() || self.thread.as_ref().is_none_or(|t| t.is_finished())
+        self.halted.is_some()
+            || self.stat.get().is_some()
+            || self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
-    /// Whether the thread is running or waiting for a CPU right now (a
-    /// thread that has not run yet is waiting for one).
+    /// Whether reading [`Self::runnable`] is cheap (KVM's figure, not /proc).
+    pub fn runnable_is_cheap(&self) -> bool {
+        self.halted.is_some()
+    }
+
+    /// Whether the vCPU wants a CPU right now: it runs or waits for one (a
+    /// thread that has not run yet is waiting for one), as opposed to
+    /// halted in the guest, paused, throttled or stopped.
     pub fn runnable(&self) -> bool {
-        match self.stat.get() {
-            Some(stat) => crate::host::thread_runnable(stat).unwrap_or(false),
-            // Not run yet (waiting for a CPU), or it could not open it.
-            None => self.thread.as_ref().is_some_and(|t| !t.is_finished()),
+        let not_run = || self.thread.as_ref().is_some_and(|t| !t.is_finished());
+        match (&self.halted, self.state()) {
+            (_, VcpuState::Created) => not_run(),
+            (Some(h), VcpuState::Running) => h.blocked() == Some(false),
+            (Some(_), _) => false,
+            (None, _) => match self.stat.get() {
+                Some(stat) => crate::host::thread_runnable(stat).unwrap_or(false),
+                // Not run yet (waiting for a CPU), or it could not open it.
+                None => not_run(),
+            },
         }
     }
 
@@ -355,15 +328,18 @@ impl Vcpu {
         let st = state.clone();
         let ct = counters.clone();
         let published = tid.clone();
+        let halted = crate::kvmstat::Halted::open(&self.fd);
         let stat = Arc::new(OnceLock::new());
-        let own_stat = stat.clone();
+        let own_stat = halted.is_none().then(|| stat.clone());
         let thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
                 // SAFETY: gettid has no arguments and cannot fail.
                 published.store(unsafe { libc::gettid() }, Ordering::Release);
-                if let Ok(file) = crate::host::own_stat() {
-                    let _ = own_stat.set(file);
+                if let Some(file) =
+                    own_stat.and_then(|own| Some((own, crate::host::own_stat().ok()?)))
+                {
+                    let _ = file.0.set(file.1);
                 }
                 self.run(rx, st, &ct, closed_tx)
             })?;
@@ -374,6 +350,7 @@ impl Vcpu {
             counters,
             tid,
             cpu_clock: crate::host::thread_cpu_clock(&thread),
+            halted,
             stat,
             closed,
             thread: Some(thread),
