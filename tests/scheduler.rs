@@ -372,6 +372,7 @@ fn weights_order_the_shares_of_80_vms_sharing_one_cpu() {
     // out between 2.9 and 5.6 (docs/scheduler.md, "Many VMs on few
     // CPUs"): the weights order the shares, not to 10 % as with two VMs.
     let ratio = heavy / light;
+    eprintln!("80 VMs on one CPU: heavy/light {ratio:.3} over {seconds:.1} s");
     assert!(
         (2.0..=6.0).contains(&ratio),
         "heavy VMs {heavy:.2} s, light {light:.2} s of CPU over {seconds:.1} s: ratio {ratio:.3}"
