@@ -29,19 +29,38 @@ pub struct VmSchedStats {
     pub throttle_events: u64,
 }
 
-/// What the scheduler keeps of one VM between ticks.
+/// What the scheduler keeps of one VM between ticks: one entry per vCPU,
+/// in one allocation (the tick walks every VM's, with a cold cache).
 #[derive(Default)]
 struct VmSched {
-    /// Whether each vCPU is parked.
-    parked: Vec<bool>,
-    /// Each vCPU's CPU time at the last tick.
-    last_cpu_ns: Vec<u64>,
-    /// Ticks before each quiet vCPU's run state is read again (see `sample`).
-    recheck_in: Vec<u8>,
-    /// How many ticks apart a quiet vCPU's state is read now.
-    backoff: Vec<u8>,
-    /// What the last read of each vCPU's run state found.
-    runnable: Vec<bool>,
+    vcpus: Vec<VcpuSched>,
+}
+
+/// What the scheduler keeps of one vCPU between ticks.
+#[derive(Clone, Copy)]
+struct VcpuSched {
+    /// Its CPU time at the last tick.
+    last_cpu_ns: u64,
+    /// Whether it is parked.
+    parked: bool,
+    /// What the last read of its run state found.
+    runnable: bool,
+    /// Ticks before its run state is read again, if quiet (see `sample`).
+    recheck_in: u8,
+    /// How many ticks apart its state is read now, while quiet.
+    backoff: u8,
+}
+
+impl Default for VcpuSched {
+    fn default() -> Self {
+        VcpuSched {
+            last_cpu_ns: 0,
+            parked: false,
+            runnable: true,
+            recheck_in: 0,
+            backoff: 1,
+        }
+    }
 }
 
 /// A quiet vCPU (one that used little CPU and was not runnable) has its
@@ -149,11 +168,7 @@ impl CpuScheduler {
         self.vms.insert(
             id,
             VmSched {
-                parked: vec![false; n],
-                last_cpu_ns: vec![0; n],
-                recheck_in: vec![0; n],
-                backoff: vec![1; n],
-                runnable: vec![true; n],
+                vcpus: vec![VcpuSched::default(); n],
             },
         );
     }
@@ -167,7 +182,7 @@ impl CpuScheduler {
     pub fn parked_vcpus(&self, id: VmId) -> usize {
         self.vms
             .get(&id)
-            .map_or(0, |v| v.parked.iter().filter(|p| **p).count())
+            .map_or(0, |v| v.vcpus.iter().filter(|c| c.parked).count())
     }
 
     pub fn set_weight(&mut self, id: VmId, weight: u32) {
@@ -247,13 +262,14 @@ fn sample(state: &mut VmSched, vm: &Vm, tick_ns: u64, reads: &mut usize) -> (Sam
     for (i, h) in vm.vcpus().iter().enumerate() {
         let now = h.cpu_ns();
         used_ns += now;
-        let (Some(last), Some(parked), Some(recheck), Some(backoff), Some(runnable)) = (
-            state.last_cpu_ns.get_mut(i),
-            state.parked.get(i),
-            state.recheck_in.get_mut(i),
-            state.backoff.get_mut(i),
-            state.runnable.get_mut(i),
-        ) else {
+        let Some(VcpuSched {
+            last_cpu_ns: last,
+            parked,
+            runnable,
+            recheck_in: recheck,
+            backoff,
+        }) = state.vcpus.get_mut(i)
+        else {
             continue;
         };
         let used = now.saturating_sub(*last);
@@ -306,7 +322,7 @@ fn allow_vcpus(state: &mut VmSched, vcpus: &[VcpuHandle], allowed: usize, rotati
     for (i, h) in vcpus.iter().enumerate() {
         let slot = (i + n - rotation % n) % n;
         let park = slot >= allowed;
-        if let Some(parked) = state.parked.get_mut(i) {
+        if let Some(VcpuSched { parked, .. }) = state.vcpus.get_mut(i) {
             if park != *parked {
                 *parked = park;
                 h.command(if park {

@@ -100,6 +100,8 @@ pub struct VcpuCounters {
     other: AtomicU64,
     /// The thread's CPU time when it ended (its clock is gone after that).
     final_cpu_ns: AtomicU64,
+    /// Its [`VcpuState`], next to what the scheduler's tick reads with it.
+    state: AtomicU8,
 }
 
 impl VcpuCounters {
@@ -150,7 +152,6 @@ pub struct Vcpu {
 pub struct VcpuHandle {
     pub id: u8,
     commands: Sender<VcpuCommand>,
-    state: Arc<AtomicU8>,
     counters: Arc<VcpuCounters>,
     /// The thread's kernel id, which it publishes first thing (0 until then).
     tid: Arc<AtomicI32>,
@@ -168,7 +169,7 @@ pub struct VcpuHandle {
 
 impl VcpuHandle {
     pub fn state(&self) -> VcpuState {
-        VcpuState::from_u8(self.state.load(Ordering::Acquire))
+        VcpuState::from_u8(self.counters.state.load(Ordering::Acquire))
     }
 
     /// The live exit counts.
@@ -188,8 +189,11 @@ impl VcpuHandle {
 
     /// CPU time the vCPU thread has used, including time inside KVM_RUN.
     pub fn cpu_ns(&self) -> u64 {
-        let live = match (&self.thread, self.cpu_clock) {
-            (Some(t), Some(clock)) if !t.is_finished() => crate::host::thread_cpu_ns(clock),
+        // The thread stores its final figure before it reports itself
+        // stopped, and its clock is valid until it ends after that (a
+        // clock read that fails, as after a panic, gives the final figure).
+        let live = match self.cpu_clock {
+            Some(clock) if self.state() != VcpuState::Stopped => crate::host::thread_cpu_ns(clock),
             _ => None,
         };
         live.unwrap_or_else(|| self.counters.final_cpu_ns.load(Ordering::Acquire))
@@ -321,11 +325,9 @@ impl Vcpu {
         if paused {
             let _ = tx.send(VcpuCommand::Pause);
         }
-        let state = Arc::new(AtomicU8::new(VcpuState::Created as u8));
         let counters = Arc::new(VcpuCounters::default());
         let tid = Arc::new(AtomicI32::new(0));
         let id = self.id;
-        let st = state.clone();
         let ct = counters.clone();
         let published = tid.clone();
         let halted = crate::kvmstat::Halted::open(&self.fd);
@@ -341,12 +343,11 @@ impl Vcpu {
                 {
                     let _ = file.0.set(file.1);
                 }
-                self.run(rx, st, &ct, closed_tx)
+                self.run(rx, &ct, closed_tx)
             })?;
         Ok(VcpuHandle {
             id,
             commands: tx,
-            state,
             counters,
             tid,
             cpu_clock: crate::host::thread_cpu_clock(&thread),
@@ -365,14 +366,8 @@ impl Vcpu {
         );
     }
 
-    fn run(
-        mut self,
-        commands: Receiver<VcpuCommand>,
-        state: Arc<AtomicU8>,
-        stats: &VcpuCounters,
-        closed: Sender<()>,
-    ) {
-        let set_state = |s: VcpuState| state.store(s as u8, Ordering::Release);
+    fn run(mut self, commands: Receiver<VcpuCommand>, stats: &VcpuCounters, closed: Sender<()>) {
+        let set_state = |s: VcpuState| stats.state.store(s as u8, Ordering::Release);
         // Started by a life-cycle worker: back to the VMs' priority.
         if let Err(e) = crate::host::leave_monitor_priority() {
             log::warn!(
