@@ -64,7 +64,7 @@ impl Default for VcpuSched {
 }
 
 /// A quiet vCPU (one that used little CPU and was not runnable) has its
-/// run state read from /proc at most every this many ticks: with many
+/// run state read at most every this many ticks: with many
 /// idle VMs the tick stays cheap, and a starved vCPU is still seen within
 /// this many ticks.
 const MAX_BACKOFF: u8 = 10;
@@ -251,10 +251,11 @@ impl CpuScheduler {
 
 /// Samples CPU use: the VM's total CPU time, and how many unparked vCPUs
 /// want CPU (used at least a quarter of the last tick, or runnable now).
-/// The run state costs a /proc read, so a vCPU found quiet is read again
-/// after 1, 2, 4, .. up to [`MAX_BACKOFF`] ticks, and at most `reads` more
-/// are read this tick: a vCPU due for a read beyond them keeps its last
-/// state. Returns the sample and whether such a vCPU was left unread.
+/// The run state costs a read (of KVM's statistics, or of /proc), so a
+/// vCPU found quiet is read again after 1, 2, 4, .. up to [`MAX_BACKOFF`]
+/// ticks; of /proc, at most `reads` more are read this tick: a vCPU due
+/// for a read beyond them keeps its last state. Returns the sample and
+/// whether such a vCPU was left unread.
 fn sample(state: &mut VmSched, vm: &Vm, tick_ns: u64, reads: &mut usize) -> (Sample, bool) {
     let mut busy = 0;
     let mut used_ns = vm.device_cpu_ns();
