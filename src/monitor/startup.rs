@@ -416,9 +416,10 @@ pub fn run(spec: &MonitorSpec, opts: &RunOptions) -> Result<MonitorReport, Monit
     report(&mut m)
 }
 
-/// Waits (at most `limit`) until every vCPU thread has opened its /proc
-/// stat file, which the sandbox would hide: without it the scheduler
-/// takes the thread as always runnable.
+/// Waits (at most `limit`) until every vCPU thread has what the scheduler
+/// reads its run state from: KVM's statistics (open from the start), or,
+/// on kernels without them, its /proc stat file, which the sandbox would
+/// hide (without it the scheduler takes the thread as always runnable).
 fn vcpus_settled(monitor: &Arc<Mutex<Monitor>>, file_vms: &FileVms, limit: Duration) {
     let all_settled = |vm: &crate::vm::Vm| vm.vcpus().iter().all(crate::vcpu::VcpuHandle::settled);
     let deadline = Instant::now() + limit;
