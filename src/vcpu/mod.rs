@@ -338,10 +338,10 @@ impl Vcpu {
             .spawn(move || {
                 // SAFETY: gettid has no arguments and cannot fail.
                 published.store(unsafe { libc::gettid() }, Ordering::Release);
-                if let Some(file) =
-                    own_stat.and_then(|own| Some((own, crate::host::own_stat().ok()?)))
-                {
-                    let _ = file.0.set(file.1);
+                if let Some(own) = own_stat {
+                    if let Ok(file) = crate::host::own_stat() {
+                        let _ = own.set(file);
+                    }
                 }
                 self.run(rx, &ct, closed_tx)
             })?;
