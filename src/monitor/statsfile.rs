@@ -96,7 +96,7 @@ impl Drop for StatsWriter {
 
 fn write_loop(path: &Path, rx: &Receiver<Job>) {
     for (snapshot, ack) in rx.iter() {
-        if let Err(e) = stats::write_atomically(path, &snapshot.into_json()) {
+        if let Err(e) = stats::write_atomically(path, &snapshot) {
             log::warn!("cannot write statistics to {}: {e}", path.display());
         }
         if let Some(ack) = ack {
