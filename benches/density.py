@@ -373,7 +373,9 @@ def settle_and_measure(cons, procs, t0, args):
     r["up"] = len(cons.up)
     r["start_s"] = (max(cons.up.values()) - t0) if ok else None
     if cons.up:
-        r["first_up_s"] = min(cons.up.values()) - t0
+        ups = sorted(cons.up.values())
+        r["first_up_s"] = ups[0] - t0
+        r["median_up_s"] = ups[len(ups) // 2] - t0
     if not ok:
         log(f"only {len(cons.up)} VMs up")
     time.sleep(args.settle)

@@ -69,6 +69,30 @@ def figure(groups, systems, counts, title, cell):
     return lines + [""]
 
 
+def growth(groups, systems, counts):
+    """How the time to start all N grew from the N before: the ratio of
+    the medians, and round by round (median, min–max), against N's."""
+    lines = ["#### Growth of the time to start all N from the N before: ratio of medians; "
+             "round by round median (min–max)", "",
+             "| N | N's ratio | " + " | ".join(name(s) for s in systems) + " |",
+             "|---|---|" + "---|" * len(systems)]
+
+    def start(t):
+        return t.get("start_s") if t.get("up") == t["n"] else None
+
+    for before, n in zip(counts, counts[1:]):
+        cells = []
+        for s in systems:
+            a = {t["round"]: start(t) for t in groups.get((s, before), [])}
+            b = {t["round"]: start(t) for t in groups.get((s, n), [])}
+            ma, mb = stats(list(a.values())), stats(list(b.values()))
+            per_round = stats([b[r] / a[r] for r in b if b[r] and a.get(r)])
+            cells.append("n/a" if not (ma and mb and per_round) else
+                         f"{mb['median'] / ma['median']:.2f}; {fmt(per_round)}")
+        lines.append(f"| {before} → {n} | {n / before:.2f} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def tables(run, trials):
     groups = by_key(trials)
     systems = [s for s in run["systems"] if any(k[0] == s for k in groups)]
@@ -86,6 +110,11 @@ def tables(run, trials):
     out = [f"Density run {run['id']}: {head}.", ""]
     out += figure(groups, systems, counts, "#### Time to start all N (s)",
                   lambda s, n, ts: up(ts, "start_s", digits=3))
+    out += growth(groups, systems, counts)
+    out += figure(groups, systems, counts,
+                  "#### When the first / the median VM printed its first line (s)",
+                  lambda s, n, ts: fmt(stats([t.get("first_up_s") for t in ts]), digits=3) + " / "
+                  + fmt(stats([t.get("median_up_s") for t in ts]), digits=3))
     out += figure(groups, systems, counts, "#### VM starts per second per core (N / time to start all N / cores)",
                   lambda s, n, ts: fmt(stats([t["n"] / t["start_s"] / cores for t in ts
                                               if t.get("start_s")]), digits=0))
