@@ -178,6 +178,7 @@ struct LatenessJson {
 
 #[derive(Serialize)]
 struct SchedulerJson {
+    clock_reads: u64,
     cost_ns: u64,
     missed_ticks: u64,
     tick_late_us: LatenessJson,
@@ -200,6 +201,8 @@ pub struct Snapshot {
     pub vms: Vec<VmStats>,
     pub sched_ticks: u64,
     pub sched_cost_ns: u64,
+    /// vCPU clocks the scheduler's ticks read.
+    pub sched_clock_reads: u64,
     /// CPU time of the event loop's thread (read on that thread).
     pub monitor_cpu_ns: u64,
     pub jitter: crate::sched::jitter::JitterStats,
@@ -244,6 +247,7 @@ impl Serialize for Snapshot {
         s.serialize_field(
             "scheduler",
             &SchedulerJson {
+                clock_reads: self.sched_clock_reads,
                 cost_ns: self.sched_cost_ns,
                 missed_ticks: j.missed,
                 tick_late_us: LatenessJson {
@@ -313,6 +317,7 @@ mod tests {
             vms,
             sched_ticks: 100,
             sched_cost_ns: 5000,
+            sched_clock_reads: 200,
             monitor_cpu_ns: 7000,
             jitter: Default::default(),
             memory: (None, 0, 0),

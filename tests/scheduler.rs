@@ -65,6 +65,8 @@ fn run_monitor(name: &str, vms: &[Vm], during: impl FnOnce(&Path)) -> serde_json
     let mut child = Command::new(hearth())
         .args(["run", "--config", &config, "--stats-file"])
         .arg(&stats)
+        .arg("--api-socket")
+        .arg(control_socket(&stats))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -87,6 +89,22 @@ fn run_monitor(name: &str, vms: &[Vm], during: impl FnOnce(&Path)) -> serde_json
     };
     assert_eq!(status.code(), Some(143));
     read_stats(&stats).expect("the stats file is there and is JSON")
+}
+
+/// The monitor's control socket, beside its statistics file.
+fn control_socket(stats: &Path) -> std::path::PathBuf {
+    stats.with_file_name("api.sock")
+}
+
+/// `hearth ctl` on the monitor whose statistics file is `stats`.
+fn ctl(stats: &Path, args: &[&str]) {
+    let out = Command::new(hearth())
+        .arg("ctl")
+        .arg(control_socket(stats))
+        .args(args)
+        .output()
+        .expect("run hearth ctl");
+    assert!(out.status.success(), "hearth ctl {args:?}: {out:?}");
 }
 
 fn read_stats(path: &Path) -> Option<serde_json::Value> {
@@ -383,5 +401,83 @@ fn weights_order_the_shares_of_80_vms_sharing_one_cpu() {
         (heavy + light) / seconds >= 0.85 * alone,
         "only {:.3} of a CPU used ({alone:.3} alone)",
         (heavy + light) / seconds
+    );
+}
+
+/// `(ticks, vCPU clocks read)` of the scheduler in a snapshot.
+fn clock_reads(snapshot: &serde_json::Value) -> (f64, f64) {
+    let s = &snapshot["scheduler"];
+    (
+        s["ticks"].as_f64().unwrap_or(0.0),
+        s["clock_reads"].as_f64().unwrap_or(0.0),
+    )
+}
+
+#[test]
+fn idle_vcpus_have_their_clocks_read_with_their_state_not_every_tick() {
+    let idle: Vec<String> = (0..10).map(|i| format!("idle{i}")).collect();
+    let mut vms = vec![Vm {
+        name: "busy",
+        scenario: "spin",
+        vcpus: 1,
+        weight: 100,
+        max: None,
+    }];
+    vms.extend(idle.iter().map(|name| Vm {
+        name,
+        scenario: "idle",
+        vcpus: 1,
+        weight: 100,
+        max: None,
+    }));
+    let mut snaps = Vec::new();
+    run_monitor("idle-clocks", &vms, |stats| snaps = snapshots(stats, RUN));
+    assert!(snaps.len() >= 3, "too few statistics snapshots: {snaps:?}");
+    // From the second snapshot on, the idle guests have long halted: the
+    // busy vCPU's clock is read every tick, each halted one's only with
+    // its run state, every 10th tick once it has stayed halted (11 clocks
+    // a tick before).
+    let (t0, r0) = clock_reads(&snaps[1]);
+    let (t1, r1) = clock_reads(&snaps[snaps.len() - 1]);
+    let (ticks, reads) = (t1 - t0, r1 - r0);
+    assert!(ticks >= 100.0, "{ticks} ticks");
+    let per_tick = reads / ticks;
+    assert!(
+        (1.0..=3.5).contains(&per_tick),
+        "{per_tick:.2} clocks read per tick ({reads} in {ticks} ticks)"
+    );
+}
+
+#[test]
+fn a_vm_resumed_from_a_pause_gets_its_weight_again() {
+    let vm = |name, weight| Vm {
+        name,
+        scenario: "spin",
+        vcpus: 1,
+        weight,
+        max: None,
+    };
+    let mut snaps = Vec::new();
+    run_monitor("resume", &[vm("light", 100), vm("heavy", 300)], |stats| {
+        std::thread::sleep(Duration::from_secs(1));
+        ctl(stats, &["pause", "heavy"]);
+        // Paused, its vCPU is quiet: its clock is read every 10th tick.
+        std::thread::sleep(Duration::from_secs(2));
+        ctl(stats, &["resume", "heavy"]);
+        std::thread::sleep(Duration::from_millis(300));
+        snaps = snapshots(stats, Duration::from_millis(3500));
+    });
+    assert!(snaps.len() >= 3, "too few statistics snapshots: {snaps:?}");
+    let last = &snaps[snaps.len() - 1];
+    let delta = |name| {
+        let (t0, c0) = cpu_at(&snaps[0], name);
+        let (t1, c1) = cpu_at(last, name);
+        assert!(t1 - t0 >= 1.5, "a window of {:.2} s", t1 - t0);
+        c1 - c0
+    };
+    let ratio = delta("heavy") / delta("light");
+    assert!(
+        (ratio - 3.0).abs() <= 0.45,
+        "CPU ratio {ratio:.3} after the resume"
     );
 }

@@ -89,6 +89,7 @@ impl Monitor {
                 .collect(),
             sched_ticks,
             sched_cost_ns,
+            sched_clock_reads: self.sched.clock_reads(),
             monitor_cpu_ns: crate::host::current_thread_cpu_ns(),
             jitter: self.sched.jitter(),
             memory: (self.mem.budget_mib(), mem_ticks, mem_cost),

@@ -34,6 +34,8 @@ pub struct VmSchedStats {
 #[derive(Default)]
 struct VmSched {
     vcpus: Vec<VcpuSched>,
+    /// It has a `cpu.max`: its clocks are read every tick (see `sample`).
+    capped: bool,
 }
 
 /// What the scheduler keeps of one vCPU between ticks.
@@ -49,6 +51,8 @@ struct VcpuSched {
     recheck_in: u8,
     /// How many ticks apart its state is read now, while quiet.
     backoff: u8,
+    /// Ticks since its clock was last read (0: read at the last tick).
+    unread: u8,
 }
 
 impl Default for VcpuSched {
@@ -59,14 +63,15 @@ impl Default for VcpuSched {
             runnable: true,
             recheck_in: 0,
             backoff: 1,
+            unread: 0,
         }
     }
 }
 
 /// A quiet vCPU (one that used little CPU and was not runnable) has its
-/// run state read at most every this many ticks: with many
-/// idle VMs the tick stays cheap, and a starved vCPU is still seen within
-/// this many ticks.
+/// run state (and, where KVM gives that state, its clock) read at most
+/// every this many ticks: with many idle VMs the tick stays cheap, and a
+/// starved or waking vCPU is still seen within this many ticks.
 const MAX_BACKOFF: u8 = 10;
 
 /// The most vCPU run states read from /proc in one tick. A read costs a
@@ -94,6 +99,10 @@ pub struct CpuScheduler {
     next_read: VmId,
     ticks: u64,
     cost_ns: u64,
+    /// vCPU clocks read by the ticks.
+    clock_reads: u64,
+    /// Whether the cap timer may be armed.
+    cap_armed: bool,
 }
 
 impl CpuScheduler {
@@ -111,6 +120,8 @@ impl CpuScheduler {
             next_read: 0,
             ticks: 0,
             cost_ns: 0,
+            clock_reads: 0,
+            cap_armed: false,
         })
     }
 
@@ -122,14 +133,18 @@ impl CpuScheduler {
         &self.cap_timer
     }
 
-    /// Arms the cap timer for the policy's next deadline, or disarms it.
+    /// Arms the cap timer for the policy's next deadline, or disarms it
+    /// (a system call only if it was armed: without caps, none per tick).
     fn arm_cap_timer(&mut self) {
-        let armed = match self.policy.next_deadline_ns() {
+        let deadline = self.policy.next_deadline_ns();
+        let done = match deadline {
             Some(ns) => self.cap_timer.reset(Duration::from_nanos(ns), None),
-            None => self.cap_timer.clear(),
+            None if self.cap_armed => self.cap_timer.clear(),
+            None => Ok(()),
         };
-        if let Err(e) = armed {
-            log::warn!("scheduler: cannot arm the cap timer: {e}");
+        match done {
+            Ok(()) => self.cap_armed = deadline.is_some(),
+            Err(e) => log::warn!("scheduler: cannot arm the cap timer: {e}"),
         }
     }
 
@@ -169,6 +184,7 @@ impl CpuScheduler {
             id,
             VmSched {
                 vcpus: vec![VcpuSched::default(); n],
+                capped: cpu.max.is_some(),
             },
         );
     }
@@ -191,6 +207,9 @@ impl CpuScheduler {
 
     pub fn set_max(&mut self, id: VmId, max: Option<f64>) {
         self.policy.set_max(id, max);
+        if let Some(v) = self.vms.get_mut(&id) {
+            v.capped = max.is_some();
+        }
     }
 
     /// One tick over the running VMs (`(id, vm)` pairs).
@@ -210,7 +229,8 @@ impl CpuScheduler {
             let Some(state) = self.vms.get_mut(id) else {
                 continue;
             };
-            let (s, unread) = sample(state, vm, tick_ns, &mut reads);
+            let (s, unread, clocks) = sample(state, vm, tick_ns, &mut reads);
+            self.clock_reads += clocks;
             if unread {
                 skipped.get_or_insert(*id);
             }
@@ -247,69 +267,85 @@ impl CpuScheduler {
     pub fn cost(&self) -> (u64, u64) {
         (self.ticks, self.cost_ns)
     }
+
+    /// vCPU clocks the ticks have read so far.
+    pub fn clock_reads(&self) -> u64 {
+        self.clock_reads
+    }
 }
 
 /// Samples CPU use: the VM's total CPU time, and how many unparked vCPUs
-/// want CPU (used at least a quarter of the last tick, or runnable now).
-/// The run state costs a read (of KVM's statistics, or of /proc), so a
-/// vCPU found quiet is read again after 1, 2, 4, .. up to [`MAX_BACKOFF`]
-/// ticks; of /proc, at most `reads` more are read this tick: a vCPU due
-/// for a read beyond them keeps its last state. Returns the sample and
-/// whether such a vCPU was left unread.
-fn sample(state: &mut VmSched, vm: &Vm, tick_ns: u64, reads: &mut usize) -> (Sample, bool) {
+/// want CPU (used at least a quarter of each tick since its clock was
+/// last read, or runnable now). The run state costs a read (of KVM's
+/// statistics, or of /proc), so a vCPU found quiet is read again after 1,
+/// 2, 4, .. up to [`MAX_BACKOFF`] ticks; of /proc, at most `reads` more
+/// are read this tick: a vCPU due for a read beyond them keeps its last
+/// state. A quiet vCPU whose state comes from KVM (halted in the guest,
+/// or paused) has its clock read with its state, not every tick: it uses
+/// no CPU until something wakes it, and what it uses after that is
+/// accounted at its next read (the clock counts all of it), at most
+/// [`MAX_BACKOFF`] ticks later. A capped VM's clocks are read every tick
+/// (its quota is accounted by the tick). Returns the sample, whether a
+/// vCPU was left unread, and how many clocks were read.
+fn sample(state: &mut VmSched, vm: &Vm, tick_ns: u64, reads: &mut usize) -> (Sample, bool, u64) {
     let mut busy = 0;
     let mut used_ns = vm.device_cpu_ns();
     let mut unread = false;
+    let mut clocks = 0;
+    let capped = state.capped;
     for (i, h) in vm.vcpus().iter().enumerate() {
-        let now = h.cpu_ns();
-        used_ns += now;
-        let Some(VcpuSched {
-            last_cpu_ns: last,
-            parked,
-            runnable,
-            recheck_in: recheck,
-            backoff,
-        }) = state.vcpus.get_mut(i)
-        else {
+        let Some(v) = state.vcpus.get_mut(i) else {
+            used_ns += h.cpu_ns();
             continue;
         };
-        let used = now.saturating_sub(*last);
-        *last = now;
-        if *parked {
+        if !capped && !v.parked && !v.runnable && v.recheck_in > 0 && h.runnable_is_cheap() {
+            v.recheck_in -= 1;
+            v.unread = v.unread.saturating_add(1);
+            used_ns += v.last_cpu_ns;
             continue;
         }
-        if used >= tick_ns / 4 {
+        let now = h.cpu_ns();
+        clocks += 1;
+        used_ns += now;
+        let ticks = u64::from(v.unread) + 1;
+        v.unread = 0;
+        let used = now.saturating_sub(v.last_cpu_ns);
+        v.last_cpu_ns = now;
+        if v.parked {
+            continue;
+        }
+        if used >= ticks * tick_ns / 4 {
             busy += 1;
-            (*recheck, *backoff) = (0, 1);
+            (v.recheck_in, v.backoff) = (0, 1);
             continue;
         }
-        if *recheck > 0 {
-            *recheck -= 1;
+        if v.recheck_in > 0 {
+            v.recheck_in -= 1;
             continue;
         }
         if !h.runnable_is_cheap() {
             if *reads == 0 {
                 // Due, but this tick's reads are spent: its last state stands.
                 unread = true;
-                busy += u32::from(*runnable);
+                busy += u32::from(v.runnable);
                 continue;
             }
             *reads -= 1;
         }
-        *runnable = h.runnable();
-        if *runnable {
+        v.runnable = h.runnable();
+        if v.runnable {
             busy += 1;
-            *backoff = 1;
+            v.backoff = 1;
         } else {
-            *recheck = *backoff;
-            *backoff = (*backoff * 2).min(MAX_BACKOFF);
+            v.recheck_in = v.backoff;
+            v.backoff = (v.backoff * 2).min(MAX_BACKOFF);
         }
     }
     let sample = Sample {
         used_ns,
         busy_vcpus: busy,
     };
-    (sample, unread)
+    (sample, unread, clocks)
 }
 
 /// Lets `allowed` vCPUs run and parks the rest. Which ones are parked
