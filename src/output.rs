@@ -215,7 +215,11 @@ impl OutputWriter {
     /// A ring for one VM; its lines are prefixed with `prefix` if given.
     pub fn ring(&self, prefix: Option<&str>) -> Arc<OutputRing> {
         let ring = Arc::new(OutputRing {
-            bytes: Mutex::new(VecDeque::new()),
+            // Room for a chunk from the start, here on the builder: a vCPU
+            // thread that grew the ring took glibc's one arena lock, and
+            // preempted there among 200 busy vCPUs it held the event loop
+            // (which allocates at every tick) for 100-300 ms.
+            bytes: Mutex::new(VecDeque::with_capacity(CHUNK)),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
             dirty: AtomicBool::new(false),

@@ -52,6 +52,9 @@ impl Jitter {
         let expirations = expirations.max(1);
         self.ticks += 1;
         self.missed += expirations - 1;
+        if expirations > 1 {
+            log::debug!("scheduler: the event loop missed {} ticks", expirations - 1);
+        }
         let Some(next) = self.next else {
             self.next = Some(now + self.period);
             return;
