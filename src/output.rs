@@ -215,10 +215,8 @@ impl OutputWriter {
     /// A ring for one VM; its lines are prefixed with `prefix` if given.
     pub fn ring(&self, prefix: Option<&str>) -> Arc<OutputRing> {
         let ring = Arc::new(OutputRing {
-            // Room for a chunk from the start, here on the builder: a vCPU
-            // thread that grew the ring took glibc's one arena lock, and
-            // preempted there among 200 busy vCPUs it held the event loop
-            // (which allocates at every tick) for 100-300 ms.
+            // Room made here, not by a vCPU thread: one preempted in malloc
+            // held the loop and the writers (design.md, "Threads").
             bytes: Mutex::new(VecDeque::with_capacity(CHUNK)),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),

@@ -366,8 +366,9 @@ impl Vcpu {
         );
     }
 
-    fn run(mut self, commands: Receiver<VcpuCommand>, stats: &VcpuCounters, closed: Sender<()>) {
-        let set_state = |s: VcpuState| stats.state.store(s as u8, Ordering::Release);
+    /// The thread's own set-up: the VMs' priority, its CPUs, its seccomp
+    /// filter. False (the VM asked to stop) if the filter cannot be installed.
+    fn set_up_thread(&self) -> bool {
         // Started by a life-cycle worker: back to the VMs' priority.
         if let Err(e) = crate::host::leave_monitor_priority() {
             log::warn!(
@@ -391,9 +392,17 @@ impl Vcpu {
                     "vCPU {}: cannot install its seccomp filter: {e}",
                     self.id
                 )));
-                set_state(VcpuState::Stopped);
-                return;
+                return false;
             }
+        }
+        true
+    }
+
+    fn run(mut self, commands: Receiver<VcpuCommand>, stats: &VcpuCounters, closed: Sender<()>) {
+        let set_state = |s: VcpuState| stats.state.store(s as u8, Ordering::Release);
+        if !self.set_up_thread() {
+            set_state(VcpuState::Stopped);
+            return;
         }
         let kick = KickTarget::set(&mut self.fd);
         let (mut paused, mut throttled) = (false, false);
