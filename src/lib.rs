@@ -20,6 +20,7 @@ pub mod kvmstat;
 pub mod layout;
 pub mod lifecycle;
 pub mod logger;
+pub mod mailbox;
 pub mod mem;
 pub mod metrics;
 pub mod monitor;

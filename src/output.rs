@@ -184,7 +184,7 @@ pub struct OutputWriter {
     wakeup: Arc<Wakeup>,
     rings: Rings,
     sink: Option<Sink>,
-    done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    done: Mutex<Option<Arc<crate::mailbox::Mailbox<()>>>>,
     /// Its thread runs `SCHED_FIFO` (see [`OutputWriter::realtime`]).
     realtime: bool,
 }
@@ -240,7 +240,8 @@ impl OutputWriter {
         let Some(sink) = self.sink.take() else {
             return Ok(());
         };
-        let (tx, rx) = std::sync::mpsc::channel();
+        let rx = Arc::new(crate::mailbox::Mailbox::bounded(1));
+        let tx = rx.clone();
         let wakeup = self.wakeup.clone();
         let rings = self.rings.clone();
         let realtime = self.realtime;
@@ -251,13 +252,11 @@ impl OutputWriter {
                 if realtime {
                     crate::host::try_realtime(crate::host::WRITER_RT_PRIORITY, "an output writer");
                 }
-                if let Some(filter) = &seccomp {
-                    if crate::seccomp::apply(filter).is_err() {
-                        return;
-                    }
+                match seccomp.as_deref().map(crate::seccomp::apply) {
+                    Some(Err(_)) => tx.close(),
+                    _ => drain_loop(&wakeup, &rings, sink),
                 }
-                drain_loop(&wakeup, &rings, sink);
-                let _ = tx.send(());
+                let _ = tx.push(());
             })?;
         *lock(&self.done) = Some(rx);
         Ok(())
@@ -268,7 +267,7 @@ impl OutputWriter {
     pub fn finish(&self, within: Duration) -> bool {
         self.wakeup.notify(true);
         match lock(&self.done).take() {
-            Some(rx) => rx.recv_timeout(within).is_ok(),
+            Some(rx) => rx.pop_timeout(within).is_some(),
             None => true,
         }
     }

@@ -67,9 +67,9 @@ impl Monitor {
     fn on_workers(&mut self) {
         let _ = self.workers.done_evt.read();
         for _ in 0..DONE_PER_EVENT {
-            match self.workers.done.try_recv() {
-                Ok(done) => self.finished(done),
-                Err(_) => return,
+            match self.workers.try_done() {
+                Some(done) => self.finished(done),
+                None => return,
             }
         }
         // More may be waiting: come back to them.

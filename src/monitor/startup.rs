@@ -185,9 +185,9 @@ fn build_file_vms(monitor: &mut Monitor, spec: &MonitorSpec) -> Result<FileVms, 
     }
     let mut built = Vec::with_capacity(spec.vms.len());
     for _ in &spec.vms {
-        match monitor.workers.done.recv() {
-            Ok(done) => built.push(done),
-            Err(_) => {
+        match monitor.workers.wait_done() {
+            Some(done) => built.push(done),
+            None => {
                 return Err(MonitorError::Build(
                     "the life-cycle workers are gone".into(),
                 ))

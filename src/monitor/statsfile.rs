@@ -11,20 +11,21 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::mailbox::{Mailbox, Refused};
 use crate::stats::{self, Snapshot};
 
 /// How long the monitor's last figures may take to be written.
 const LAST_WRITE: Duration = Duration::from_secs(5);
 
-type Job = (Snapshot, Option<SyncSender<()>>);
+/// A snapshot, and where to say it is written (the last one).
+type Job = (Snapshot, Option<Arc<Mailbox<()>>>);
 
 pub(crate) struct StatsWriter {
-    tx: Option<SyncSender<Job>>,
+    jobs: Arc<Mailbox<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -40,7 +41,10 @@ impl StatsWriter {
         seccomp: Option<Arc<seccompiler::BpfProgram>>,
         realtime: bool,
     ) -> io::Result<StatsWriter> {
-        let (tx, rx) = sync_channel::<Job>(1);
+        // Holds one snapshot: one offered while the writer has not taken
+        // the last is dropped. Not a channel: see crate::mailbox.
+        let jobs = Arc::new(Mailbox::bounded(1));
+        let rx = jobs.clone();
         let thread = std::thread::Builder::new()
             .name("hearth-stats".into())
             .spawn(move || {
@@ -50,16 +54,17 @@ impl StatsWriter {
                         "the statistics writer",
                     );
                 }
-                if let Some(filter) = &seccomp {
-                    if let Err(e) = crate::seccomp::apply(filter) {
-                        log::error!("statistics writer: cannot install its filter: {e}");
-                        return;
+                match seccomp.as_deref().map(crate::seccomp::apply) {
+                    Some(Err(e)) => {
+                        log::error!("statistics writer: cannot install its filter: {e}")
                     }
+                    _ => write_loop(&path, &rx),
                 }
-                write_loop(&path, &rx);
+                // Gone: later snapshots are refused, not queued.
+                rx.close();
             })?;
         Ok(StatsWriter {
-            tx: Some(tx),
+            jobs,
             thread: Some(thread),
         })
     }
@@ -67,18 +72,29 @@ impl StatsWriter {
     /// Offers `snapshot` to the writer; with `last`, waits (at most
     /// [`LAST_WRITE`]) until it is written.
     pub(crate) fn submit(&self, snapshot: Snapshot, last: bool) {
-        let Some(tx) = &self.tx else { return };
         if !last {
-            match tx.try_send((snapshot, None)) {
-                Ok(()) | Err(TrySendError::Full(_)) => {}
-                Err(TrySendError::Disconnected(_)) => {
+            match self.jobs.push((snapshot, None)) {
+                Ok(()) | Err(Refused::Full(_)) => {}
+                Err(Refused::Closed(_)) => {
                     log::warn!("statistics writer is gone: the file is no longer updated")
                 }
             }
             return;
         }
-        let (ack, written) = sync_channel(1);
-        if tx.send((snapshot, Some(ack))).is_ok() && written.recv_timeout(LAST_WRITE).is_err() {
+        // The last figures replace a snapshot still waiting.
+        let written = Arc::new(Mailbox::bounded(1));
+        let mut job = (snapshot, Some(written.clone()));
+        loop {
+            match self.jobs.push(job) {
+                Ok(()) => break,
+                Err(Refused::Full(j)) => {
+                    self.jobs.try_pop();
+                    job = j;
+                }
+                Err(Refused::Closed(_)) => return,
+            }
+        }
+        if written.pop_timeout(LAST_WRITE).is_none() {
             log::warn!("statistics writer: the last figures were not written in {LAST_WRITE:?}");
         }
     }
@@ -87,20 +103,20 @@ impl StatsWriter {
 impl Drop for StatsWriter {
     fn drop(&mut self) {
         // Ends the thread once it has written what it holds.
-        self.tx = None;
+        self.jobs.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn write_loop(path: &Path, rx: &Receiver<Job>) {
-    for (snapshot, ack) in rx.iter() {
+fn write_loop(path: &Path, jobs: &Mailbox<Job>) {
+    while let Some((snapshot, ack)) = jobs.pop() {
         if let Err(e) = stats::write_atomically(path, &snapshot) {
             log::warn!("cannot write statistics to {}: {e}", path.display());
         }
         if let Some(ack) = ack {
-            let _ = ack.send(());
+            let _ = ack.push(());
         }
     }
 }

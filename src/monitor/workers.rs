@@ -4,7 +4,8 @@
 //! memory being unmapped. A VM starts when it is built, or (the monitor
 //! file's) is built with its vCPU threads waiting, to start with the
 //! others (design.md, "Starting many VMs"). Results
-//! come back on a channel, with an eventfd the event loop watches.
+//! come back in a [`Mailbox`] (not a channel: the loop is real-time, see
+//! [`crate::mailbox`]), with an eventfd the event loop watches.
 //!
 //! The pool is elastic. Most of a build's or a tear-down's time is spent
 //! waiting: in the kernel (an SRCU grace period when the PIT is freed or a
@@ -17,7 +18,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use super::VmId;
 use crate::bus::lock;
 use crate::config::VmSpec;
 use crate::lifecycle::VmOutcome;
+use crate::mailbox::Mailbox;
 use crate::output::{OutputRing, OutputWriter, RingWriter};
 use crate::vm::{build_vm, BuildOptions, Vm, VmError, VmReport};
 
@@ -123,7 +124,7 @@ struct Queue {
 struct Pool {
     queue: Mutex<Queue>,
     work: Condvar,
-    done: Sender<Done>,
+    done: Mailbox<Done>,
     done_evt: EventFd,
     kvm: Arc<Kvm>,
     /// Workers that live as long as the monitor.
@@ -134,7 +135,6 @@ struct Pool {
 /// The pool as the monitor holds it, and the workers' results.
 pub(crate) struct Workers {
     pool: Arc<Pool>,
-    pub(crate) done: Receiver<Done>,
     pub(crate) done_evt: EventFd,
 }
 
@@ -147,13 +147,12 @@ impl Workers {
         kvm: Arc<Kvm>,
         seccomp: Option<Arc<seccompiler::BpfProgram>>,
     ) -> io::Result<Workers> {
-        let (tx, done) = channel();
         let done_evt = EventFd::new(libc::EFD_NONBLOCK)?;
         let base = base.clamp(1, MAX_WORKERS);
         let pool = Arc::new(Pool {
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
-            done: tx,
+            done: Mailbox::new(),
             done_evt: done_evt.try_clone()?,
             kvm,
             base,
@@ -163,11 +162,25 @@ impl Workers {
             lock(&pool.queue).alive += 1;
             pool.spawn(seccomp.clone())?;
         }
-        Ok(Workers {
-            pool,
-            done,
-            done_evt,
-        })
+        Ok(Workers { pool, done_evt })
+    }
+
+    /// A job's result, if one is ready.
+    pub(crate) fn try_done(&self) -> Option<Done> {
+        self.pool.done.try_pop()
+    }
+
+    /// The next job's result, waiting for it; `None` when no worker is
+    /// left to do the jobs.
+    pub(crate) fn wait_done(&self) -> Option<Done> {
+        loop {
+            if let Some(done) = self.pool.done.pop_timeout(Duration::from_millis(100)) {
+                return Some(done);
+            }
+            if lock(&self.pool.queue).alive == 0 {
+                return self.pool.done.try_pop();
+            }
+        }
     }
 
     pub(crate) fn kvm(&self) -> &Kvm {
@@ -264,7 +277,7 @@ impl Pool {
             }
             self.grow();
             let done = run_job(&self.kvm, job);
-            if self.done.send(done).is_err() {
+            if self.done.push(done).is_err() {
                 self.ended();
                 return;
             }
