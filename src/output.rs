@@ -184,7 +184,7 @@ pub struct OutputWriter {
     wakeup: Arc<Wakeup>,
     rings: Rings,
     sink: Option<Sink>,
-    done: Mutex<Option<Arc<crate::mailbox::Mailbox<()>>>>,
+    done: Mutex<Option<Arc<crate::handoff::Handoff<()>>>>,
     /// Its thread runs `SCHED_FIFO` (see [`OutputWriter::realtime`]).
     realtime: bool,
 }
@@ -240,7 +240,7 @@ impl OutputWriter {
         let Some(sink) = self.sink.take() else {
             return Ok(());
         };
-        let rx = Arc::new(crate::mailbox::Mailbox::bounded(1));
+        let rx = Arc::new(crate::handoff::Handoff::bounded(1));
         let tx = rx.clone();
         let wakeup = self.wakeup.clone();
         let rings = self.rings.clone();

@@ -15,17 +15,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::mailbox::{Mailbox, Refused};
+use crate::handoff::{Handoff, Refused};
 use crate::stats::{self, Snapshot};
 
 /// How long the monitor's last figures may take to be written.
 const LAST_WRITE: Duration = Duration::from_secs(5);
 
 /// A snapshot, and where to say it is written (the last one).
-type Job = (Snapshot, Option<Arc<Mailbox<()>>>);
+type Job = (Snapshot, Option<Arc<Handoff<()>>>);
 
 pub(crate) struct StatsWriter {
-    jobs: Arc<Mailbox<Job>>,
+    jobs: Arc<Handoff<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -42,8 +42,8 @@ impl StatsWriter {
         realtime: bool,
     ) -> io::Result<StatsWriter> {
         // Holds one snapshot: one offered while the writer has not taken
-        // the last is dropped. Not a channel: see crate::mailbox.
-        let jobs = Arc::new(Mailbox::bounded(1));
+        // the last is dropped. Not a channel: see crate::handoff.
+        let jobs = Arc::new(Handoff::bounded(1));
         let rx = jobs.clone();
         let thread = std::thread::Builder::new()
             .name("hearth-stats".into())
@@ -82,7 +82,7 @@ impl StatsWriter {
             return;
         }
         // The last figures replace a snapshot still waiting.
-        let written = Arc::new(Mailbox::bounded(1));
+        let written = Arc::new(Handoff::bounded(1));
         let mut job = (snapshot, Some(written.clone()));
         loop {
             match self.jobs.push(job) {
@@ -110,7 +110,7 @@ impl Drop for StatsWriter {
     }
 }
 
-fn write_loop(path: &Path, jobs: &Mailbox<Job>) {
+fn write_loop(path: &Path, jobs: &Handoff<Job>) {
     while let Some((snapshot, ack)) = jobs.pop() {
         if let Err(e) = stats::write_atomically(path, &snapshot) {
             log::warn!("cannot write statistics to {}: {e}", path.display());

@@ -4,8 +4,8 @@
 //! memory being unmapped. A VM starts when it is built, or (the monitor
 //! file's) is built with its vCPU threads waiting, to start with the
 //! others (design.md, "Starting many VMs"). Results
-//! come back in a [`Mailbox`] (not a channel: the loop is real-time, see
-//! [`crate::mailbox`]), with an eventfd the event loop watches.
+//! come back in a [`Handoff`] (not a channel: the loop is real-time, see
+//! [`crate::handoff`]), with an eventfd the event loop watches.
 //!
 //! The pool is elastic. Most of a build's or a tear-down's time is spent
 //! waiting: in the kernel (an SRCU grace period when the PIT is freed or a
@@ -28,8 +28,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::VmId;
 use crate::bus::lock;
 use crate::config::VmSpec;
+use crate::handoff::Handoff;
 use crate::lifecycle::VmOutcome;
-use crate::mailbox::Mailbox;
 use crate::output::{OutputRing, OutputWriter, RingWriter};
 use crate::vm::{build_vm, BuildOptions, Vm, VmError, VmReport};
 
@@ -124,7 +124,7 @@ struct Queue {
 struct Pool {
     queue: Mutex<Queue>,
     work: Condvar,
-    done: Mailbox<Done>,
+    done: Handoff<Done>,
     done_evt: EventFd,
     kvm: Arc<Kvm>,
     /// Workers that live as long as the monitor.
@@ -152,7 +152,7 @@ impl Workers {
         let pool = Arc::new(Pool {
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
-            done: Mailbox::new(),
+            done: Handoff::new(),
             done_evt: done_evt.try_clone()?,
             kvm,
             base,

@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 
 use crate::bus::lock;
 
-/// Why [`Mailbox::push`] gave an item back.
+/// Why [`Handoff::push`] gave an item back.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused<T> {
-    /// A bounded mailbox holds as many as it may.
+    /// A bounded hand-off holds as many as it may.
     Full(T),
-    /// The mailbox was closed: nobody takes items any more.
+    /// The hand-off was closed: nobody takes items any more.
     Closed(T),
 }
 
@@ -46,27 +46,27 @@ struct State<T> {
 }
 
 /// A first-in first-out queue between threads, bounded or not.
-pub struct Mailbox<T> {
+pub struct Handoff<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
     capacity: usize,
 }
 
-impl<T> Default for Mailbox<T> {
+impl<T> Default for Handoff<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T> Mailbox<T> {
-    /// A mailbox that holds any number of items.
+impl<T> Handoff<T> {
+    /// A hand-off that holds any number of items.
     pub fn new() -> Self {
         Self::bounded(usize::MAX)
     }
 
-    /// A mailbox that holds at most `capacity` items (at least one).
+    /// A hand-off that holds at most `capacity` items (at least one).
     pub fn bounded(capacity: usize) -> Self {
-        Mailbox {
+        Handoff {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 closed: false,
@@ -76,7 +76,7 @@ impl<T> Mailbox<T> {
         }
     }
 
-    /// Queues `item`, or gives it back when the mailbox is full or closed.
+    /// Queues `item`, or gives it back when the hand-off is full or closed.
     pub fn push(&self, item: T) -> Result<(), Refused<T>> {
         let mut s = lock(&self.state);
         if s.closed {
@@ -96,7 +96,7 @@ impl<T> Mailbox<T> {
         lock(&self.state).items.pop_front()
     }
 
-    /// The oldest item, waiting for one as long as the mailbox is open.
+    /// The oldest item, waiting for one as long as the hand-off is open.
     /// `None` once it is closed and empty.
     pub fn pop(&self) -> Option<T> {
         let mut s = lock(&self.state);
@@ -111,7 +111,7 @@ impl<T> Mailbox<T> {
         }
     }
 
-    /// [`Mailbox::pop`], waiting at most `within`.
+    /// [`Handoff::pop`], waiting at most `within`.
     pub fn pop_timeout(&self, within: Duration) -> Option<T> {
         let deadline = Instant::now() + within;
         let mut s = lock(&self.state);
@@ -132,7 +132,7 @@ impl<T> Mailbox<T> {
     }
 
     /// Refuses every later push; the items queued can still be taken, and
-    /// a waiting [`Mailbox::pop`] returns `None` once they are.
+    /// a waiting [`Handoff::pop`] returns `None` once they are.
     pub fn close(&self) {
         lock(&self.state).closed = true;
         self.ready.notify_all();
@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn items_come_out_in_the_order_they_went_in() {
-        let m = Mailbox::new();
+        let m = Handoff::new();
         for i in 0..100 {
             m.push(i).unwrap();
         }
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn a_bounded_mailbox_gives_back_what_does_not_fit() {
-        let m = Mailbox::bounded(1);
+        let m = Handoff::bounded(1);
         m.push("a").unwrap();
         assert_eq!(m.push("b"), Err(Refused::Full("b")));
         assert_eq!(m.try_pop(), Some("a"));
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_closed_mailbox_refuses_pushes_and_hands_out_what_it_holds() {
-        let m = Mailbox::new();
+        let m = Handoff::new();
         m.push(1).unwrap();
         m.close();
         assert_eq!(m.push(2), Err(Refused::Closed(2)));
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn a_waiting_pop_gets_an_item_pushed_from_another_thread_or_the_close() {
-        let m = Arc::new(Mailbox::new());
+        let m = Arc::new(Handoff::new());
         let pusher = {
             let m = m.clone();
             std::thread::spawn(move || {
@@ -228,7 +228,7 @@ mod tests {
     /// drains of up to 1 s (the kernel's real-time throttling ended them).
     #[test]
     fn a_real_time_reader_never_spins_on_a_writer_it_preempted() {
-        let m = Arc::new(Mailbox::new());
+        let m = Arc::new(Handoff::new());
         let stop = Arc::new(AtomicBool::new(false));
         let reader = {
             let (m, stop) = (m.clone(), stop.clone());
