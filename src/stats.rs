@@ -188,6 +188,8 @@ struct SchedulerJson {
 #[derive(Serialize)]
 struct MemoryJson {
     budget_mib: Option<u64>,
+    /// Balloon reads a tick skipped because a vCPU held the balloon.
+    busy_skips: u64,
     cost_ns: u64,
     host_rss_kib: Option<u64>,
     ticks: u64,
@@ -206,8 +208,9 @@ pub struct Snapshot {
     /// CPU time of the event loop's thread (read on that thread).
     pub monitor_cpu_ns: u64,
     pub jitter: crate::sched::jitter::JitterStats,
-    /// The memory budget (MiB), the allocator's ticks and their cost.
-    pub memory: (Option<u64>, u64, u64),
+    /// The memory budget (MiB), the allocator's ticks, their cost and
+    /// the balloon reads they skipped.
+    pub memory: (Option<u64>, u64, u64, u64),
     pub io: Value,
     pub net: Value,
 }
@@ -227,7 +230,7 @@ impl Snapshot {
 impl Serialize for Snapshot {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let total: u64 = self.vms.iter().map(|v| v.cpu_ns).sum();
-        let (budget_mib, ticks, cost_ns) = self.memory;
+        let (budget_mib, ticks, cost_ns, busy_skips) = self.memory;
         let j = self.jitter;
         let mut s = serializer.serialize_struct("stats", 8)?;
         s.serialize_field("elapsed_s", &self.elapsed_s)?;
@@ -236,6 +239,7 @@ impl Serialize for Snapshot {
             "memory",
             &MemoryJson {
                 budget_mib,
+                busy_skips,
                 cost_ns,
                 host_rss_kib: crate::host::rss_kib(),
                 ticks,
@@ -320,7 +324,7 @@ mod tests {
             sched_clock_reads: 200,
             monitor_cpu_ns: 7000,
             jitter: Default::default(),
-            memory: (None, 0, 0),
+            memory: (None, 0, 0, 0),
             io: Value::Null,
             net: Value::Null,
         }

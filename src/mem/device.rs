@@ -34,8 +34,12 @@ impl BalloonHandle {
 
     /// Asks for a balloon of `mib` MiB.
     pub fn set_balloon_mib(&self, mib: u64) {
-        let pages = (mib * MIB / PAGE_SIZE).min(u64::from(u32::MAX)) as u32;
-        lock(&self.device).set_target_pages(pages);
+        lock(&self.device).set_target_pages(self.pages(mib));
+    }
+
+    /// `mib` MiB in balloon pages.
+    pub fn pages(&self, mib: u64) -> u32 {
+        (mib.saturating_mul(MIB) / PAGE_SIZE).min(u64::from(u32::MAX)) as u32
     }
 }
 

@@ -16,7 +16,6 @@ use std::time::Duration;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::policy::{Decision, Limits, Observation, Params, Policy, VmId};
-use crate::bus::lock;
 use crate::config::MemorySpec;
 use crate::config::{HostMemorySpec, DEFAULT_MEMORY_TICK_MS};
 use crate::layout::MIB;
@@ -68,6 +67,14 @@ struct Tracked {
     decision: Option<Decision>,
     /// Consecutive ticks the balloon lagged its target.
     lagging: u32,
+    /// What the last tick that could read the balloon saw, for a tick
+    /// that finds its lock held.
+    last: Option<Observation>,
+    /// A balloon size (MiB) decided while the device's lock was held,
+    /// set by the next tick that gets it.
+    pending_mib: Option<u64>,
+    /// The figures of the last `stats` that got the lock.
+    figures: std::cell::RefCell<Option<BalloonStats>>,
 }
 
 pub struct MemoryManager {
@@ -76,7 +83,18 @@ pub struct MemoryManager {
     tick: Duration,
     ticks: u64,
     cost_ns: u64,
+    /// Balloons a tick found locked.
+    busy: u64,
     vms: Vec<Tracked>,
+}
+
+/// The lock, unless another thread holds it now.
+fn try_lock<T>(m: &std::sync::Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 fn pages_to_mib(pages: u32) -> u64 {
@@ -93,6 +111,7 @@ impl MemoryManager {
             tick: Duration::from_millis(u64::from(tick_ms.max(1))),
             ticks: 0,
             cost_ns: 0,
+            busy: 0,
             vms: Vec::new(),
         })
     }
@@ -127,6 +146,9 @@ impl MemoryManager {
             stats_every,
             decision: None,
             lagging: 0,
+            last: None,
+            pending_mib: None,
+            figures: Default::default(),
         });
     }
 
@@ -160,6 +182,12 @@ impl MemoryManager {
     }
 
     /// One tick over the running VMs' balloons.
+    ///
+    /// The loop runs real-time and must not wait for a vCPU thread that
+    /// holds a balloon's lock (an MMIO access to its registers) and was
+    /// preempted among busy vCPUs: a balloon whose lock is held counts
+    /// with what the last tick saw, and a new size for it waits for the
+    /// next tick that gets the lock.
     pub fn on_tick<'a>(&mut self, vms: impl Iterator<Item = (VmId, &'a BalloonHandle)>) {
         let start = crate::host::current_thread_cpu_ns();
         let _ = self.timer.wait();
@@ -169,7 +197,14 @@ impl MemoryManager {
         let mut obs = Vec::with_capacity(vms.len());
         for t in &mut self.vms {
             let Some(b) = find(t.id) else { continue };
-            let dev = lock(&b.device);
+            let Some(mut dev) = try_lock(&b.device) else {
+                self.busy += 1;
+                obs.extend(t.last.map(|o| (t.id, o)));
+                continue;
+            };
+            if let Some(mib) = t.pending_mib.take() {
+                dev.set_target_pages(b.pages(mib));
+            }
             let balloon = dev.device();
             let held = balloon.held_pages();
             let current = b.size_mib.saturating_sub(held * PAGE_SIZE / MIB);
@@ -179,6 +214,7 @@ impl MemoryManager {
                 .then(|| stats.available.or(stats.free))
                 .flatten()
                 .map(|bytes| (bytes / MIB).min(current));
+            t.last = Some(Observation { current, available });
             obs.push((t.id, Observation { current, available }));
             track_lag(
                 t,
@@ -197,7 +233,11 @@ impl MemoryManager {
                 };
                 t.decision = Some(d);
                 if let Some(b) = find(d.vm) {
-                    b.set_balloon_mib(b.size_mib.saturating_sub(d.target));
+                    let mib = b.size_mib.saturating_sub(d.target);
+                    match try_lock(&b.device) {
+                        Some(mut dev) => dev.set_target_pages(b.pages(mib)),
+                        None => t.pending_mib = Some(mib),
+                    }
                 }
             }
         }
@@ -213,14 +253,36 @@ impl MemoryManager {
         self.policy.as_ref().map(|p| p.params().budget)
     }
 
-    /// A VM's balloon figures.
+    /// Ticks that found a balloon's lock held (and went on without it).
+    pub fn busy(&self) -> u64 {
+        self.busy
+    }
+
+    /// A VM's balloon figures: those of the last call when a vCPU holds
+    /// the balloon's lock now (see [`MemoryManager::on_tick`]).
     pub fn stats(&self, id: VmId, b: &BalloonHandle) -> BalloonStats {
-        let dev = lock(&b.device);
+        let tracked = self.vms.iter().find(|t| t.id == id);
+        let Some(dev) = try_lock(&b.device) else {
+            let last = tracked.and_then(|t| t.figures.borrow().clone());
+            return last.unwrap_or_default();
+        };
+        let figures = self.figures(tracked, b, &dev);
+        if let Some(t) = tracked {
+            *t.figures.borrow_mut() = Some(figures.clone());
+        }
+        figures
+    }
+
+    fn figures(
+        &self,
+        tracked: Option<&Tracked>,
+        b: &BalloonHandle,
+        dev: &crate::virtio::mmio::MmioTransport<crate::virtio::balloon::Balloon>,
+    ) -> BalloonStats {
         let balloon = dev.device();
         let s = balloon.stats();
         let c = balloon.counters();
         let (failures, last) = dev.state().failures();
-        let tracked = self.vms.iter().find(|t| t.id == id);
         let decision = tracked.and_then(|t| t.decision);
         let actual = pages_to_mib(balloon.actual_pages());
         let held_mib = balloon.held_pages() * PAGE_SIZE / MIB;

@@ -92,7 +92,7 @@ impl Monitor {
             sched_clock_reads: self.sched.clock_reads(),
             monitor_cpu_ns: crate::host::current_thread_cpu_ns(),
             jitter: self.sched.jitter(),
-            memory: (self.mem.budget_mib(), mem_ticks, mem_cost),
+            memory: (self.mem.budget_mib(), mem_ticks, mem_cost, self.mem.busy()),
             io: share_json(&self.io),
             net: share_json(&self.net),
         }

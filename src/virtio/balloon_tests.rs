@@ -468,3 +468,65 @@ fn a_driver_that_claims_its_balloon_without_inflating_is_over_its_target() {
     assert_eq!(s.guest_mib, 64, "{s:?}");
     assert!(s.over_target, "{s:?}");
 }
+
+/// The allocator's tick runs on the real-time event loop and must not wait
+/// for a balloon whose lock a vCPU holds (preempted in an MMIO access):
+/// it goes on with what it knows, and sets the size it decided once the
+/// lock is free.
+#[test]
+fn the_allocator_tick_does_not_wait_for_a_balloon_a_vcpu_holds() {
+    use crate::config::{BalloonOptions, HostMemorySpec, MemorySpec};
+    use crate::mem::{BalloonHandle, MemoryManager};
+    use std::sync::{mpsc, Mutex};
+    use std::time::Duration;
+
+    let Driver { dev, _thread, .. } = driver(ALL, 0, 2);
+    let handle = Arc::new(BalloonHandle {
+        device: Arc::new(Mutex::new(dev)),
+        size_mib: 64,
+        options: BalloonOptions {
+            target_mib: None,
+            deflate_on_oom: true,
+            stats_interval_s: 1,
+            free_page_reporting: false,
+        },
+    });
+    let mut spec = MemorySpec::defaults(64);
+    (spec.floor_mib, spec.ceiling_mib) = (16, 64);
+    let host = HostMemorySpec {
+        budget_mib: 32,
+        tick_ms: 10,
+    };
+    let mut mem = MemoryManager::new(Some(host)).expect("allocator");
+    mem.add_vm(0, &handle, &spec);
+    mem.start().expect("tick");
+
+    // A "vCPU" holds the balloon while the tick and a statistics read run
+    // on another thread, which must come back.
+    let held = handle.device.lock().expect("device");
+    let (done_tx, done) = mpsc::channel();
+    let ticker = {
+        let handle = handle.clone();
+        std::thread::spawn(move || {
+            mem.on_tick(std::iter::once((0, &*handle)));
+            let s = mem.stats(0, &handle);
+            done_tx.send(()).expect("send");
+            (mem, s)
+        })
+    };
+    let came_back = done.recv_timeout(Duration::from_secs(10)).is_ok();
+    let target_while_held = held.device().target_pages();
+    drop(held);
+    assert!(came_back, "the tick waited for the balloon's lock");
+    let (mut mem, s) = ticker.join().expect("ticker");
+    assert_eq!(target_while_held, 0);
+    assert_eq!(mem.busy(), 1, "the tick skipped its read");
+    assert_eq!(s, Default::default(), "no figures read yet: {s:?}");
+
+    // The lock is free: the next tick sets the size decided meanwhile.
+    mem.on_tick(std::iter::once((0, &*handle)));
+    let s = mem.stats(0, &handle);
+    assert_eq!(s.alloc_target_mib, Some(32), "{s:?}");
+    assert_eq!(s.balloon_target_mib, 32, "{s:?}");
+    assert_eq!(mem.busy(), 1);
+}
