@@ -32,6 +32,8 @@ pub mod sched;
 pub mod seccomp;
 pub mod share;
 pub mod stats;
+#[cfg(test)]
+mod test_alloc;
 pub mod vcpu;
 pub mod verifier;
 pub mod virtio;

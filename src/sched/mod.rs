@@ -103,6 +103,10 @@ pub struct CpuScheduler {
     clock_reads: u64,
     /// Whether the cap timer may be armed.
     cap_armed: bool,
+    /// The tick's samples, kept so that a tick allocates nothing: the
+    /// loop shares glibc's one arena with every thread (design.md,
+    /// "Threads").
+    samples: Vec<(VmId, Sample)>,
 }
 
 impl CpuScheduler {
@@ -122,6 +126,7 @@ impl CpuScheduler {
             cost_ns: 0,
             clock_reads: 0,
             cap_armed: false,
+            samples: Vec::new(),
         })
     }
 
@@ -187,6 +192,8 @@ impl CpuScheduler {
                 capped: cpu.max.is_some(),
             },
         );
+        let n = self.vms.len();
+        self.samples.reserve(n.saturating_sub(self.samples.len()));
     }
 
     pub fn remove_vm(&mut self, id: VmId) {
@@ -212,39 +219,48 @@ impl CpuScheduler {
         }
     }
 
-    /// One tick over the running VMs (`(id, vm)` pairs).
-    pub fn on_tick<'a>(&mut self, vms: impl Iterator<Item = (VmId, &'a Vm)>) {
+    /// One tick over the running VMs (`(id, vm)` pairs in the order of
+    /// their ids, as the monitor's map gives them). Once the buffers have
+    /// grown to the number of VMs, a tick allocates nothing.
+    pub fn on_tick<'a, I>(&mut self, vms: I)
+    where
+        I: Iterator<Item = (VmId, &'a Vm)> + Clone,
+    {
         let start = crate::host::current_thread_cpu_ns();
         let expirations = self.timer.wait().unwrap_or(1);
         self.jitter.tick(std::time::Instant::now(), expirations);
         let tick_ns = self.tick.as_nanos() as u64;
-        let mut vms: Vec<(VmId, &Vm)> = vms.collect();
-        vms.sort_unstable_by_key(|(id, _)| *id);
         // State reads start at `next_read` and go round (MAX_STATE_READS).
-        let first = vms.partition_point(|(id, _)| *id < self.next_read);
+        let next = self.next_read;
+        let from_next = vms.clone().filter(|(id, _)| *id >= next);
+        let before_next = vms.clone().filter(|(id, _)| *id < next);
         let mut reads = MAX_STATE_READS;
         let mut skipped = None;
-        let mut samples: Vec<(VmId, Sample)> = Vec::with_capacity(vms.len());
-        for (id, vm) in vms[first..].iter().chain(&vms[..first]) {
-            let Some(state) = self.vms.get_mut(id) else {
+        self.samples.clear();
+        for (id, vm) in from_next.chain(before_next) {
+            let Some(state) = self.vms.get_mut(&id) else {
                 continue;
             };
             let (s, unread, clocks) = sample(state, vm, tick_ns, &mut reads);
             self.clock_reads += clocks;
             if unread {
-                skipped.get_or_insert(*id);
+                skipped.get_or_insert(id);
             }
-            samples.push((*id, s));
+            self.samples.push((id, s));
         }
         if let Some(id) = skipped {
             self.next_read = id;
         }
-        let allowances = self.policy.tick(&samples);
         self.rotation = self.rotation.wrapping_add(1);
-        for a in allowances {
-            let found = vms.binary_search_by_key(&a.vm, |(id, _)| *id).ok();
-            let vm = found.and_then(|i| vms.get(i)).map(|(_, vm)| *vm);
-            if let (Some(vm), Some(state)) = (vm, self.vms.get_mut(&a.vm)) {
+        let allowances = self.policy.tick(&self.samples);
+        // Both in the order of ids: walk them side by side.
+        let mut allowances = allowances.iter().peekable();
+        for (id, vm) in vms {
+            while allowances.next_if(|a| a.vm < id).is_some() {}
+            let Some(a) = allowances.next_if(|a| a.vm == id) else {
+                continue;
+            };
+            if let Some(state) = self.vms.get_mut(&id) {
                 allow_vcpus(state, vm.vcpus(), a.vcpus as usize, self.rotation);
             }
         }

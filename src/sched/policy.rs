@@ -152,6 +152,11 @@ pub struct Policy {
     bound: f64,
     tick_in_period: u32,
     vms: BTreeMap<VmId, VmState>,
+    /// The throttled VMs of a tick, in the order they get idle CPUs.
+    throttled: Vec<(VmId, f64, u32)>,
+    /// The last tick's allowances. Both kept so that a tick allocates
+    /// nothing once they have grown to the number of VMs.
+    allowances: Vec<Allowance>,
 }
 
 impl Policy {
@@ -164,6 +169,8 @@ impl Policy {
             bound: tick_ns as f64,
             tick_in_period: 0,
             vms: BTreeMap::new(),
+            throttled: Vec::new(),
+            allowances: Vec::new(),
         }
     }
 
@@ -211,6 +218,12 @@ impl Policy {
                 joining,
             },
         );
+        // Room for every VM in the tick's buffers, so no tick grows them.
+        let n = self.vms.len();
+        self.throttled
+            .reserve(n.saturating_sub(self.throttled.len()));
+        self.allowances
+            .reserve(n.saturating_sub(self.allowances.len()));
     }
 
     /// Removes a VM (it stopped).
@@ -277,7 +290,7 @@ impl Policy {
 
     /// One tick: account `samples` and decide every VM's allowance. Call
     /// once per periodic tick (the cap periods count these calls).
-    pub fn tick(&mut self, samples: &[(VmId, Sample)]) -> Vec<Allowance> {
+    pub fn tick(&mut self, samples: &[(VmId, Sample)]) -> &[Allowance] {
         self.tick_in_period += 1;
         let new_period = self.tick_in_period >= CAP_PERIOD_TICKS;
         if new_period {
@@ -371,7 +384,7 @@ impl Policy {
 
     /// Unthrottled VMs run every vCPU; capped ones none; fairly throttled
     /// ones fill whatever CPUs the others leave idle, the least-ahead first.
-    fn allowances(&mut self) -> Vec<Allowance> {
+    fn allowances(&mut self) -> &[Allowance] {
         let mut gap = i64::from(self.cpus)
             - self
                 .vms
@@ -379,35 +392,37 @@ impl Policy {
                 .filter(|s| !s.throttle.fair && !s.throttle.cap)
                 .map(|s| i64::from(s.usable()))
                 .sum::<i64>();
-        let mut throttled: Vec<(VmId, f64, u32)> = self
-            .vms
-            .iter()
-            .filter(|(_, s)| s.throttle.fair && !s.throttle.cap)
-            .map(|(vm, s)| (*vm, s.vtime, s.usable()))
-            .collect();
-        throttled.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let mut partial: BTreeMap<VmId, u32> = BTreeMap::new();
-        for (vm, _, usable) in throttled {
+        for s in self.vms.values_mut() {
+            s.allowed = if s.throttle.cap || s.throttle.fair {
+                0
+            } else {
+                s.vcpus
+            };
+        }
+        self.throttled.clear();
+        self.throttled.extend(
+            self.vms
+                .iter()
+                .filter(|(_, s)| s.throttle.fair && !s.throttle.cap)
+                .map(|(vm, s)| (*vm, s.vtime, s.usable())),
+        );
+        // Unstable: a stable sort allocates a buffer for more than 20.
+        self.throttled
+            .sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        for &(vm, _, usable) in &self.throttled {
             let give = gap.clamp(0, i64::from(usable)) as u32;
             gap -= i64::from(give);
-            partial.insert(vm, give);
+            if let Some(s) = self.vms.get_mut(&vm) {
+                s.allowed = give;
+            }
         }
-        self.vms
-            .iter_mut()
-            .map(|(vm, s)| {
-                s.allowed = if s.throttle.cap {
-                    0
-                } else if s.throttle.fair {
-                    partial.get(vm).copied().unwrap_or(0)
-                } else {
-                    s.vcpus
-                };
-                Allowance {
-                    vm: *vm,
-                    vcpus: s.allowed,
-                }
-            })
-            .collect()
+        self.allowances.clear();
+        self.allowances
+            .extend(self.vms.iter().map(|(vm, s)| Allowance {
+                vm: *vm,
+                vcpus: s.allowed,
+            }));
+        &self.allowances
     }
 
     /// When, in ns after the samples of the last [`Policy::tick`] or

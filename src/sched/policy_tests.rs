@@ -250,3 +250,49 @@ fn a_burst_of_joins_costs_the_others_one_bound_each_not_more() {
         assert!(u.abs_diff(fair) <= fair / 10, "{used:?}");
     }
 }
+
+/// The tick runs on the real-time event loop every 10 ms, and every
+/// thread of the monitor allocates from glibc's one arena: a tick that
+/// allocates can wait for a thread preempted inside `malloc`. Once its
+/// buffers have grown, a tick of 200 contending VMs (some throttled, so
+/// every path of the policy runs) allocates nothing.
+#[test]
+fn a_tick_allocates_nothing_once_its_buffers_have_grown() {
+    let mut policy = Policy::new(2, TICK);
+    for i in 0..200 {
+        policy.add_vm(i, 100 + (i as u32 % 3) * 100, None, 2, 0);
+    }
+    // The runtime's buffer, made before the count, as it keeps it.
+    let mut samples: Vec<(VmId, Sample)> = Vec::with_capacity(200);
+    let fill = |t: u64, samples: &mut Vec<(VmId, Sample)>| {
+        samples.clear();
+        // Every VM spins both vCPUs and gets a tick of CPU a tick.
+        samples.extend((0..200).map(|i| {
+            let used_ns = t * TICK + (i as u64 % 7) * 1000;
+            (
+                i,
+                Sample {
+                    used_ns,
+                    busy_vcpus: 2,
+                },
+            )
+        }));
+    };
+    for t in 1..=5 {
+        fill(t, &mut samples);
+        policy.tick(&samples);
+    }
+    let mut throttled = 0;
+    let allocations = crate::test_alloc::allocations_in(|| {
+        for t in 6..=55 {
+            fill(t, &mut samples);
+            let a = policy.tick(&samples);
+            throttled += a.iter().filter(|a| a.vcpus < 2).count();
+        }
+    });
+    assert!(
+        throttled > 0,
+        "no VM was throttled: the test misses that path"
+    );
+    assert_eq!(allocations, 0, "allocations in 50 ticks");
+}
