@@ -9,6 +9,7 @@
 //! access, the *last* rule that matches decides.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::bus::AddressSpace;
 use crate::config::{AclAction, AclSpec, AclTarget, ALL_SIZES};
@@ -36,9 +37,10 @@ pub enum CompileError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleInfo {
     /// `default`, `device serial0` (an implicit rule) or `rules[2]`.
-    pub label: String,
+    /// Shared, not owned: the statistics copy it once a second.
+    pub label: Arc<str>,
     /// What it covers, e.g. `ports 0x70-0x71` or `all`.
-    pub target: String,
+    pub target: Arc<str>,
     pub action: AclAction,
 }
 
@@ -171,8 +173,8 @@ pub(crate) fn compile(spec: &AclSpec, devices: &[DeviceRange]) -> Result<Compile
     if spec.own_devices {
         for d in devices {
             let info = RuleInfo {
-                label: format!("device {}", d.name),
-                target: format!("{} {:#x}-{:#x}", space_name(d.space), d.first, d.last),
+                label: format!("device {}", d.name).into(),
+                target: format!("{} {:#x}-{:#x}", space_name(d.space), d.first, d.last).into(),
                 action: AclAction::Allow,
             };
             p.paint(info, &[(d.space, d.first, d.last)], 0xff);
@@ -182,8 +184,8 @@ pub(crate) fn compile(spec: &AclSpec, devices: &[DeviceRange]) -> Result<Compile
         let label = format!("rules[{i}]");
         let (target, ranges) = target_ranges(&r.target, &label, devices)?;
         let info = RuleInfo {
-            label,
-            target,
+            label: label.into(),
+            target: target.into(),
             action: r.action,
         };
         p.paint(info, &ranges, slot_mask(r.read, r.write, r.sizes));
@@ -240,10 +242,7 @@ impl fmt::Display for Compiled {
             for r in ranges {
                 write!(f, "{space} {:#x}-{:#x}:", r.first, r.last)?;
                 for rule in r.rules {
-                    let label = self
-                        .rules
-                        .get(usize::from(rule))
-                        .map_or("?", |i| i.label.as_str());
+                    let label = self.rules.get(usize::from(rule)).map_or("?", |i| &*i.label);
                     write!(f, " {label}")?;
                 }
                 writeln!(f)?;
@@ -303,7 +302,7 @@ mod tests {
             .expect("the ranges cover the space");
         r.rules
             .iter()
-            .map(|i| c.rules[usize::from(*i)].label.as_str())
+            .map(|i| &*c.rules[usize::from(*i)].label)
             .collect()
     }
 
@@ -327,7 +326,7 @@ mod tests {
         assert_eq!(at(&c, AddressSpace::Pio, 0x65), ["default"; 8]);
         assert_eq!(at(&c, AddressSpace::Mmio, 0xd000_0000), ["default"; 8]);
         assert_eq!(c.rules[0].action, AclAction::Deny);
-        assert_eq!(c.rules[1].target, "ports 0x60-0x64");
+        assert_eq!(&*c.rules[1].target, "ports 0x60-0x64");
     }
 
     #[test]

@@ -78,8 +78,8 @@ fn class(space: AddressSpace, op: Op) -> usize {
 /// socket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleCounters {
-    pub label: String,
-    pub target: String,
+    pub label: std::sync::Arc<str>,
+    pub target: std::sync::Arc<str>,
     pub action: AclAction,
     pub pio_reads: u64,
     pub pio_writes: u64,
@@ -405,7 +405,7 @@ impl Verifier {
         let (label, target) = self
             .rules
             .get(usize::from(v.rule))
-            .map_or(("?", "?"), |r| (r.label.as_str(), r.target.as_str()));
+            .map_or(("?", "?"), |r| (&*r.label, &*r.target));
         format!(
             "{}-byte {} {op} at {:#x} denied by {label} ({target})",
             v.len, v.space, v.addr

@@ -82,7 +82,7 @@ fn own_devices_pass_and_everything_else_is_refused() {
     // Denials by deny-and-log rules: 0x71 write, 0x80 2-byte write, 0x80
     // read, the MMIO read; the 0xcfc read is a quiet deny.
     assert_eq!(s.violations, 4);
-    let by_label = |l: &str| s.rules.iter().find(|r| r.label == l).unwrap().clone();
+    let by_label = |l: &str| s.rules.iter().find(|r| &*r.label == l).unwrap().clone();
     assert_eq!(by_label("default").total(), 3);
     assert_eq!(by_label("default").mmio_reads, 1);
     assert_eq!(by_label("rules[0]").pio_writes, 1);

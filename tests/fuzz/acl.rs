@@ -329,7 +329,7 @@ pub fn run(case: &Case) {
         }
         (got, expected) => panic!("compiling gave {got:?}, the model {:?}", expected.err()),
     };
-    let labels: Vec<&str> = verifier.rules().iter().map(|r| r.label.as_str()).collect();
+    let labels: Vec<&str> = verifier.rules().iter().map(|r| &*r.label).collect();
     assert_eq!(
         labels.len(),
         model.actions.len(),
