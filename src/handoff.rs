@@ -40,6 +40,10 @@ pub enum Refused<T> {
     Closed(T),
 }
 
+/// Another thread holds the hand-off's lock now.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Busy;
+
 struct State<T> {
     items: VecDeque<T>,
     closed: bool,
@@ -94,6 +98,18 @@ impl<T> Handoff<T> {
     /// The oldest item, if there is one.
     pub fn try_pop(&self) -> Option<T> {
         lock(&self.state).items.pop_front()
+    }
+
+    /// [`Handoff::try_pop`] without waiting for the lock: `Err(Busy)`
+    /// while another thread pushes or pops. For a real-time thread, which
+    /// would otherwise sleep until a normal thread that holds the lock,
+    /// and may have been preempted by it, gets a CPU again.
+    pub fn try_pop_now(&self) -> Result<Option<T>, Busy> {
+        match self.state.try_lock() {
+            Ok(mut s) => Ok(s.items.pop_front()),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner().items.pop_front()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(Busy),
+        }
     }
 
     /// The oldest item, waiting for one as long as the hand-off is open.
@@ -157,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bounded_mailbox_gives_back_what_does_not_fit() {
+    fn a_bounded_handoff_gives_back_what_does_not_fit() {
         let m = Handoff::bounded(1);
         m.push("a").unwrap();
         assert_eq!(m.push("b"), Err(Refused::Full("b")));
@@ -167,7 +183,22 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_mailbox_refuses_pushes_and_hands_out_what_it_holds() {
+    fn try_pop_now_does_not_wait_for_a_holder_of_the_lock() {
+        let m = Arc::new(Handoff::new());
+        m.push(1).unwrap();
+        let held = lock(&m.state);
+        let other = {
+            let m = m.clone();
+            std::thread::spawn(move || m.try_pop_now())
+        };
+        assert_eq!(other.join().unwrap(), Err(Busy));
+        drop(held);
+        assert_eq!(m.try_pop_now(), Ok(Some(1)));
+        assert_eq!(m.try_pop_now(), Ok(None));
+    }
+
+    #[test]
+    fn a_closed_handoff_refuses_pushes_and_hands_out_what_it_holds() {
         let m = Handoff::new();
         m.push(1).unwrap();
         m.close();

@@ -64,12 +64,19 @@ impl Monitor {
     /// time: the rest waits for the next turn of the loop, after the ticks
     /// that came due meanwhile (200 VMs stopping at once made one turn of
     /// the loop take 7 ms).
+    /// The loop does not wait for a worker that is handing a result in
+    /// (it may have preempted it, and a normal thread waits its turn among
+    /// busy vCPUs): with the scheduler's ticks, it comes back at the next.
     fn on_workers(&mut self) {
         let _ = self.workers.done_evt.read();
         for _ in 0..DONE_PER_EVENT {
-            match self.workers.try_done() {
-                Some(done) => self.finished(done),
-                None => return,
+            match self.workers.try_done(!self.host.scheduler) {
+                Ok(Some(done)) => self.finished(done),
+                Ok(None) => return,
+                Err(_busy) => {
+                    self.workers_busy = true;
+                    return;
+                }
             }
         }
         // More may be waiting: come back to them.
@@ -228,6 +235,9 @@ impl Monitor {
             .iter()
             .filter_map(|(id, e)| e.running().map(|vm| (*id, vm)));
         self.sched.on_tick(running);
+        if std::mem::take(&mut self.workers_busy) {
+            let _ = self.workers.done_evt.write(1);
+        }
     }
 
     fn on_mem_tick(&mut self) {

@@ -222,6 +222,9 @@ pub(crate) struct Monitor {
     host: HostSpec,
     plan: BuildPlan,
     workers: Workers,
+    /// A worker was handing a result in when the loop looked: look again
+    /// at the next tick.
+    workers_busy: bool,
     /// `serve`: run until asked to shut down, even with no VM.
     serving: bool,
     shutting_down: bool,

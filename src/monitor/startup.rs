@@ -264,6 +264,7 @@ fn start_monitor(
         host: spec.host.clone(),
         plan,
         workers,
+        workers_busy: false,
         serving: opts.serve,
         shutting_down: false,
         signals,

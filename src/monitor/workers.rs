@@ -28,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::VmId;
 use crate::bus::lock;
 use crate::config::VmSpec;
-use crate::handoff::Handoff;
+use crate::handoff::{Busy, Handoff};
 use crate::lifecycle::VmOutcome;
 use crate::output::{OutputRing, OutputWriter, RingWriter};
 use crate::vm::{build_vm, BuildOptions, Vm, VmError, VmReport};
@@ -165,9 +165,13 @@ impl Workers {
         Ok(Workers { pool, done_evt })
     }
 
-    /// A job's result, if one is ready.
-    pub(crate) fn try_done(&self) -> Option<Done> {
-        self.pool.done.try_pop()
+    /// A job's result, if one is ready: `Err(Busy)` while a worker is
+    /// handing one in, unless `wait` (then it waits for the worker).
+    pub(crate) fn try_done(&self, wait: bool) -> Result<Option<Done>, Busy> {
+        match wait {
+            true => Ok(self.pool.done.try_pop()),
+            false => self.pool.done.try_pop_now(),
+        }
     }
 
     /// The next job's result, waiting for it; `None` when no worker is
