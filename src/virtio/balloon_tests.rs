@@ -423,17 +423,15 @@ fn buffers_posted_before_driver_ok_are_taken_on_the_device_thread() {
     assert_eq!(dev.device().held_pages(), 1);
 }
 
-/// The allocator counts what the device saw inflated, not the `actual` the
-/// driver writes: a driver that claims its whole balloon while keeping its
-/// pages still holds all its RAM in the allocator's eyes (so it is given
-/// nothing for the claim) and is reported as over its target.
-#[test]
-fn a_driver_that_claims_its_balloon_without_inflating_is_over_its_target() {
+/// A 64 MiB VM's balloon (floor 16) under a 32 MiB budget, ticking every
+/// 10 ms.
+fn budgeted_balloon(
+    dev: MmioTransport<Balloon>,
+) -> (crate::mem::BalloonHandle, crate::mem::MemoryManager) {
     use crate::config::{BalloonOptions, HostMemorySpec, MemorySpec};
     use crate::mem::{BalloonHandle, MemoryManager};
     use std::sync::Mutex;
 
-    let Driver { dev, _thread, .. } = driver(ALL, 0, 2);
     let handle = BalloonHandle {
         device: Arc::new(Mutex::new(dev)),
         size_mib: 64,
@@ -453,6 +451,17 @@ fn a_driver_that_claims_its_balloon_without_inflating_is_over_its_target() {
     let mut mem = MemoryManager::new(Some(host)).expect("allocator");
     mem.add_vm(0, &handle, &spec);
     mem.start().expect("tick");
+    (handle, mem)
+}
+
+/// The allocator counts what the device saw inflated, not the `actual` the
+/// driver writes: a driver that claims its whole balloon while keeping its
+/// pages still holds all its RAM in the allocator's eyes (so it is given
+/// nothing for the claim) and is reported as over its target.
+#[test]
+fn a_driver_that_claims_its_balloon_without_inflating_is_over_its_target() {
+    let Driver { dev, _thread, .. } = driver(ALL, 0, 2);
+    let (handle, mut mem) = budgeted_balloon(dev);
     for _ in 0..crate::mem::runtime::LAG_TICKS + 2 {
         mem.on_tick(std::iter::once((0, &handle)));
         // The driver claims whatever it is asked for, and inflates nothing.
@@ -475,31 +484,12 @@ fn a_driver_that_claims_its_balloon_without_inflating_is_over_its_target() {
 /// lock is free.
 #[test]
 fn the_allocator_tick_does_not_wait_for_a_balloon_a_vcpu_holds() {
-    use crate::config::{BalloonOptions, HostMemorySpec, MemorySpec};
-    use crate::mem::{BalloonHandle, MemoryManager};
-    use std::sync::{mpsc, Mutex};
+    use std::sync::mpsc;
     use std::time::Duration;
 
     let Driver { dev, _thread, .. } = driver(ALL, 0, 2);
-    let handle = Arc::new(BalloonHandle {
-        device: Arc::new(Mutex::new(dev)),
-        size_mib: 64,
-        options: BalloonOptions {
-            target_mib: None,
-            deflate_on_oom: true,
-            stats_interval_s: 1,
-            free_page_reporting: false,
-        },
-    });
-    let mut spec = MemorySpec::defaults(64);
-    (spec.floor_mib, spec.ceiling_mib) = (16, 64);
-    let host = HostMemorySpec {
-        budget_mib: 32,
-        tick_ms: 10,
-    };
-    let mut mem = MemoryManager::new(Some(host)).expect("allocator");
-    mem.add_vm(0, &handle, &spec);
-    mem.start().expect("tick");
+    let (handle, mut mem) = budgeted_balloon(dev);
+    let handle = Arc::new(handle);
 
     // A "vCPU" holds the balloon while the tick and a statistics read run
     // on another thread, which must come back.
