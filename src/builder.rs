@@ -318,6 +318,7 @@ impl Build<'_> {
             id: spec.id.clone(),
             shared,
             state,
+            limiter_seen: Default::default(),
         });
         Ok(())
     }

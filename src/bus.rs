@@ -182,6 +182,18 @@ pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The lock, unless another thread holds it now (a poisoned lock is
+/// taken, as [`lock`] takes it). What the real-time event loop uses on a
+/// lock a vCPU or device thread may hold: it must not sleep behind a
+/// normal thread it may have preempted (design.md, "Threads").
+pub fn try_lock<T: ?Sized>(m: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub mod config;
 pub mod console;
 pub mod devices;
 pub mod fcapi;
+pub mod glimpse;
 pub mod handoff;
 pub mod host;
 pub mod kvmstat;

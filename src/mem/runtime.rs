@@ -16,6 +16,7 @@ use std::time::Duration;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::policy::{Decision, Limits, Observation, Params, Policy, VmId};
+use crate::bus::try_lock;
 use crate::config::MemorySpec;
 use crate::config::{HostMemorySpec, DEFAULT_MEMORY_TICK_MS};
 use crate::layout::MIB;
@@ -86,15 +87,6 @@ pub struct MemoryManager {
     /// Balloons a tick found locked.
     busy: u64,
     vms: Vec<Tracked>,
-}
-
-/// The lock, unless another thread holds it now.
-fn try_lock<T>(m: &std::sync::Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
-    match m.try_lock() {
-        Ok(g) => Some(g),
-        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
-    }
 }
 
 fn pages_to_mib(pages: u32) -> u64 {

@@ -123,6 +123,9 @@ pub struct DeviceState {
     needs_reset: AtomicBool,
     failures: AtomicU64,
     last_failure: Mutex<Option<String>>,
+    /// `last_failure` as the event loop last saw it (it does not wait for
+    /// a device thread's lock).
+    failure_seen: crate::glimpse::Glimpse<Option<String>>,
     /// Queue notifications the device thread has taken (doorbells that
     /// KVM served through an ioeventfd never reach the verifier; this
     /// counts them).
@@ -137,6 +140,7 @@ impl DeviceState {
             needs_reset: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             last_failure: Mutex::new(None),
+            failure_seen: crate::glimpse::Glimpse::default(),
             notifications: AtomicU64::new(0),
         }
     }
@@ -170,7 +174,7 @@ impl DeviceState {
     pub fn failures(&self) -> (u64, Option<String>) {
         (
             self.failures.load(Ordering::Relaxed),
-            crate::bus::lock(&self.last_failure).clone(),
+            self.failure_seen.read(&self.last_failure, Clone::clone),
         )
     }
 

@@ -34,7 +34,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::{DeviceState, QueueHandler, VirtioDevice, F_INDIRECT_DESC};
 use crate::bus::lock;
-use crate::config::{CacheMode, DriveSpec, IoEngine};
+use crate::config::{CacheMode, DriveSpec, IoEngine, RateLimiterSpec};
+use crate::glimpse::Glimpse;
 use crate::ratelimit::{BucketUpdate, RateLimiter, RateLimiterStats};
 use crate::share::SharedBucket;
 use engine::{Engine, SyncEngine};
@@ -327,6 +328,9 @@ pub struct DriveHandle {
     pub id: String,
     pub shared: Arc<DriveShared>,
     pub state: Arc<DeviceState>,
+    /// The rate limiter's figures and buckets as the event loop last read
+    /// them (the device thread holds its lock for each request).
+    pub limiter_seen: Glimpse<(RateLimiterStats, RateLimiterSpec)>,
 }
 
 impl DriveHandle {
@@ -335,7 +339,9 @@ impl DriveHandle {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Acquire);
         let now = self.shared.now_ns();
-        let limiter = lock(&self.shared.limiter);
+        let (limiter, limits) = self
+            .limiter_seen
+            .read(&self.shared.limiter, |l| (l.stats(now), l.spec()));
         DriveStats {
             id: self.id.clone(),
             read_bytes: get(&c.read_bytes),
@@ -344,8 +350,8 @@ impl DriveHandle {
             writes: get(&c.writes),
             flushes: get(&c.flushes),
             errors: get(&c.errors),
-            limiter: limiter.stats(now),
-            limits: limiter.spec(),
+            limiter,
+            limits,
             needs_reset: self.state.needs_reset(),
             failures: self.state.failures().0,
             notifications: self.state.notifications(),
@@ -356,7 +362,10 @@ impl DriveHandle {
     /// a request waiting for tokens is looked at again at once.
     pub fn update_limits(&self, bandwidth: BucketUpdate, ops: BucketUpdate) {
         let now = self.shared.now_ns();
-        lock(&self.shared.limiter).update(bandwidth, ops, now);
+        let mut limiter = lock(&self.shared.limiter);
+        limiter.update(bandwidth, ops, now);
+        self.limiter_seen.set((limiter.stats(now), limiter.spec()));
+        drop(limiter);
         self.shared.wake();
     }
 }

@@ -346,10 +346,27 @@ fn a_rate_limited_drive_waits_for_its_tokens() {
         id: "disk-id".into(),
         shared: d.shared.clone(),
         state: d.dev.state().clone(),
+        limiter_seen: Default::default(),
     };
     let stats = handle.stats();
     assert_eq!(stats.limiter.throttled_events, 1);
     assert!(stats.limiter.throttled_ns >= 50_000_000, "{stats:?}");
+    // While the device thread holds its limiter (it does for each
+    // request), the statistics answer at once with the figures they read
+    // last: the event loop never waits for a device thread.
+    let handle = Arc::new(handle);
+    let held = lock(&d.shared.limiter);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn({
+        let handle = handle.clone();
+        move || tx.send(handle.stats()).unwrap()
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(10));
+    drop(held);
+    reader.join().unwrap();
+    let seen = seen.expect("the statistics must not wait for the limiter's lock");
+    assert_eq!(seen.limiter, stats.limiter);
+    assert_eq!(handle.limiter_seen.busy(), 1);
     // Lifting the limit lets the next request go at once.
     handle.update_limits(
         crate::ratelimit::BucketUpdate::Disable,

@@ -23,8 +23,9 @@ use std::time::Instant;
 use super::timer::Timer;
 use super::{Mailbox, QueueHandler, VirtioDevice};
 use crate::bus::lock;
-use crate::config::NetSpec;
-use crate::ratelimit::{BucketUpdate, RateLimiter};
+use crate::config::{NetSpec, RateLimiterSpec};
+use crate::glimpse::Glimpse;
+use crate::ratelimit::{BucketUpdate, RateLimiter, RateLimiterStats};
 use crate::share::SharedBucket;
 pub use stats::NetStats;
 pub use tap::{NetBackend, Tap, TapError};
@@ -248,6 +249,9 @@ pub struct NetHandle {
     pub mac: [u8; 6],
     pub shared: Arc<NetShared>,
     pub state: Arc<super::DeviceState>,
+    /// Each direction's rate limiter (rx, tx) as the event loop last read
+    /// it (the device thread holds its lock for each frame).
+    seen: [Glimpse<(RateLimiterStats, RateLimiterSpec)>; 2],
 }
 
 impl NetHandle {
@@ -260,27 +264,46 @@ impl NetHandle {
             mac: spec.mac,
             shared: net.shared.clone(),
             state,
+            seen: Default::default(),
         }
+    }
+
+    /// A direction's rate limiter and the loop's last view of it.
+    fn limiter(
+        &self,
+        dir: Direction,
+    ) -> (
+        &Mutex<RateLimiter>,
+        &Glimpse<(RateLimiterStats, RateLimiterSpec)>,
+    ) {
+        match dir {
+            Direction::Rx => (&self.shared.rx_limiter, &self.seen[0]),
+            Direction::Tx => (&self.shared.tx_limiter, &self.seen[1]),
+        }
+    }
+
+    /// A direction's rate limiter's figures and buckets, without waiting
+    /// for the device thread (the last read's if it holds the lock).
+    fn limiter_seen(&self, dir: Direction, now: u64) -> (RateLimiterStats, RateLimiterSpec) {
+        let (limiter, seen) = self.limiter(dir);
+        seen.read(limiter, |l| (l.stats(now), l.spec()))
     }
 
     /// Changes a direction's rate limiter (Firecracker's PATCH of an
     /// interface) and wakes the handler to apply it.
     pub fn update_limiter(&self, dir: Direction, bandwidth: BucketUpdate, ops: BucketUpdate) {
         let now = self.shared.now_ns();
-        let limiter = match dir {
-            Direction::Rx => &self.shared.rx_limiter,
-            Direction::Tx => &self.shared.tx_limiter,
-        };
-        lock(limiter).update(bandwidth, ops, now);
+        let (limiter, seen) = self.limiter(dir);
+        let mut l = lock(limiter);
+        l.update(bandwidth, ops, now);
+        seen.set((l.stats(now), l.spec()));
+        drop(l);
         self.shared.wake();
     }
 
     /// The limiter of a direction, as it is now (for the API's reply).
     pub fn limiter_spec(&self, dir: Direction) -> crate::config::RateLimiterSpec {
-        match dir {
-            Direction::Rx => lock(&self.shared.rx_limiter).spec(),
-            Direction::Tx => lock(&self.shared.tx_limiter).spec(),
-        }
+        self.limiter_seen(dir, self.shared.now_ns()).1
     }
 
     /// The interface's figures now.
@@ -297,8 +320,8 @@ impl NetHandle {
             failures,
             last_failure,
             counters: stats::NetCounts::read(&self.shared.counters),
-            rx_limiter: lock(&self.shared.rx_limiter).stats(now),
-            tx_limiter: lock(&self.shared.tx_limiter).stats(now),
+            rx_limiter: self.limiter_seen(Direction::Rx, now).0,
+            tx_limiter: self.limiter_seen(Direction::Tx, now).0,
         }
     }
 }

@@ -348,6 +348,7 @@ fn lifting_a_limit_at_run_time_lets_held_frames_go() {
         mac: MAC,
         shared: r.shared.clone(),
         state: r.d.dev.state().clone(),
+        seen: Default::default(),
     };
     assert!(handle.stats().rx_limiter.throttled);
     handle.update_limiter(Direction::Rx, BucketUpdate::Disable, BucketUpdate::Keep);
