@@ -11,7 +11,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::bus::lock;
+use crate::bus::{lock, try_lock};
 use crate::vm::Serial;
 
 const ESCAPE: u8 = 0x01; // Ctrl-A
@@ -91,11 +91,16 @@ impl Console {
     }
 
     /// Offers pending input to the guest; returns whether all of it fitted.
+    /// A serial port whose lock a vCPU holds (it is serving an exit, or
+    /// was preempted in one) takes nothing now: the real-time loop does
+    /// not wait behind a vCPU thread, the retry timer comes back to it.
     fn flush(&mut self) -> bool {
         let Some(serial) = lock(&self.serial).clone() else {
             return self.pending.is_empty();
         };
-        let mut serial = lock(&serial);
+        let Some(mut serial) = try_lock(&serial) else {
+            return self.pending.is_empty();
+        };
         while !self.pending.is_empty() {
             let (front, _) = self.pending.as_slices();
             let taken = serial.enqueue_input(front);
@@ -132,7 +137,8 @@ impl Console {
         };
         self.pending.extend(input);
         if !self.flush() {
-            // The guest is not draining its FIFO: stop reading until it does.
+            // The guest is not draining its FIFO (or a vCPU holds the
+            // port): stop reading until it takes the rest.
             let _ = ops.remove(self.stdin_events());
             self.reading = false;
             if let Err(e) = self.retry.reset(RETRY, Some(RETRY)) {
@@ -194,5 +200,57 @@ mod tests {
             f.feed(b"\x01\x01q\x01c"),
             ConsoleInput::Guest(b"\x01q\x01c".to_vec())
         );
+    }
+
+    #[test]
+    fn keys_wait_in_the_console_while_a_vcpu_holds_the_serial_port() {
+        use crate::devices::{IrqLine, SerialDevice};
+        use std::sync::mpsc;
+
+        let irq = IrqLine(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let serial = Arc::new(Mutex::new(SerialDevice::new(irq, Box::new(io::sink()))));
+        let target: ConsoleTarget = Arc::new(Mutex::new(Some(serial.clone())));
+        let quit = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut console = Console::new(target, quit).unwrap();
+        console.pending.extend(b"ls\r");
+
+        // A "vCPU" holds the port.
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let vcpu = std::thread::spawn({
+            let serial = serial.clone();
+            move || {
+                let _port = lock(&serial);
+                held_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            }
+        });
+        held_rx.recv().unwrap();
+        // The flush runs on a thread of its own, so that one that waited
+        // fails the test instead of hanging it.
+        let (done_tx, done_rx) = mpsc::channel();
+        let flusher = std::thread::spawn(move || {
+            let fitted = console.flush();
+            done_tx.send(fitted).unwrap();
+            console
+        });
+        let fitted = done_rx.recv_timeout(Duration::from_secs(10));
+        release_tx.send(()).unwrap();
+        vcpu.join().unwrap();
+        let mut console = flusher.join().unwrap();
+        assert_eq!(fitted, Ok(false), "the flush must not wait for the port");
+        assert_eq!(console.pending.len(), 3, "nothing is lost");
+
+        // The retry after the vCPU let go delivers all of it, in order.
+        assert!(console.flush());
+        assert!(console.pending.is_empty());
+        let mut port = lock(&serial);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let mut b = [0u8];
+            crate::bus::BusDevice::read(&mut *port, 0, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, b"ls\r");
     }
 }
