@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::retry::DeviceRequest;
 use super::workers::{Job, Launch};
 use super::{AfterStop, Monitor, VmEntry, VmId, VmState};
 use crate::api::{Answer, Control, Waiter, STOPPED_BY_API};
@@ -362,14 +363,7 @@ impl Control for Monitor {
     }
 
     fn send_ctrl_alt_del(&mut self, vm: usize) -> Result<(), String> {
-        let (_, e) = self.nth(vm).ok_or("no such VM")?;
-        let v = e
-            .running()
-            .ok_or_else(|| format!("vm {} is not running", e.name))?;
-        let keyboard = v.devices.keyboard.as_ref().ok_or("the VM has no i8042")?;
-        crate::bus::lock(keyboard)
-            .send_ctrl_alt_del()
-            .map_err(|e| e.to_string())
+        self.device_request(vm, DeviceRequest::CtrlAltDel)
     }
 
     fn firecracker_apis(&self) -> Option<std::sync::Arc<crate::fcapi::Registry>> {
@@ -399,8 +393,9 @@ impl Control for Monitor {
                 b.size_mib
             ));
         }
-        b.set_balloon_mib(amount_mib);
-        Ok(json!({"vm": e.name, "amount_mib": amount_mib}))
+        let name = e.name.clone();
+        self.device_request(vm, DeviceRequest::Balloon { mib: amount_mib })?;
+        Ok(json!({"vm": name, "amount_mib": amount_mib}))
     }
 
     fn set_io_weight(&mut self, vm: usize, weight: u32) -> Result<serde_json::Value, String> {

@@ -238,6 +238,11 @@ impl Monitor {
         if std::mem::take(&mut self.workers_busy) {
             let _ = self.workers.done_evt.write(1);
         }
+        let vms = &self.vms;
+        self.retries.retry(|id, req| {
+            let devices = &vms.get(&id)?.running()?.devices;
+            Some(super::retry::deliver(devices, req, false))
+        });
     }
 
     fn on_mem_tick(&mut self) {

@@ -18,6 +18,7 @@
 
 mod control;
 mod dispatch;
+mod retry;
 mod startup;
 mod statsfile;
 mod workers;
@@ -225,6 +226,8 @@ pub(crate) struct Monitor {
     /// A worker was handing a result in when the loop looked: look again
     /// at the next tick.
     workers_busy: bool,
+    /// Requests whose device a vCPU held, tried again at each tick.
+    retries: retry::Retries,
     /// `serve`: run until asked to shut down, even with no VM.
     serving: bool,
     shutting_down: bool,

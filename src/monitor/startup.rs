@@ -265,6 +265,7 @@ fn start_monitor(
         plan,
         workers,
         workers_busy: false,
+        retries: Default::default(),
         serving: opts.serve,
         shutting_down: false,
         signals,

@@ -1,0 +1,244 @@
+//! Single requests from the event loop into a device that a vCPU may be
+//! using: Ctrl+Alt+Del into the i8042 (Firecracker's `SendCtrlAltDel`)
+//! and a balloon size (its `PATCH /balloon`).
+//!
+//! A vCPU thread holds such a device's lock while it serves an exit of
+//! its guest, and a guest that hammers the device holds it most of the
+//! time. The loop runs `SCHED_FIFO`; had it waited for the lock of a vCPU
+//! it preempted, it would have waited for that thread's turn among every
+//! busy vCPU, and every VM's ticks with it (design.md, "Threads"). So the
+//! loop only *tries* the lock: a request that finds it held is accepted,
+//! kept here and tried again at each scheduler tick until its device is
+//! free. Without the scheduler's ticks (`host.cpu.scheduler` off) the loop
+//! waits for the lock as before.
+
+use std::sync::Mutex;
+
+use super::VmId;
+use crate::bus::{lock, try_lock};
+use crate::devices::i8042::{ResetLine, I8042};
+use crate::mem::BalloonHandle;
+use crate::vm::VmDevices;
+
+/// A request for one device of one VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeviceRequest {
+    /// Press Ctrl+Alt+Del on the i8042.
+    CtrlAltDel,
+    /// Ask for a balloon of `mib` MiB.
+    Balloon { mib: u64 },
+}
+
+/// What trying a request gave: `None` when another thread held the lock.
+pub(crate) type Tried = Option<Result<(), String>>;
+
+/// Presses Ctrl+Alt+Del on `keyboard` if its lock is free (or, with
+/// `wait`, once it is).
+pub(crate) fn ctrl_alt_del<R: ResetLine>(keyboard: &Mutex<I8042<R>>, wait: bool) -> Tried {
+    let mut k = if wait {
+        lock(keyboard)
+    } else {
+        try_lock(keyboard)?
+    };
+    Some(k.send_ctrl_alt_del().map_err(|e| e.to_string()))
+}
+
+/// Asks for a balloon of `mib` MiB if the device's lock is free (or, with
+/// `wait`, once it is).
+pub(crate) fn set_balloon(balloon: &BalloonHandle, mib: u64, wait: bool) -> Tried {
+    let mut dev = if wait {
+        lock(&balloon.device)
+    } else {
+        try_lock(&balloon.device)?
+    };
+    dev.set_target_pages(balloon.pages(mib));
+    Some(Ok(()))
+}
+
+/// Tries `req` on the devices of its VM (`wait`: waits for the lock).
+pub(crate) fn deliver(devices: &VmDevices, req: DeviceRequest, wait: bool) -> Tried {
+    match req {
+        DeviceRequest::CtrlAltDel => match &devices.keyboard {
+            Some(k) => ctrl_alt_del(k, wait),
+            None => Some(Err("the VM has no i8042".into())),
+        },
+        DeviceRequest::Balloon { mib } => match &devices.balloon {
+            Some(b) => set_balloon(b, mib, wait),
+            None => Some(Err("No balloon device found.".into())),
+        },
+    }
+}
+
+impl super::Monitor {
+    /// Delivers `req` to the device of the `vm`th VM now or, when a vCPU
+    /// holds the device's lock and the scheduler ticks, accepts it and
+    /// delivers it at a coming tick.
+    pub(super) fn device_request(&mut self, vm: usize, req: DeviceRequest) -> Result<(), String> {
+        let wait = !self.host.scheduler;
+        let (id, e) = self.nth(vm).ok_or("no such VM")?;
+        let v = e
+            .running()
+            .ok_or_else(|| format!("vm {} is not running", e.name))?;
+        match deliver(&v.devices, req, wait) {
+            Some(done) => done,
+            None => {
+                self.retries.defer(id, req);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Requests whose device was busy, waiting for the next tick. At most one
+/// of each kind per VM: a newer balloon size replaces the one waiting, and
+/// a second Ctrl+Alt+Del before the first reached the guest is the same
+/// key press. So the list holds at most two entries per VM, whatever a
+/// client sends.
+#[derive(Debug, Default)]
+pub(crate) struct Retries {
+    waiting: Vec<(VmId, DeviceRequest)>,
+    /// Requests that found their device busy.
+    deferred: u64,
+}
+
+impl Retries {
+    /// Keeps `req` for VM `id` until its device is free.
+    pub(crate) fn defer(&mut self, id: VmId, req: DeviceRequest) {
+        let kind = std::mem::discriminant(&req);
+        self.waiting
+            .retain(|(i, r)| !(*i == id && std::mem::discriminant(r) == kind));
+        self.waiting.push((id, req));
+        self.deferred += 1;
+        log::debug!("VM {id}: {req:?} waits for its device (a vCPU holds it)");
+    }
+
+    /// Tries every waiting request again with `deliver` (which answers
+    /// `None` while the device is still busy, and is given `None` for the
+    /// VM when it no longer runs: its requests go with it). Allocates
+    /// nothing: it runs on the scheduler's tick.
+    pub(crate) fn retry(&mut self, mut deliver: impl FnMut(VmId, DeviceRequest) -> Option<Tried>) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        self.waiting.retain(|&(id, req)| match deliver(id, req) {
+            None => false,
+            Some(None) => true,
+            Some(Some(Ok(()))) => false,
+            Some(Some(Err(e))) => {
+                log::warn!("VM {id}: {req:?} could not be delivered: {e}");
+                false
+            }
+        });
+    }
+
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn deferred(&self) -> u64 {
+        self.deferred
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    struct Lines;
+    impl ResetLine for Lines {
+        fn reset(&mut self) {}
+        fn keyboard_interrupt(&mut self) {}
+    }
+
+    fn keys_waiting(k: &Mutex<I8042<Lines>>) -> usize {
+        // The status register's output-buffer-full bit, then the bytes.
+        let mut n = 0;
+        let mut dev = lock(k);
+        loop {
+            let mut status = [0u8];
+            crate::bus::BusDevice::read(&mut *dev, 4, &mut status);
+            if status[0] & 1 == 0 {
+                return n;
+            }
+            let mut b = [0u8];
+            crate::bus::BusDevice::read(&mut *dev, 0, &mut b);
+            n += 1;
+        }
+    }
+
+    #[test]
+    fn ctrl_alt_del_on_a_held_keyboard_is_not_a_wait_and_arrives_later() {
+        let keyboard = Arc::new(Mutex::new(I8042::new(Lines)));
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let vcpu = std::thread::spawn({
+            let keyboard = keyboard.clone();
+            move || {
+                let _k = lock(&keyboard);
+                held_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            }
+        });
+        held_rx.recv().unwrap();
+        // Tried on a thread of its own: one that waited fails the test
+        // instead of hanging it.
+        let (tx, rx) = mpsc::channel();
+        let loop_thread = std::thread::spawn({
+            let keyboard = keyboard.clone();
+            move || tx.send(ctrl_alt_del(&keyboard, false)).unwrap()
+        });
+        let tried = rx.recv_timeout(Duration::from_secs(10));
+        release_tx.send(()).unwrap();
+        vcpu.join().unwrap();
+        loop_thread.join().unwrap();
+        assert_eq!(tried, Ok(None), "busy, and no wait");
+
+        let mut retries = Retries::default();
+        retries.defer(3, DeviceRequest::CtrlAltDel);
+        retries.retry(|id, req| {
+            assert_eq!((id, req), (3, DeviceRequest::CtrlAltDel));
+            Some(ctrl_alt_del(&keyboard, false))
+        });
+        assert_eq!(retries.waiting(), 0);
+        assert_eq!(
+            keys_waiting(&keyboard),
+            4,
+            "the key presses reached the guest"
+        );
+    }
+
+    #[test]
+    fn one_request_of_a_kind_waits_per_vm_and_the_newest_wins() {
+        let mut r = Retries::default();
+        for mib in 0..1000 {
+            r.defer(1, DeviceRequest::Balloon { mib });
+            r.defer(1, DeviceRequest::CtrlAltDel);
+        }
+        r.defer(2, DeviceRequest::Balloon { mib: 7 });
+        assert_eq!(r.waiting(), 3, "bounded by the VMs, not the requests");
+        assert_eq!(r.deferred(), 2001);
+
+        let mut seen = Vec::new();
+        // Still busy: every request stays.
+        r.retry(|id, req| {
+            seen.push((id, req));
+            Some(None)
+        });
+        assert_eq!(r.waiting(), 3);
+        assert!(seen.contains(&(1, DeviceRequest::Balloon { mib: 999 })));
+        assert!(seen.contains(&(2, DeviceRequest::Balloon { mib: 7 })));
+
+        // VM 2 is gone; VM 1's balloon goes through, its key press fails.
+        r.retry(|id, req| match (id, req) {
+            (2, _) => None,
+            (_, DeviceRequest::Balloon { .. }) => Some(Some(Ok(()))),
+            _ => Some(Some(Err("the i8042 keyboard buffer is full".into()))),
+        });
+        assert_eq!(r.waiting(), 0);
+    }
+}
