@@ -226,6 +226,10 @@ impl CpuScheduler {
     where
         I: Iterator<Item = (VmId, &'a Vm)> + Clone,
     {
+        debug_assert!(
+            vms.clone().zip(vms.clone().skip(1)).all(|(a, b)| a.0 < b.0),
+            "on_tick takes the VMs in the order of their ids"
+        );
         let start = crate::host::current_thread_cpu_ns();
         let expirations = self.timer.wait().unwrap_or(1);
         self.jitter.tick(std::time::Instant::now(), expirations);
