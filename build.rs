@@ -5,7 +5,11 @@
 //!   note, exported to the crate as `HEARTH_TEST_GUEST_ELF`;
 //! - `hearth-guest.bzimage`: the same loaded image behind a Linux x86 boot
 //!   sector and setup header (64-bit entry at payload offset 0x200),
-//!   exported as `HEARTH_TEST_GUEST_BZIMAGE`.
+//!   exported as `HEARTH_TEST_GUEST_BZIMAGE`;
+//! - `hearth-quick.elf` and `hearth-quick-idle.elf`: the quick guest of
+//!   `resources/guest-quick/` (its boot line with its first instructions,
+//!   then a spin, or a halt), linked with the same script, exported as
+//!   `HEARTH_QUICK_GUEST_ELF` and `HEARTH_QUICK_IDLE_GUEST_ELF`.
 //!
 //! Needs `gcc` (or `cc`), `ld` and `objcopy` on PATH; only std is used.
 
@@ -44,10 +48,24 @@ fn main() {
 
     let elf = out_dir.join("hearth-guest.elf");
     let bzimage = out_dir.join("hearth-guest.bzimage");
-    build_elf(&guest_dir, &out_dir, &elf);
+    let script = guest_dir.join("guest.ld");
+    build_elf(&guest_dir, &script, &out_dir, "guest", &[], &elf);
     build_bzimage(&elf, &out_dir, &bzimage);
+    // The quick guest (its boot line first, then a spin), on the same
+    // linker script.
+    let quick_dir = manifest_dir.join("resources").join("guest-quick");
+    println!("cargo:rerun-if-changed={}", quick_dir.display());
+    let quick = out_dir.join("hearth-quick.elf");
+    build_elf(&quick_dir, &script, &out_dir, "quick", &[], &quick);
+    let quick_idle = out_dir.join("hearth-quick-idle.elf");
+    build_elf(&quick_dir, &script, &out_dir, "quick-idle", &["-DQUICK_IDLE"], &quick_idle);
 
     println!("cargo:rustc-env=HEARTH_TEST_GUEST_ELF={}", elf.display());
+    println!("cargo:rustc-env=HEARTH_QUICK_GUEST_ELF={}", quick.display());
+    println!(
+        "cargo:rustc-env=HEARTH_QUICK_IDLE_GUEST_ELF={}",
+        quick_idle.display()
+    );
     println!(
         "cargo:rustc-env=HEARTH_TEST_GUEST_BZIMAGE={}",
         bzimage.display()
@@ -86,7 +104,16 @@ fn assembler() -> &'static str {
     }
 }
 
-fn build_elf(guest_dir: &Path, out_dir: &Path, elf: &Path) {
+/// Assembles every `.S` of `guest_dir` with `defines` (objects named
+/// `prefix-*.o`) and links them with `script` into `elf`.
+fn build_elf(
+    guest_dir: &Path,
+    script: &Path,
+    out_dir: &Path,
+    prefix: &str,
+    defines: &[&str],
+    elf: &Path,
+) {
     let cc = assembler();
     let mut objects = Vec::new();
     // Every .S file of the guest is one object: a new scenario file needs
@@ -103,10 +130,12 @@ fn build_elf(guest_dir: &Path, out_dir: &Path, elf: &Path) {
             .and_then(|s| s.to_str())
             .unwrap_or("source")
             .to_string();
-        let obj = out_dir.join(format!("guest-{stem}.o"));
+        let obj = out_dir.join(format!("{prefix}-{stem}.o"));
         let mut command = Command::new(cc);
         command
-            .args(["-c", "-m64", "-x", "assembler-with-cpp", "-I"])
+            .args(["-c", "-m64", "-x", "assembler-with-cpp"])
+            .args(defines)
+            .arg("-I")
             .arg(guest_dir)
             .arg("-o")
             .arg(&obj)
@@ -128,7 +157,7 @@ fn build_elf(guest_dir: &Path, out_dir: &Path, elf: &Path) {
             "--build-id=none",
             "-T",
         ])
-        .arg(guest_dir.join("guest.ld"))
+        .arg(script)
         .arg("-o")
         .arg(elf)
         .args(&objects);

@@ -3,6 +3,7 @@
 processes and N Firecracker processes, side by side in one run.
 
     benches/density.py [--counts 1,10,50,200] [--runs 3] [--scenario spin]
+                       [--guest full|quick]
                        [--memory 128] [--cpus 0] [--settle 3]
                        [--systems hearth,qemu,firecracker]
                        [--hearth NAME=PATH ...] [--out target/density]
@@ -412,10 +413,15 @@ def trial(system, n, args):
     return r
 
 
-def guest_elf():
-    cands = glob.glob(os.path.join(ROOT, "target/release/build/hearth-*/out/hearth-guest.elf"))
+def guest_elf(args):
+    """The test guest, or with --guest quick the quick guest (its boot line
+    first, then a spin, or a halt for --scenario idle)."""
+    name = "hearth-guest.elf"
+    if args.guest == "quick":
+        name = "hearth-quick-idle.elf" if args.scenario == "idle" else "hearth-quick.elf"
+    cands = glob.glob(os.path.join(ROOT, f"target/release/build/hearth-*/out/{name}"))
     if not cands:
-        sys.exit("density: no target/release/build/hearth-*/out/hearth-guest.elf (cargo build --release)")
+        sys.exit(f"density: no target/release/build/hearth-*/out/{name} (cargo build --release)")
     return max(cands, key=os.path.getmtime)
 
 
@@ -441,6 +447,8 @@ def parse_args():
     ap.add_argument("--counts", default="1,10,50,200")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--scenario", default="spin", choices=("spin", "idle"))
+    ap.add_argument("--guest", default="full", choices=("full", "quick"),
+                    help="quick: resources/guest-quick, a boot as short as on hardware KVM")
     ap.add_argument("--memory", type=int, default=128, help="MiB of guest RAM per VM")
     ap.add_argument("--cpus", default="0", help="host CPUs of every VMM process, e.g. 0 or 0,1")
     ap.add_argument("--settle", type=float, default=3.0)
@@ -485,7 +493,7 @@ def run(args, results, res_path):
         name, _, path = extra.partition("=")
         args.hearths[f"hearth:{name}"] = os.path.abspath(path)
         args.systems.insert(len(args.hearths) - 1, f"hearth:{name}")
-    args.elf = guest_elf()
+    args.elf = guest_elf(args)
     args.firecracker = shutil.which("firecracker")
     if "firecracker" in args.systems and args.firecracker is None:
         log("no firecracker on PATH: Firecracker left out")
@@ -496,7 +504,7 @@ def run(args, results, res_path):
         os.sched_setaffinity(0, others)
     run_id = len(results.setdefault("runs", []))
     results["runs"].append({
-        "id": run_id, "machine": info, "scenario": args.scenario,
+        "id": run_id, "machine": info, "scenario": args.scenario, "guest": args.guest,
         "memory_mib": args.memory, "cpus": args.cpus, "settle_s": args.settle,
         "systems": args.systems, "counts": args.counts, "runs": args.runs,
         "hearths": args.hearths, "command": " ".join(sys.argv)})
