@@ -58,7 +58,14 @@ fn main() {
     let quick = out_dir.join("hearth-quick.elf");
     build_elf(&quick_dir, &script, &out_dir, "quick", &[], &quick);
     let quick_idle = out_dir.join("hearth-quick-idle.elf");
-    build_elf(&quick_dir, &script, &out_dir, "quick-idle", &["-DQUICK_IDLE"], &quick_idle);
+    build_elf(
+        &quick_dir,
+        &script,
+        &out_dir,
+        "quick-idle",
+        &["-DQUICK_IDLE"],
+        &quick_idle,
+    );
 
     println!("cargo:rustc-env=HEARTH_TEST_GUEST_ELF={}", elf.display());
     println!("cargo:rustc-env=HEARTH_QUICK_GUEST_ELF={}", quick.display());
