@@ -314,12 +314,7 @@ impl Build<'_> {
             share,
             drives: Vec::new(),
         });
-        disks.drives.push(DriveHandle {
-            id: spec.id.clone(),
-            shared,
-            state,
-            limiter_seen: Default::default(),
-        });
+        disks.drives.push(DriveHandle::new(&spec.id, shared, state));
         Ok(())
     }
 

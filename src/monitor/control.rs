@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::retry::DeviceRequest;
+use super::retry::{DeviceRequest, Limiter};
 use super::workers::{Job, Launch};
 use super::{AfterStop, Monitor, VmEntry, VmId, VmState};
 use crate::api::{Answer, Control, Waiter, STOPPED_BY_API};
@@ -326,24 +326,34 @@ impl Control for Monitor {
         let v = e
             .running()
             .ok_or_else(|| format!("vm {} has stopped", e.name))?;
-        let net = v
-            .devices
-            .net
-            .iter()
-            .find(|n| n.id == iface)
-            .ok_or_else(|| {
-                let ids: Vec<&str> = v.devices.net.iter().map(|n| n.id.as_str()).collect();
-                format!(
-                    "vm {} has no interface {iface:?} (its interfaces: {ids:?})",
-                    e.name
-                )
-            })?;
+        let Some(index) = v.devices.net.iter().position(|n| n.id == iface) else {
+            let ids: Vec<&str> = v.devices.net.iter().map(|n| n.id.as_str()).collect();
+            return Err(format!(
+                "vm {} has no interface {iface:?} (its interfaces: {ids:?})",
+                e.name
+            ));
+        };
         for (dir, patch) in [(Direction::Rx, rx), (Direction::Tx, tx)] {
             if let Some(patch) = patch {
                 let (bandwidth, ops) = patch.updates();
-                net.update_limiter(dir, bandwidth, ops);
+                let limiter = Limiter::Net(index, dir);
+                self.device_request(
+                    vm,
+                    DeviceRequest::Limits {
+                        limiter,
+                        bandwidth,
+                        ops,
+                    },
+                )?;
             }
         }
+        // What it reports: the new buckets, whether or not they have
+        // reached the device yet.
+        let (_, e) = self.nth(vm).ok_or_else(|| "no such VM".to_string())?;
+        let net = e
+            .running()
+            .and_then(|v| v.devices.net.get(index))
+            .ok_or("the interface is gone")?;
         let show = |d| crate::api::limits::limiter_json(&net.limiter_spec(d));
         Ok(serde_json::json!({
             "vm": e.name,
@@ -415,13 +425,32 @@ impl Control for Monitor {
         bandwidth: crate::ratelimit::BucketUpdate,
         ops: crate::ratelimit::BucketUpdate,
     ) -> Result<serde_json::Value, String> {
-        let (_, e) = self.nth(vm).ok_or_else(|| "no such VM".to_string())?;
-        let disks = e.running().and_then(|v| v.devices.disks.as_ref());
-        let Some(handle) = disks.and_then(|d| d.drive(drive)) else {
-            return Err(format!("vm {} has no drive {drive:?}", e.name));
+        fn disks(m: &Monitor, vm: usize) -> Option<&crate::virtio::block::VmDisks> {
+            m.nth(vm)?.1.running()?.devices.disks.as_ref()
+        }
+        let Some(index) = disks(self, vm).and_then(|d| d.drives.iter().position(|h| h.id == drive))
+        else {
+            let name = self.nth(vm).map(|(_, e)| e.name.clone());
+            return Err(match name {
+                Some(name) => format!("vm {name} has no drive {drive:?}"),
+                None => "no such VM".to_string(),
+            });
         };
-        handle.update_limits(bandwidth, ops);
-        Ok(handle.stats().to_json())
+        let limiter = Limiter::Drive(index);
+        self.device_request(
+            vm,
+            DeviceRequest::Limits {
+                limiter,
+                bandwidth,
+                ops,
+            },
+        )?;
+        // What it reports: the new buckets, whether or not they have
+        // reached the device yet.
+        disks(self, vm)
+            .and_then(|d| d.drives.get(index))
+            .map(|h| h.stats().to_json())
+            .ok_or_else(|| "the drive is gone".to_string())
     }
 
     fn set_memory(

@@ -1,6 +1,8 @@
 //! Single requests from the event loop into a device that a vCPU may be
-//! using: Ctrl+Alt+Del into the i8042 (Firecracker's `SendCtrlAltDel`)
-//! and a balloon size (its `PATCH /balloon`).
+//! using: Ctrl+Alt+Del into the i8042 (Firecracker's `SendCtrlAltDel`),
+//! a balloon size (its `PATCH /balloon`) and new buckets for a rate
+//! limiter (the control socket's `set-drive` and `set-net`), which a
+//! device thread holds for each request it serves.
 //!
 //! A vCPU thread holds such a device's lock while it serves an exit of
 //! its guest, and a guest that hammers the device holds it most of the
@@ -10,7 +12,10 @@
 //! loop only *tries* the lock: a request that finds it held is accepted,
 //! kept here and tried again at each scheduler tick until its device is
 //! free. Without the scheduler's ticks (`host.cpu.scheduler` off) the loop
-//! waits for the lock as before.
+//! waits for the lock as before. A request for a device that already has
+//! one waiting joins it, so that requests reach a device in the order
+//! they came. A limiter's new buckets are reported from the moment they
+//! are asked for (the handle keeps the buckets the loop set).
 
 use std::sync::Mutex;
 
@@ -18,6 +23,8 @@ use super::VmId;
 use crate::bus::{lock, try_lock};
 use crate::devices::i8042::{ResetLine, I8042};
 use crate::mem::BalloonHandle;
+use crate::ratelimit::BucketUpdate;
+use crate::virtio::net::Direction;
 use crate::vm::VmDevices;
 
 /// A request for one device of one VM.
@@ -27,6 +34,55 @@ pub(crate) enum DeviceRequest {
     CtrlAltDel,
     /// Ask for a balloon of `mib` MiB.
     Balloon { mib: u64 },
+    /// Change a rate limiter's buckets.
+    Limits {
+        limiter: Limiter,
+        bandwidth: BucketUpdate,
+        ops: BucketUpdate,
+    },
+}
+
+/// One rate limiter of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limiter {
+    /// The drive at this place in the VM's drives.
+    Drive(usize),
+    /// A direction of the interface at this place in the VM's interfaces.
+    Net(usize, Direction),
+}
+
+impl DeviceRequest {
+    /// Whether both are for the same device (the same limiter).
+    fn same_target(&self, other: &DeviceRequest) -> bool {
+        match (self, other) {
+            (Self::Limits { limiter: a, .. }, Self::Limits { limiter: b, .. }) => a == b,
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
+
+    /// This request followed by `later`, for the same device, as one: one
+    /// key press, the later balloon size, both bucket changes in order.
+    fn then(self, later: DeviceRequest) -> DeviceRequest {
+        match (self, later) {
+            (
+                Self::Limits {
+                    limiter,
+                    bandwidth,
+                    ops,
+                },
+                Self::Limits {
+                    bandwidth: bw2,
+                    ops: ops2,
+                    ..
+                },
+            ) => Self::Limits {
+                limiter,
+                bandwidth: bandwidth.then(bw2),
+                ops: ops.then(ops2),
+            },
+            (_, later) => later,
+        }
+    }
 }
 
 /// What trying a request gave: `None` when another thread held the lock.
@@ -66,6 +122,50 @@ pub(crate) fn deliver(devices: &VmDevices, req: DeviceRequest, wait: bool) -> Tr
             Some(b) => set_balloon(b, mib, wait),
             None => Some(Err("No balloon device found.".into())),
         },
+        DeviceRequest::Limits {
+            limiter,
+            bandwidth,
+            ops,
+        } => {
+            let applied = match limiter {
+                Limiter::Drive(i) => devices
+                    .disks
+                    .as_ref()
+                    .and_then(|d| d.drives.get(i))
+                    .map(|d| d.apply_limits(bandwidth, ops, wait)),
+                Limiter::Net(i, dir) => devices
+                    .net
+                    .get(i)
+                    .map(|n| n.apply_limiter(dir, bandwidth, ops, wait)),
+            };
+            match applied {
+                Some(done) => done.then_some(Ok(())),
+                None => Some(Err(format!("the VM has no {limiter:?}"))),
+            }
+        }
+    }
+}
+
+/// What a limiter reports from now on, before it is applied.
+fn record(devices: &VmDevices, req: DeviceRequest) {
+    if let DeviceRequest::Limits {
+        limiter,
+        bandwidth,
+        ops,
+    } = req
+    {
+        match limiter {
+            Limiter::Drive(i) => {
+                if let Some(d) = devices.disks.as_ref().and_then(|d| d.drives.get(i)) {
+                    d.record_limits(bandwidth, ops);
+                }
+            }
+            Limiter::Net(i, dir) => {
+                if let Some(n) = devices.net.get(i) {
+                    n.record_limiter(dir, bandwidth, ops);
+                }
+            }
+        }
     }
 }
 
@@ -75,10 +175,16 @@ impl super::Monitor {
     /// delivers it at a coming tick.
     pub(super) fn device_request(&mut self, vm: usize, req: DeviceRequest) -> Result<(), String> {
         let wait = !self.host.scheduler;
-        let (id, e) = self.nth(vm).ok_or("no such VM")?;
+        let id = self.nth(vm).ok_or("no such VM")?.0;
+        // The VM through its field, so that `retries` can change meanwhile.
+        let e = self.vms.get(&id).ok_or("no such VM")?;
         let v = e
             .running()
             .ok_or_else(|| format!("vm {} is not running", e.name))?;
+        record(&v.devices, req);
+        if self.retries.join(id, req) {
+            return Ok(());
+        }
         match deliver(&v.devices, req, wait) {
             Some(done) => done,
             None => {
@@ -90,10 +196,10 @@ impl super::Monitor {
 }
 
 /// Requests whose device was busy, waiting for the next tick. At most one
-/// of each kind per VM: a newer balloon size replaces the one waiting, and
-/// a second Ctrl+Alt+Del before the first reached the guest is the same
-/// key press. So the list holds at most two entries per VM, whatever a
-/// client sends.
+/// per device of a VM: a newer balloon size replaces the one waiting, a
+/// second Ctrl+Alt+Del before the first reached the guest is the same key
+/// press, and bucket changes merge. So the list holds at most one entry
+/// per device of each VM, whatever a client sends.
 #[derive(Debug, Default)]
 pub(crate) struct Retries {
     waiting: Vec<(VmId, DeviceRequest)>,
@@ -104,12 +210,27 @@ pub(crate) struct Retries {
 impl Retries {
     /// Keeps `req` for VM `id` until its device is free.
     pub(crate) fn defer(&mut self, id: VmId, req: DeviceRequest) {
-        let kind = std::mem::discriminant(&req);
-        self.waiting
-            .retain(|(i, r)| !(*i == id && std::mem::discriminant(r) == kind));
-        self.waiting.push((id, req));
         self.deferred += 1;
-        log::debug!("VM {id}: {req:?} waits for its device (a vCPU holds it)");
+        log::debug!("VM {id}: {req:?} waits for its device (another thread holds it)");
+        if !self.join(id, req) {
+            self.waiting.push((id, req));
+        }
+    }
+
+    /// Joins `req` to the request waiting for the same device of VM `id`,
+    /// if there is one (it must go after it). False: none waits.
+    pub(crate) fn join(&mut self, id: VmId, req: DeviceRequest) -> bool {
+        match self
+            .waiting
+            .iter_mut()
+            .find(|(i, r)| *i == id && r.same_target(&req))
+        {
+            Some((_, waiting)) => {
+                *waiting = waiting.then(req);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Tries every waiting request again with `deliver` (which answers
@@ -210,6 +331,50 @@ mod tests {
             4,
             "the key presses reached the guest"
         );
+    }
+
+    #[test]
+    fn bucket_changes_for_one_limiter_merge_in_order_and_others_wait_apart() {
+        use crate::config::TokenBucketSpec;
+        use BucketUpdate::{Disable, Keep, Replace};
+        let spec = TokenBucketSpec {
+            size: 1,
+            one_time_burst: 0,
+            refill_time_ms: 1,
+        };
+        let limits = |limiter, bandwidth, ops| DeviceRequest::Limits {
+            limiter,
+            bandwidth,
+            ops,
+        };
+        let drive = Limiter::Drive(0);
+        let rx = Limiter::Net(0, Direction::Rx);
+        let mut r = Retries::default();
+        assert!(
+            !r.join(1, limits(drive, Replace(spec), Keep)),
+            "none waits yet"
+        );
+        r.defer(1, limits(drive, Replace(spec), Keep));
+        // A later change to the same limiter must go after it: it joins.
+        assert!(r.join(1, limits(drive, Keep, Disable)));
+        assert!(r.join(1, limits(drive, Disable, Keep)));
+        r.defer(1, limits(rx, Disable, Disable));
+        r.defer(2, limits(drive, Keep, Keep));
+        assert_eq!(r.waiting(), 3);
+        let mut seen = Vec::new();
+        r.retry(|id, req| {
+            seen.push((id, req));
+            Some(Some(Ok(())))
+        });
+        assert_eq!(
+            seen,
+            [
+                (1, limits(drive, Disable, Disable)),
+                (1, limits(rx, Disable, Disable)),
+                (2, limits(drive, Keep, Keep)),
+            ]
+        );
+        assert_eq!(r.waiting(), 0);
     }
 
     #[test]

@@ -33,6 +33,40 @@ pub enum BucketUpdate {
     Replace(TokenBucketSpec),
 }
 
+impl BucketUpdate {
+    /// This update followed by `later`, as one.
+    pub fn then(self, later: BucketUpdate) -> BucketUpdate {
+        match later {
+            BucketUpdate::Keep => self,
+            other => other,
+        }
+    }
+
+    /// The bucket that `old` becomes (a bucket's spec, as
+    /// [`RateLimiter::spec`] reports it).
+    pub fn applied_to(self, old: Option<TokenBucketSpec>) -> Option<TokenBucketSpec> {
+        match self {
+            BucketUpdate::Keep => old,
+            BucketUpdate::Disable => None,
+            BucketUpdate::Replace(spec) => TokenBucket::new(&spec, 0).map(|b| b.spec()),
+        }
+    }
+}
+
+/// The buckets a limiter of `spec` has after [`RateLimiter::update`] with
+/// `bandwidth` and `ops`, computed without the limiter: the event loop
+/// reports a change at once even when it applies it later.
+pub fn patched(
+    spec: RateLimiterSpec,
+    bandwidth: BucketUpdate,
+    ops: BucketUpdate,
+) -> RateLimiterSpec {
+    RateLimiterSpec {
+        bandwidth: bandwidth.applied_to(spec.bandwidth),
+        ops: ops.applied_to(spec.ops),
+    }
+}
+
 /// A rate limiter's figures, for statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RateLimiterStats {

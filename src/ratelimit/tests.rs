@@ -254,3 +254,37 @@ fn huge_values_do_not_overflow() {
     assert_eq!(rl.wait_ns(1, 0), u64::MAX);
     assert!(!rl.try_consume(1, u64::MAX));
 }
+
+#[test]
+fn a_patch_computed_aside_is_what_the_limiter_gets_and_two_patches_merge() {
+    let specs = [
+        None,
+        bucket(4096, 0, 100),
+        bucket(1, 5, 1),
+        bucket(0, 0, 100),
+        bucket(4096, 0, 0),
+    ];
+    let mut updates = vec![BucketUpdate::Keep, BucketUpdate::Disable];
+    updates.extend(specs.iter().flatten().map(|s| BucketUpdate::Replace(*s)));
+    for &bw in &specs {
+        for &ops in &specs {
+            for &u in &updates {
+                for &v in &updates {
+                    let mut l = limiter(bw, ops);
+                    let before = l.spec();
+                    l.update(u, v, 7);
+                    assert_eq!(
+                        l.spec(),
+                        patched(before, u, v),
+                        "{bw:?} {ops:?} {u:?} {v:?}"
+                    );
+                    // Two changes in a row, and the same two merged.
+                    let mut merged = limiter(bw, ops);
+                    l.update(v, u, 9);
+                    merged.update(u.then(v), v.then(u), 9);
+                    assert_eq!(l.spec(), merged.spec(), "{u:?} then {v:?}");
+                }
+            }
+        }
+    }
+}

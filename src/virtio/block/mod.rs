@@ -33,7 +33,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::{DeviceState, QueueHandler, VirtioDevice, F_INDIRECT_DESC};
-use crate::bus::lock;
+use crate::bus::{lock, try_lock};
 use crate::config::{CacheMode, DriveSpec, IoEngine, RateLimiterSpec};
 use crate::glimpse::Glimpse;
 use crate::ratelimit::{BucketUpdate, RateLimiter, RateLimiterStats};
@@ -328,20 +328,33 @@ pub struct DriveHandle {
     pub id: String,
     pub shared: Arc<DriveShared>,
     pub state: Arc<DeviceState>,
-    /// The rate limiter's figures and buckets as the event loop last read
-    /// them (the device thread holds its lock for each request).
-    pub limiter_seen: Glimpse<(RateLimiterStats, RateLimiterSpec)>,
+    /// The rate limiter's figures as the event loop last read them (the
+    /// device thread holds its lock for each request).
+    limiter_seen: Glimpse<RateLimiterStats>,
+    /// The buckets as the event loop set them, a change included from the
+    /// moment it is asked for (it reaches the limiter when its lock is
+    /// free). Only the event loop takes this lock.
+    limits: Mutex<RateLimiterSpec>,
 }
 
 impl DriveHandle {
+    /// The handle of a drive being built (its limiter is not in use yet).
+    pub fn new(id: &str, shared: Arc<DriveShared>, state: Arc<DeviceState>) -> Self {
+        let limits = lock(&shared.limiter).spec();
+        DriveHandle {
+            id: id.to_string(),
+            shared,
+            state,
+            limiter_seen: Glimpse::default(),
+            limits: Mutex::new(limits),
+        }
+    }
+
     /// The drive's figures now.
     pub fn stats(&self) -> DriveStats {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Acquire);
         let now = self.shared.now_ns();
-        let (limiter, limits) = self
-            .limiter_seen
-            .read(&self.shared.limiter, |l| (l.stats(now), l.spec()));
         DriveStats {
             id: self.id.clone(),
             read_bytes: get(&c.read_bytes),
@@ -350,23 +363,49 @@ impl DriveHandle {
             writes: get(&c.writes),
             flushes: get(&c.flushes),
             errors: get(&c.errors),
-            limiter,
-            limits,
+            limiter: self
+                .limiter_seen
+                .read(&self.shared.limiter, |l| l.stats(now)),
+            limits: *lock(&self.limits),
             needs_reset: self.state.needs_reset(),
             failures: self.state.failures().0,
             notifications: self.state.notifications(),
         }
     }
 
-    /// Changes the drive's rate limiter (Firecracker's `PATCH /drives`);
-    /// a request waiting for tokens is looked at again at once.
-    pub fn update_limits(&self, bandwidth: BucketUpdate, ops: BucketUpdate) {
+    /// Changes the drive's buckets (Firecracker's `PATCH /drives`): what
+    /// the drive reports changes at once, and the limiter too if the
+    /// device thread does not hold it (with `wait`, once it does not).
+    /// False: apply it later with [`DriveHandle::apply_limits`].
+    pub fn update_limits(&self, bandwidth: BucketUpdate, ops: BucketUpdate, wait: bool) -> bool {
+        self.record_limits(bandwidth, ops);
+        self.apply_limits(bandwidth, ops, wait)
+    }
+
+    /// What the drive reports from now on (the limiter unchanged).
+    pub fn record_limits(&self, bandwidth: BucketUpdate, ops: BucketUpdate) {
+        let mut limits = lock(&self.limits);
+        *limits = crate::ratelimit::patched(*limits, bandwidth, ops);
+    }
+
+    /// Gives the limiter a recorded change, if the device thread does not
+    /// hold it (with `wait`, once it does not); a request waiting for
+    /// tokens is looked at again at once. False: it held it.
+    pub fn apply_limits(&self, bandwidth: BucketUpdate, ops: BucketUpdate, wait: bool) -> bool {
         let now = self.shared.now_ns();
-        let mut limiter = lock(&self.shared.limiter);
+        let limiter = if wait {
+            Some(lock(&self.shared.limiter))
+        } else {
+            try_lock(&self.shared.limiter)
+        };
+        let Some(mut limiter) = limiter else {
+            return false;
+        };
         limiter.update(bandwidth, ops, now);
-        self.limiter_seen.set((limiter.stats(now), limiter.spec()));
+        self.limiter_seen.set(limiter.stats(now));
         drop(limiter);
         self.shared.wake();
+        true
     }
 }
 

@@ -342,36 +342,53 @@ fn a_rate_limited_drive_waits_for_its_tokens() {
     assert_eq!(d.request(T_IN, 8, 4096), S_OK);
     let waited = t.elapsed();
     assert!(waited >= Duration::from_millis(80), "waited {waited:?}");
-    let handle = DriveHandle {
-        id: "disk-id".into(),
-        shared: d.shared.clone(),
-        state: d.dev.state().clone(),
-        limiter_seen: Default::default(),
-    };
+    let handle = DriveHandle::new("disk-id", d.shared.clone(), d.dev.state().clone());
     let stats = handle.stats();
     assert_eq!(stats.limiter.throttled_events, 1);
     assert!(stats.limiter.throttled_ns >= 50_000_000, "{stats:?}");
     // While the device thread holds its limiter (it does for each
     // request), the statistics answer at once with the figures they read
     // last: the event loop never waits for a device thread.
+    // A change of its buckets then is not applied but reported at once,
+    // and goes to the limiter once the device thread lets go.
+    use crate::ratelimit::BucketUpdate::{Keep, Replace};
+    let wider = TokenBucketSpec {
+        size: 8192,
+        one_time_burst: 0,
+        refill_time_ms: 100,
+    };
     let handle = Arc::new(handle);
     let held = lock(&d.shared.limiter);
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn({
         let handle = handle.clone();
-        move || tx.send(handle.stats()).unwrap()
+        move || {
+            let seen = handle.stats();
+            let applied = handle.update_limits(Replace(wider), Keep, false);
+            tx.send((seen, applied, handle.stats().limits)).unwrap()
+        }
     });
     let seen = rx.recv_timeout(Duration::from_secs(10));
     drop(held);
     reader.join().unwrap();
-    let seen = seen.expect("the statistics must not wait for the limiter's lock");
+    let (seen, applied, limits) =
+        seen.expect("the event loop's calls must not wait for the limiter");
     assert_eq!(seen.limiter, stats.limiter);
-    assert_eq!(handle.limiter_seen.busy(), 1);
+    assert_eq!(handle.limiter_seen.busy(), 2);
+    assert!(!applied);
+    assert_eq!(limits.bandwidth, Some(wider), "reported at once");
+    assert_eq!(
+        lock(&d.shared.limiter).spec().bandwidth.map(|b| b.size),
+        Some(4096)
+    );
+    assert!(handle.apply_limits(Replace(wider), Keep, false));
+    assert_eq!(lock(&d.shared.limiter).spec().bandwidth, Some(wider));
     // Lifting the limit lets the next request go at once.
-    handle.update_limits(
+    assert!(handle.update_limits(
         crate::ratelimit::BucketUpdate::Disable,
         crate::ratelimit::BucketUpdate::Keep,
-    );
+        false,
+    ));
     let t = Instant::now();
     assert_eq!(d.request(T_IN, 16, 4096), S_OK);
     assert!(t.elapsed() < Duration::from_millis(80));

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use super::timer::Timer;
 use super::{Mailbox, QueueHandler, VirtioDevice};
-use crate::bus::lock;
+use crate::bus::{lock, try_lock};
 use crate::config::{NetSpec, RateLimiterSpec};
 use crate::glimpse::Glimpse;
 use crate::ratelimit::{BucketUpdate, RateLimiter, RateLimiterStats};
@@ -249,32 +249,48 @@ pub struct NetHandle {
     pub mac: [u8; 6],
     pub shared: Arc<NetShared>,
     pub state: Arc<super::DeviceState>,
-    /// Each direction's rate limiter (rx, tx) as the event loop last read
-    /// it (the device thread holds its lock for each frame).
-    seen: [Glimpse<(RateLimiterStats, RateLimiterSpec)>; 2],
+    /// Each direction's limiter (rx, tx) as the event loop last read its
+    /// figures (the device thread holds its lock for each frame) and the
+    /// buckets as the loop set them (a change included from the moment it
+    /// is asked for; only the loop takes this lock).
+    seen: [(Glimpse<RateLimiterStats>, Mutex<RateLimiterSpec>); 2],
 }
 
 impl NetHandle {
     /// The handle of the interface `spec` built as `net`, attached with
-    /// device state `state`.
+    /// device state `state` (its limiters are not in use yet).
     pub fn new(spec: &NetSpec, net: &Net, state: Arc<super::DeviceState>) -> Self {
+        let (id, tap) = (spec.id.clone(), spec.tap.clone());
+        Self::on(id, tap, spec.mac, net.shared.clone(), state)
+    }
+
+    /// The handle of an interface whose device shares `shared`.
+    pub(crate) fn on(
+        id: String,
+        tap: String,
+        mac: [u8; 6],
+        shared: Arc<NetShared>,
+        state: Arc<super::DeviceState>,
+    ) -> Self {
+        let limits = |l: &Mutex<RateLimiter>| (Glimpse::default(), Mutex::new(lock(l).spec()));
+        let seen = [limits(&shared.rx_limiter), limits(&shared.tx_limiter)];
         NetHandle {
-            id: spec.id.clone(),
-            tap: spec.tap.clone(),
-            mac: spec.mac,
-            shared: net.shared.clone(),
+            id,
+            tap,
+            mac,
+            shared,
             state,
-            seen: Default::default(),
+            seen,
         }
     }
 
-    /// A direction's rate limiter and the loop's last view of it.
+    /// A direction's rate limiter and the loop's view of it.
     fn limiter(
         &self,
         dir: Direction,
     ) -> (
         &Mutex<RateLimiter>,
-        &Glimpse<(RateLimiterStats, RateLimiterSpec)>,
+        &(Glimpse<RateLimiterStats>, Mutex<RateLimiterSpec>),
     ) {
         match dir {
             Direction::Rx => (&self.shared.rx_limiter, &self.seen[0]),
@@ -282,28 +298,66 @@ impl NetHandle {
         }
     }
 
-    /// A direction's rate limiter's figures and buckets, without waiting
-    /// for the device thread (the last read's if it holds the lock).
-    fn limiter_seen(&self, dir: Direction, now: u64) -> (RateLimiterStats, RateLimiterSpec) {
-        let (limiter, seen) = self.limiter(dir);
-        seen.read(limiter, |l| (l.stats(now), l.spec()))
+    /// A direction's limiter's figures, without waiting for the device
+    /// thread (the last read's if it holds the lock).
+    fn limiter_stats(&self, dir: Direction, now: u64) -> RateLimiterStats {
+        let (limiter, (seen, _)) = self.limiter(dir);
+        seen.read(limiter, |l| l.stats(now))
     }
 
-    /// Changes a direction's rate limiter (Firecracker's PATCH of an
-    /// interface) and wakes the handler to apply it.
-    pub fn update_limiter(&self, dir: Direction, bandwidth: BucketUpdate, ops: BucketUpdate) {
+    /// Changes a direction's buckets (Firecracker's PATCH of an
+    /// interface): what the interface reports changes at once, and the
+    /// limiter too if the device thread does not hold it (with `wait`,
+    /// once it does not). False: apply it later with
+    /// [`NetHandle::apply_limiter`].
+    pub fn update_limiter(
+        &self,
+        dir: Direction,
+        bandwidth: BucketUpdate,
+        ops: BucketUpdate,
+        wait: bool,
+    ) -> bool {
+        self.record_limiter(dir, bandwidth, ops);
+        self.apply_limiter(dir, bandwidth, ops, wait)
+    }
+
+    /// What the interface reports from now on (the limiter unchanged).
+    pub fn record_limiter(&self, dir: Direction, bandwidth: BucketUpdate, ops: BucketUpdate) {
+        let mut limits = lock(&self.limiter(dir).1 .1);
+        *limits = crate::ratelimit::patched(*limits, bandwidth, ops);
+    }
+
+    /// Gives a direction's limiter a recorded change, if the device
+    /// thread does not hold it (with `wait`, once it does not), and wakes
+    /// the handler to apply it. False: it held it.
+    pub fn apply_limiter(
+        &self,
+        dir: Direction,
+        bandwidth: BucketUpdate,
+        ops: BucketUpdate,
+        wait: bool,
+    ) -> bool {
         let now = self.shared.now_ns();
-        let (limiter, seen) = self.limiter(dir);
-        let mut l = lock(limiter);
+        let (limiter, (seen, _)) = self.limiter(dir);
+        let l = if wait {
+            Some(lock(limiter))
+        } else {
+            try_lock(limiter)
+        };
+        let Some(mut l) = l else {
+            return false;
+        };
         l.update(bandwidth, ops, now);
-        seen.set((l.stats(now), l.spec()));
+        seen.set(l.stats(now));
         drop(l);
         self.shared.wake();
+        true
     }
 
-    /// The limiter of a direction, as it is now (for the API's reply).
-    pub fn limiter_spec(&self, dir: Direction) -> crate::config::RateLimiterSpec {
-        self.limiter_seen(dir, self.shared.now_ns()).1
+    /// The buckets of a direction, as the event loop set them (for the
+    /// API's reply).
+    pub fn limiter_spec(&self, dir: Direction) -> RateLimiterSpec {
+        *lock(&self.limiter(dir).1 .1)
     }
 
     /// The interface's figures now.
@@ -320,8 +374,8 @@ impl NetHandle {
             failures,
             last_failure,
             counters: stats::NetCounts::read(&self.shared.counters),
-            rx_limiter: self.limiter_seen(Direction::Rx, now).0,
-            tx_limiter: self.limiter_seen(Direction::Tx, now).0,
+            rx_limiter: self.limiter_stats(Direction::Rx, now),
+            tx_limiter: self.limiter_stats(Direction::Tx, now),
         }
     }
 }

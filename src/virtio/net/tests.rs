@@ -342,16 +342,12 @@ fn lifting_a_limit_at_run_time_lets_held_frames_go() {
     r.d.until("the first", |d| d.used_idx(RX_QUEUE) == 1);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(r.d.used_idx(RX_QUEUE), 1, "the second is held back");
-    let handle = NetHandle {
-        id: "eth0".into(),
-        tap: "tap0".into(),
-        mac: MAC,
-        shared: r.shared.clone(),
-        state: r.d.dev.state().clone(),
-        seen: Default::default(),
-    };
+    let state = r.d.dev.state().clone();
+    let handle = NetHandle::on("eth0".into(), "tap0".into(), MAC, r.shared.clone(), state);
     assert!(handle.stats().rx_limiter.throttled);
-    handle.update_limiter(Direction::Rx, BucketUpdate::Disable, BucketUpdate::Keep);
+    assert_eq!(handle.limiter_spec(Direction::Rx), slow);
+    let disable = BucketUpdate::Disable;
+    assert!(handle.update_limiter(Direction::Rx, disable, BucketUpdate::Keep, false));
     r.d.until("the second", |d| d.used_idx(RX_QUEUE) == 2);
     assert_eq!(
         handle.limiter_spec(Direction::Rx),
