@@ -16,9 +16,9 @@ use crate::verifier::VerifierStats;
 /// One VM's figures at one moment.
 #[derive(Debug, Clone)]
 pub struct VmStats {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// "running" or how it ended.
-    pub state: String,
+    pub state: std::borrow::Cow<'static, str>,
     pub vcpus: usize,
     pub weight: u32,
     pub max: Option<f64>,
@@ -144,7 +144,7 @@ impl Serialize for VmJson<'_> {
         s.serialize_field("exits", &ExitsJson::of(&v.exits))?;
         s.serialize_field("io", &v.io)?;
         s.serialize_field("memory", &v.balloon.as_ref().map(balloon_json))?;
-        s.serialize_field("name", &v.name)?;
+        s.serialize_field("name", &*v.name)?;
         s.serialize_field("net", &Seq(|| v.net.iter().map(|n| n.to_json())))?;
         s.serialize_field("net_share", &v.net_share)?;
         s.serialize_field("serial", &serial)?;

@@ -1,6 +1,7 @@
 //! What the control socket can do to the monitor (`api::Control`), and
 //! the statistics document (`--stats-file`, `hearth ctl stats`).
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -15,12 +16,14 @@ use crate::lifecycle::VmOutcome;
 use crate::sched::VmSchedStats;
 use crate::stats::{self, VmStats};
 use crate::vcpu::VcpuCommand;
+use crate::verifier::VerifierStats;
 
 impl Monitor {
-    /// One VM's statistics now.
-    fn vm_stats(&self, id: VmId, e: &VmEntry) -> VmStats {
+    /// One VM's statistics now; `acl` is a recycled `VerifierStats` whose
+    /// room its access counters take.
+    fn vm_stats(&self, id: VmId, e: &VmEntry, acl: VerifierStats) -> VmStats {
         let base = VmStats {
-            name: e.name.clone(),
+            name: e.label.clone(),
             state: e.state_name(),
             vcpus: e.vcpus(),
             weight: e.cpu.weight,
@@ -43,7 +46,7 @@ impl Monitor {
                 sched: self.sched.vm_stats(id),
                 parked_vcpus: self.sched.parked_vcpus(id),
                 exits: vm.exit_stats(),
-                acl: vm.verifier.stats(),
+                acl: vm.verifier.stats_into(acl),
                 balloon: vm.devices.balloon.as_ref().map(|b| self.mem.stats(id, b)),
                 net: vm.devices.net.iter().map(|n| n.stats()).collect(),
                 vsock: vm.devices.vsock.as_ref().map(|v| v.stats()),
@@ -79,15 +82,31 @@ impl Monitor {
 
     /// The figures as they are now (called on the event loop).
     pub(super) fn stats_snapshot(&self) -> stats::Snapshot {
+        self.stats_snapshot_in(None)
+    }
+
+    /// [`Monitor::stats_snapshot`] in the room of `spare`, a snapshot the
+    /// statistics writer has written: its vector of VMs and each VM's
+    /// access counters are reused, so that once a second the real-time
+    /// loop allocates nothing per VM (for a VM without virtio devices),
+    /// and shares malloc's lock with the other threads that much less.
+    fn stats_snapshot_in(&self, spare: Option<stats::Snapshot>) -> stats::Snapshot {
+        let mut vms = spare.map(|s| s.vms).unwrap_or_default();
+        vms.truncate(self.vms.len());
+        let recycled = vms.len();
+        for (i, (id, e)) in self.vms.iter().enumerate() {
+            if i < recycled {
+                let acl = std::mem::take(&mut vms[i].acl);
+                vms[i] = self.vm_stats(*id, e, acl);
+            } else {
+                vms.push(self.vm_stats(*id, e, VerifierStats::default()));
+            }
+        }
         let (sched_ticks, sched_cost_ns) = self.sched.cost();
         let (mem_ticks, mem_cost) = self.mem.cost();
         stats::Snapshot {
             elapsed_s: self.started.elapsed().as_secs_f64(),
-            vms: self
-                .vms
-                .iter()
-                .map(|(id, e)| self.vm_stats(*id, e))
-                .collect(),
+            vms,
             sched_ticks,
             sched_cost_ns,
             sched_clock_reads: self.sched.clock_reads(),
@@ -103,18 +122,19 @@ impl Monitor {
     /// written (the monitor's final figures).
     pub(super) fn write_stats(&self, last: bool) {
         if let Some(writer) = &self.stats_file {
-            writer.submit(self.stats_snapshot(), last);
+            writer.submit(self.stats_snapshot_in(writer.take_spare()), last);
         }
     }
 }
 
 impl VmEntry {
-    /// "building", "created", "running", "paused", "stopping" or how it ended.
-    fn state_name(&self) -> String {
+    /// "building", "created", "running", "paused", "stopping" or how it
+    /// ended (only that one is made, not borrowed).
+    fn state_name(&self) -> Cow<'static, str> {
         match &self.state {
-            VmState::Running(_) if self.paused => "paused".into(),
-            VmState::Stopped(r) => r.outcome.to_string(),
-            other => other.name().into(),
+            VmState::Running(_) if self.paused => Cow::Borrowed("paused"),
+            VmState::Stopped(r) => Cow::Owned(r.outcome.to_string()),
+            other => Cow::Borrowed(other.name()),
         }
     }
 }

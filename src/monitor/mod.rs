@@ -119,6 +119,9 @@ enum AfterStop {
 /// One VM of the monitor.
 pub struct VmEntry {
     pub name: String,
+    /// The name again, shared: the once-a-second statistics take it
+    /// without allocating on the real-time loop.
+    pub label: Arc<str>,
     pub spec: Box<VmSpec>,
     pub state: VmState,
     /// Paused through the control socket.
@@ -150,6 +153,7 @@ impl VmEntry {
     fn new(spec: VmSpec) -> Self {
         VmEntry {
             name: spec.name.clone(),
+            label: spec.name.as_str().into(),
             cpu: spec.cpu.clone(),
             memory: spec.memory,
             io_weight: spec.io.weight,

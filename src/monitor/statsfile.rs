@@ -7,7 +7,9 @@
 //! scheduler tick that falls in that second's write late by as much.
 //! A snapshot offered while the writer is still busy with the last one is
 //! dropped (the next second's replaces it): the loop never waits, except
-//! for the monitor's last figures, which are always written.
+//! for the monitor's last figures, which are always written. A written
+//! snapshot goes back to the loop, which fills it again the next second
+//! (its vectors' room reused: no allocation per VM on the loop).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ type Job = (Snapshot, Option<Arc<Handoff<()>>>);
 
 pub(crate) struct StatsWriter {
     jobs: Arc<Handoff<Job>>,
+    /// The last snapshot written, given back for the loop to fill again.
+    spares: Arc<Handoff<Snapshot>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -45,6 +49,8 @@ impl StatsWriter {
         // the last is dropped. Not a channel: see crate::handoff.
         let jobs = Arc::new(Handoff::bounded(1));
         let rx = jobs.clone();
+        let spares = Arc::new(Handoff::bounded(1));
+        let back = spares.clone();
         let thread = std::thread::Builder::new()
             .name("hearth-stats".into())
             .spawn(move || {
@@ -58,15 +64,22 @@ impl StatsWriter {
                     Some(Err(e)) => {
                         log::error!("statistics writer: cannot install its filter: {e}")
                     }
-                    _ => write_loop(&path, &rx),
+                    _ => write_loop(&path, &rx, &back),
                 }
                 // Gone: later snapshots are refused, not queued.
                 rx.close();
             })?;
         Ok(StatsWriter {
             jobs,
+            spares,
             thread: Some(thread),
         })
+    }
+
+    /// A written snapshot to fill again, if the writer has given one back
+    /// (never waits: the writer may hold the hand-off's lock).
+    pub(crate) fn take_spare(&self) -> Option<Snapshot> {
+        self.spares.try_pop_now().ok().flatten()
     }
 
     /// Offers `snapshot` to the writer; with `last`, waits (at most
@@ -110,7 +123,7 @@ impl Drop for StatsWriter {
     }
 }
 
-fn write_loop(path: &Path, jobs: &Handoff<Job>) {
+fn write_loop(path: &Path, jobs: &Handoff<Job>, spares: &Handoff<Snapshot>) {
     while let Some((snapshot, ack)) = jobs.pop() {
         if let Err(e) = stats::write_atomically(path, &snapshot) {
             log::warn!("cannot write statistics to {}: {e}", path.display());
@@ -118,5 +131,8 @@ fn write_loop(path: &Path, jobs: &Handoff<Job>) {
         if let Some(ack) = ack {
             let _ = ack.push(());
         }
+        // Back to the loop; one already waiting there: this one is freed
+        // here, off the loop.
+        let _ = spares.push(snapshot);
     }
 }

@@ -414,27 +414,40 @@ impl Verifier {
 
     /// Every rule's counters, in precedence order.
     pub fn counters(&self) -> Vec<RuleCounters> {
-        self.rules
-            .iter()
-            .zip(&self.counters)
-            .map(|(info, c)| {
-                let get = |i: usize| c.0[i].load(Ordering::Relaxed);
-                RuleCounters {
-                    label: info.label.clone(),
-                    target: info.target.clone(),
-                    action: info.action,
-                    pio_reads: get(0),
-                    pio_writes: get(1),
-                    mmio_reads: get(2),
-                    mmio_writes: get(3),
-                }
-            })
-            .collect()
+        let mut rules = Vec::with_capacity(self.rules.len());
+        self.counters_into(&mut rules);
+        rules
+    }
+
+    /// Every rule's counters into `rules` (cleared first; its room is
+    /// reused, so a recycled vector takes them without allocating).
+    fn counters_into(&self, rules: &mut Vec<RuleCounters>) {
+        rules.clear();
+        rules.extend(self.rules.iter().zip(&self.counters).map(|(info, c)| {
+            let get = |i: usize| c.0[i].load(Ordering::Relaxed);
+            RuleCounters {
+                label: info.label.clone(),
+                target: info.target.clone(),
+                action: info.action,
+                pio_reads: get(0),
+                pio_writes: get(1),
+                mmio_reads: get(2),
+                mmio_writes: get(3),
+            }
+        }));
     }
 
     /// The totals and every rule's counters.
     pub fn stats(&self) -> VerifierStats {
-        let rules = self.counters();
+        self.stats_into(VerifierStats::default())
+    }
+
+    /// [`Verifier::stats`] in `old`'s room: a recycled `VerifierStats`
+    /// (the statistics snapshot's of a second ago) takes the figures
+    /// without allocating.
+    pub fn stats_into(&self, old: VerifierStats) -> VerifierStats {
+        let mut rules = old.rules;
+        self.counters_into(&mut rules);
         let mut stats = VerifierStats {
             violations: self.violations.load(Ordering::Relaxed),
             log_suppressed: self.limiter.suppressed.load(Ordering::Relaxed),

@@ -201,3 +201,18 @@ fn slots_by_size() {
     assert_eq!(slot(Op::Write, 2), 5);
     assert_eq!(slot(Op::Write, 3), 6);
 }
+
+#[test]
+fn recycled_statistics_take_the_counters_without_allocating() {
+    let v = Verifier::new("t", &probe_acl(OnViolation::Log), &devices()).unwrap();
+    v.check(Pio, 0x3f8, 1, Op::Write);
+    v.check(Pio, 0x71, 1, Op::Write);
+    let first = v.stats();
+    assert!(first.rules.len() > 3);
+    v.check(Pio, 0x80, 1, Op::Write);
+    let fresh = v.stats();
+    let mut again = None;
+    let allocations = crate::test_alloc::allocations_in(|| again = Some(v.stats_into(first)));
+    assert_eq!(again, Some(fresh), "the same figures as a fresh read");
+    assert_eq!(allocations, 0, "the recycled rules' room is reused");
+}
