@@ -45,6 +45,8 @@ import sys
 import threading
 import time
 
+import growth  # benches/growth.py: the threads' CPU by kind
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILDREN = []
 
@@ -87,23 +89,7 @@ def scheduler_stats(pid, path, timeout):
 
 def thread_cpu(pid):
     """CPU seconds used so far by each kind of thread of `pid`."""
-    kinds = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                comm = f.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                ns = int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-        if tid == str(pid):
-            kind = "loop"
-        elif comm.startswith("vm"):
-            kind = "vcpu"
-        else:
-            kind = comm.rstrip("0123456789")
-        kinds[kind] = kinds.get(kind, 0.0) + ns / 1e9
-    return kinds
+    return growth.threads(pid)[0]
 
 
 def trial(binary, cfg, count, cpus, settle, timeout):

@@ -205,7 +205,6 @@ mod tests {
     #[test]
     fn keys_wait_in_the_console_while_a_vcpu_holds_the_serial_port() {
         use crate::devices::{IrqLine, SerialDevice};
-        use std::sync::mpsc;
 
         let irq = IrqLine(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let serial = Arc::new(Mutex::new(SerialDevice::new(irq, Box::new(io::sink()))));
@@ -215,30 +214,12 @@ mod tests {
         console.pending.extend(b"ls\r");
 
         // A "vCPU" holds the port.
-        let (held_tx, held_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let vcpu = std::thread::spawn({
-            let serial = serial.clone();
-            move || {
-                let _port = lock(&serial);
-                held_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-            }
-        });
-        held_rx.recv().unwrap();
-        // The flush runs on a thread of its own, so that one that waited
-        // fails the test instead of hanging it.
-        let (done_tx, done_rx) = mpsc::channel();
-        let flusher = std::thread::spawn(move || {
+        let flushed = crate::test_hold::while_held(&serial, move || {
             let fitted = console.flush();
-            done_tx.send(fitted).unwrap();
-            console
+            (fitted, console)
         });
-        let fitted = done_rx.recv_timeout(Duration::from_secs(10));
-        release_tx.send(()).unwrap();
-        vcpu.join().unwrap();
-        let mut console = flusher.join().unwrap();
-        assert_eq!(fitted, Ok(false), "the flush must not wait for the port");
+        let (fitted, mut console) = flushed.expect("the flush must not wait for the port");
+        assert!(!fitted);
         assert_eq!(console.pending.len(), 3, "nothing is lost");
 
         // The retry after the vCPU let go delivers all of it, in order.

@@ -60,44 +60,22 @@ impl<T: Clone> Glimpse<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
-    use std::time::Duration;
+    use std::sync::Arc;
 
     #[test]
     fn a_free_lock_is_read_and_a_held_one_gives_the_last_figures_at_once() {
-        let guarded = std::sync::Arc::new(Mutex::new(7u64));
-        let g = Glimpse::new(0u64);
+        let guarded = Arc::new(Mutex::new(7u64));
+        let g = Arc::new(Glimpse::new(0u64));
         assert_eq!(g.read(&guarded, |v| *v), 7);
         assert_eq!(g.busy(), 0);
-
-        // Another thread takes the lock and keeps it.
-        let (held_tx, held_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let holder = {
-            let guarded = guarded.clone();
-            std::thread::spawn(move || {
-                let mut v = lock(&guarded);
-                *v = 9;
-                held_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-            })
-        };
-        held_rx.recv().unwrap();
-        // Read on another thread, so that a read that waited fails the
-        // test instead of hanging it.
-        let g = std::sync::Arc::new(g);
-        let (read_tx, read_rx) = mpsc::channel();
-        let reader = {
+        *lock(&guarded) = 9;
+        // Another thread holds the lock: the last figures, at once.
+        let seen = crate::test_hold::while_held(&guarded, {
             let (g, guarded) = (g.clone(), guarded.clone());
-            std::thread::spawn(move || read_tx.send(g.read(&guarded, |v| *v)).unwrap())
-        };
-        let seen = read_rx.recv_timeout(Duration::from_secs(10));
-        release_tx.send(()).unwrap();
-        holder.join().unwrap();
-        reader.join().unwrap();
+            move || g.read(&guarded, |v| *v)
+        });
         assert_eq!(seen, Ok(7), "the last figures at once, not a wait");
         assert_eq!(g.busy(), 1);
-
         assert_eq!(g.read(&guarded, |v| *v), 9, "fresh again once free");
         assert_eq!(g.busy(), 1);
     }

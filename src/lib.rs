@@ -35,6 +35,8 @@ pub mod share;
 pub mod stats;
 #[cfg(test)]
 mod test_alloc;
+#[cfg(test)]
+mod test_hold;
 pub mod vcpu;
 pub mod verifier;
 pub mod virtio;

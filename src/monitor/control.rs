@@ -356,15 +356,8 @@ impl Control for Monitor {
         for (dir, patch) in [(Direction::Rx, rx), (Direction::Tx, tx)] {
             if let Some(patch) = patch {
                 let (bandwidth, ops) = patch.updates();
-                let limiter = Limiter::Net(index, dir);
-                self.device_request(
-                    vm,
-                    DeviceRequest::Limits {
-                        limiter,
-                        bandwidth,
-                        ops,
-                    },
-                )?;
+                let req = DeviceRequest::limits(Limiter::Net(index, dir), bandwidth, ops);
+                self.device_request(vm, req)?;
             }
         }
         // What it reports: the new buckets, whether or not they have
@@ -456,15 +449,8 @@ impl Control for Monitor {
                 None => "no such VM".to_string(),
             });
         };
-        let limiter = Limiter::Drive(index);
-        self.device_request(
-            vm,
-            DeviceRequest::Limits {
-                limiter,
-                bandwidth,
-                ops,
-            },
-        )?;
+        let req = DeviceRequest::limits(Limiter::Drive(index), bandwidth, ops);
+        self.device_request(vm, req)?;
         // What it reports: the new buckets, whether or not they have
         // reached the device yet.
         disks(self, vm)

@@ -52,6 +52,14 @@ pub(crate) enum Limiter {
 }
 
 impl DeviceRequest {
+    pub(crate) fn limits(limiter: Limiter, bandwidth: BucketUpdate, ops: BucketUpdate) -> Self {
+        DeviceRequest::Limits {
+            limiter,
+            bandwidth,
+            ops,
+        }
+    }
+
     /// Whether both are for the same device (the same limiter).
     fn same_target(&self, other: &DeviceRequest) -> bool {
         match (self, other) {
@@ -266,9 +274,7 @@ impl Retries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
     use std::sync::Arc;
-    use std::time::Duration;
 
     struct Lines;
     impl ResetLine for Lines {
@@ -295,28 +301,10 @@ mod tests {
     #[test]
     fn ctrl_alt_del_on_a_held_keyboard_is_not_a_wait_and_arrives_later() {
         let keyboard = Arc::new(Mutex::new(I8042::new(Lines)));
-        let (held_tx, held_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let vcpu = std::thread::spawn({
+        let tried = crate::test_hold::while_held(&keyboard, {
             let keyboard = keyboard.clone();
-            move || {
-                let _k = lock(&keyboard);
-                held_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-            }
+            move || ctrl_alt_del(&keyboard, false)
         });
-        held_rx.recv().unwrap();
-        // Tried on a thread of its own: one that waited fails the test
-        // instead of hanging it.
-        let (tx, rx) = mpsc::channel();
-        let loop_thread = std::thread::spawn({
-            let keyboard = keyboard.clone();
-            move || tx.send(ctrl_alt_del(&keyboard, false)).unwrap()
-        });
-        let tried = rx.recv_timeout(Duration::from_secs(10));
-        release_tx.send(()).unwrap();
-        vcpu.join().unwrap();
-        loop_thread.join().unwrap();
         assert_eq!(tried, Ok(None), "busy, and no wait");
 
         let mut retries = Retries::default();
@@ -342,11 +330,7 @@ mod tests {
             one_time_burst: 0,
             refill_time_ms: 1,
         };
-        let limits = |limiter, bandwidth, ops| DeviceRequest::Limits {
-            limiter,
-            bandwidth,
-            ops,
-        };
+        let limits = DeviceRequest::limits;
         let drive = Limiter::Drive(0);
         let rx = Limiter::Net(0, Direction::Rx);
         let mut r = Retries::default();
