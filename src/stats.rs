@@ -211,8 +211,21 @@ pub struct Snapshot {
     /// The memory budget (MiB), the allocator's ticks, their cost and
     /// the balloon reads they skipped.
     pub memory: (Option<u64>, u64, u64, u64),
-    pub io: Value,
-    pub net: Value,
+    /// The host budgets `host.io` and `host.net`.
+    pub io: ShareJson,
+    pub net: ShareJson,
+}
+
+/// A host budget's figures (`io` and `net` of the statistics): plain
+/// numbers, so that the loop gathers them without allocating. Fields in
+/// the order of the keys a `Value` prints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ShareJson {
+    pub bytes_per_s: Option<u64>,
+    pub cost_ns: u64,
+    pub missed_ticks: u64,
+    pub ops_per_s: Option<u64>,
+    pub ticks: u64,
 }
 
 impl Snapshot {
@@ -325,8 +338,8 @@ mod tests {
             monitor_cpu_ns: 7000,
             jitter: Default::default(),
             memory: (None, 0, 0, 0),
-            io: Value::Null,
-            net: Value::Null,
+            io: ShareJson::default(),
+            net: ShareJson::default(),
         }
     }
 

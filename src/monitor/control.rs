@@ -140,16 +140,16 @@ impl VmEntry {
 }
 
 /// A host budget's figures (`host.io`, `host.net`).
-fn share_json(runtime: &crate::share::ShareRuntime) -> serde_json::Value {
-    let (ticks, cost) = runtime.cost();
+fn share_json(runtime: &crate::share::ShareRuntime) -> stats::ShareJson {
+    let (ticks, cost_ns) = runtime.cost();
     let budget = runtime.budget();
-    serde_json::json!({
-        "bytes_per_s": budget.and_then(|b| b.bytes_per_s),
-        "ops_per_s": budget.and_then(|b| b.ops_per_s),
-        "ticks": ticks,
-        "missed_ticks": runtime.missed_ticks(),
-        "cost_ns": cost,
-    })
+    stats::ShareJson {
+        bytes_per_s: budget.and_then(|b| b.bytes_per_s),
+        cost_ns,
+        missed_ticks: runtime.missed_ticks(),
+        ops_per_s: budget.and_then(|b| b.ops_per_s),
+        ticks,
+    }
 }
 
 /// Why a sandboxed monitor builds no VM after start-up.
