@@ -194,6 +194,17 @@ pub fn try_lock<T: ?Sized>(m: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>>
     }
 }
 
+/// [`lock`] when `wait`, else [`try_lock`]: how the event loop takes a
+/// device's lock, waiting for it only without the scheduler's ticks to
+/// come back at.
+pub fn lock_or_try<T: ?Sized>(m: &Mutex<T>, wait: bool) -> Option<std::sync::MutexGuard<'_, T>> {
+    if wait {
+        Some(lock(m))
+    } else {
+        try_lock(m)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@
 use std::sync::Mutex;
 
 use super::VmId;
-use crate::bus::{lock, try_lock};
+use crate::bus::lock_or_try;
 use crate::devices::i8042::{ResetLine, I8042};
 use crate::mem::BalloonHandle;
 use crate::ratelimit::BucketUpdate;
@@ -99,22 +99,14 @@ pub(crate) type Tried = Option<Result<(), String>>;
 /// Presses Ctrl+Alt+Del on `keyboard` if its lock is free (or, with
 /// `wait`, once it is).
 pub(crate) fn ctrl_alt_del<R: ResetLine>(keyboard: &Mutex<I8042<R>>, wait: bool) -> Tried {
-    let mut k = if wait {
-        lock(keyboard)
-    } else {
-        try_lock(keyboard)?
-    };
+    let mut k = lock_or_try(keyboard, wait)?;
     Some(k.send_ctrl_alt_del().map_err(|e| e.to_string()))
 }
 
 /// Asks for a balloon of `mib` MiB if the device's lock is free (or, with
 /// `wait`, once it is).
 pub(crate) fn set_balloon(balloon: &BalloonHandle, mib: u64, wait: bool) -> Tried {
-    let mut dev = if wait {
-        lock(&balloon.device)
-    } else {
-        try_lock(&balloon.device)?
-    };
+    let mut dev = lock_or_try(&balloon.device, wait)?;
     dev.set_target_pages(balloon.pages(mib));
     Some(Ok(()))
 }
@@ -274,6 +266,7 @@ impl Retries {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::lock;
     use std::sync::Arc;
 
     struct Lines;

@@ -33,7 +33,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::{DeviceState, QueueHandler, VirtioDevice, F_INDIRECT_DESC};
-use crate::bus::{lock, try_lock};
+use crate::bus::{lock, lock_or_try};
 use crate::config::{CacheMode, DriveSpec, IoEngine, RateLimiterSpec};
 use crate::glimpse::Glimpse;
 use crate::ratelimit::{BucketUpdate, RateLimiter, RateLimiterStats};
@@ -393,12 +393,7 @@ impl DriveHandle {
     /// tokens is looked at again at once. False: it held it.
     pub fn apply_limits(&self, bandwidth: BucketUpdate, ops: BucketUpdate, wait: bool) -> bool {
         let now = self.shared.now_ns();
-        let limiter = if wait {
-            Some(lock(&self.shared.limiter))
-        } else {
-            try_lock(&self.shared.limiter)
-        };
-        let Some(mut limiter) = limiter else {
+        let Some(mut limiter) = lock_or_try(&self.shared.limiter, wait) else {
             return false;
         };
         limiter.update(bandwidth, ops, now);
@@ -480,11 +475,6 @@ impl VmDisks {
             })),
             "drives": drives,
         })
-    }
-
-    /// The drive called `id`.
-    pub fn drive(&self, id: &str) -> Option<&DriveHandle> {
-        self.drives.iter().find(|d| d.id == id)
     }
 }
 

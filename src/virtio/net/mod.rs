@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use super::timer::Timer;
 use super::{Mailbox, QueueHandler, VirtioDevice};
-use crate::bus::{lock, try_lock};
+use crate::bus::{lock, lock_or_try};
 use crate::config::{NetSpec, RateLimiterSpec};
 use crate::glimpse::Glimpse;
 use crate::ratelimit::{BucketUpdate, RateLimiter, RateLimiterStats};
@@ -339,12 +339,7 @@ impl NetHandle {
     ) -> bool {
         let now = self.shared.now_ns();
         let (limiter, (seen, _)) = self.limiter(dir);
-        let l = if wait {
-            Some(lock(limiter))
-        } else {
-            try_lock(limiter)
-        };
-        let Some(mut l) = l else {
+        let Some(mut l) = lock_or_try(limiter, wait) else {
             return false;
         };
         l.update(bandwidth, ops, now);
